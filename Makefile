@@ -38,3 +38,12 @@ bench: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# make preprocess DATASET=ntu60 ROOT=/data/nturgbd [OUT=data/ntu60] [ARGS="--crop person --motion both"]
+DATASET ?= synth
+ROOT ?= data/raw/$(DATASET)
+OUT ?= data/$(DATASET)
+ARGS ?=
+preprocess: $(STAMP)
+	$(VENV)/bin/mv2mae preprocess $(DATASET) --root $(ROOT) --out $(OUT) $(ARGS)
+

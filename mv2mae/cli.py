@@ -24,6 +24,7 @@ shards_app = typer.Typer(help="Inspect and maintain preprocessed shard directori
 # Verb modules, in the order they appear in --help.
 COMMAND_MODULES = [
     "mv2mae.commands.synth",
+    "mv2mae.commands.preprocess",
 ]
 
 
@@ -40,7 +41,7 @@ def _register_all() -> None:
 _register_all()
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
 ) -> None:

@@ -1,0 +1,270 @@
+"""End-to-end preprocessing of a small synthetic set: shards, index, motion cache, alignment, resume.
+
+Real videos (rendered by ``preprocess.synth``), real ffmpeg decoding, real tars and Zarr stores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from preprocess.pipeline import run
+from shards.motion import open_motion, read_motion_rows
+from shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
+
+SIZE = 72  # stored short side = the rendered height: decoding does not rescale
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory) -> Path:
+    from preprocess.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, classes=3, cameras=3, subjects=3, replications=2, setups=2, frames=(40, 56), size=(96, 72),
+             seed=0, workers=2, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(synth_root, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    summary = run("synth", synth_root, out, size=SIZE, workers=2)
+    assert summary.written == 36 and summary.failed == 0
+    return out
+
+
+def _metas(out: Path) -> dict[str, tuple[str, GroupMeta, list[str]]]:
+    """key -> (shard name, metadata, member names) read back with the standard library's tarfile."""
+    found = {}
+    for shard in sorted(out.glob("*.tar")):
+        with tarfile.open(shard) as tf:
+            members = tf.getmembers()
+            for m in members:
+                if m.name.endswith(".json"):
+                    meta = GroupMeta.from_json(tf.extractfile(m).read(), where=m.name)
+                    names = [x.name for x in members if x.name.startswith(meta.key + ".")]
+                    found[meta.key] = (shard.name, meta, names)
+    return found
+
+
+def test_index_lists_every_shard_and_gnu_tar_reads_them(prepared):
+    index = read_index(prepared)
+    assert index.dataset == "synth" and index.groups == 36 and index.motion == ["framediff"]
+    assert sorted(s.name for s in index.shards) == sorted(p.name for p in prepared.glob("*.tar"))
+    for entry in index.shards:
+        listing = subprocess.run(["tar", "tf", str(prepared / entry.name)], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        assert sum(name.endswith(".json") for name in listing) == entry.samples
+        assert entry.bytes == (prepared / entry.name).stat().st_size
+    assert (prepared / "failures.jsonl").read_text() == ""
+
+
+def test_partitions_are_subject_by_setup_parity(prepared):
+    index = read_index(prepared)
+    for entry in index.shards:
+        assert len(entry.subjects) == 1 and entry.partition == f"P{entry.subjects[0]:03d}-S{entry.setups[0] % 2}"
+        assert len({s % 2 for s in entry.setups}) == 1
+
+
+def test_members_follow_the_contract(prepared):
+    for key, (_, meta, names) in _metas(prepared).items():
+        frames = sorted(parse_frame_ext(n[len(key) + 1:]) for n in names if not n.endswith(".json"))
+        assert frames == sorted((c, t) for c in meta.cameras for t in range(meta.frames))
+        assert meta.size == [SIZE * 96 // 72, SIZE] and meta.fps == 30.0 and len(meta.cameras) == 3
+        assert meta.label_name == read_index(prepared).classes[meta.label]
+
+
+def test_offsets_match_ground_truth(prepared, synth_root):
+    truth = json.loads((synth_root / "ground_truth.json").read_text())["groups"]
+    good = 0
+    metas = _metas(prepared)
+    for key, (_, meta, _) in metas.items():
+        world = {c: truth[key]["cameras"][f"C{c:03d}"]["offset"] for c in meta.cameras}
+        ref = meta.cameras[0]
+        # offsets[c] is camera c's first used frame: start-of-span minus the camera's own start.
+        good += all(abs((meta.offsets[str(c)] - meta.offsets[str(ref)]) - (world[ref] - world[c])) <= 1
+                    for c in meta.cameras)
+        # and the common span fits inside every camera's recording
+        for c in meta.cameras:
+            assert meta.offsets[str(c)] + meta.frames <= truth[key]["cameras"][f"C{c:03d}"]["frames"]
+    assert good / len(metas) >= 0.95, f"{good}/{len(metas)} groups aligned within +-1 frame"
+
+
+def test_motion_cache_rows_match_metadata(prepared):
+    root = zarr.open(str(prepared / "motion.zarr"), mode="r")  # plain zarr is enough to read it
+    store = open_motion(prepared)
+    for key, (shard, meta, _) in list(_metas(prepared).items())[:6]:
+        arr = root[f"{shard[:-4]}/framediff"]
+        gh, gw = motion_grid(meta.size[0], meta.size[1], 8)
+        assert arr.dtype == np.float16 and arr.shape[1:] == (gh, gw)
+        for cam in meta.cameras:
+            rows = read_motion_rows(store, shard, "framediff", key, cam)
+            first = meta.motion_rows[str(cam)]
+            np.testing.assert_array_equal(rows, arr[first: first + meta.frames])
+            assert rows.shape == (meta.frames, gh, gw)
+            np.testing.assert_array_equal(rows[0], rows[1])  # row 0 repeats row 1 (contract)
+            assert 0 <= rows.min() and rows.max() <= 255 and rows.max() > 0
+            picked = read_motion_rows(store, shard, "framediff", key, cam, [5, 2])
+            np.testing.assert_array_equal(picked, rows[[5, 2]])
+
+
+def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
+    """Motion is computed from the frames before JPEG: at quality 100 it matches the decoded members."""
+    import cv2
+
+    from preprocess.motion import framediff_grid
+
+    run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1, jpeg_quality=100)
+    key, (shard, meta, _) = next(iter(_metas(tmp_path).items()))
+    store = open_motion(tmp_path)
+    for cam in meta.cameras:
+        with tarfile.open(tmp_path / shard) as tf:
+            frames = np.stack([cv2.imdecode(np.frombuffer(tf.extractfile(f"{key}.c{cam:03d}.f{t:04d}.jpg").read(),
+                                                          np.uint8), cv2.IMREAD_COLOR) for t in range(meta.frames)])
+        approx = framediff_grid(frames, 8).astype(np.float32)
+        cached = read_motion_rows(store, shard, "framediff", key, cam).astype(np.float32)
+        assert np.abs(approx - cached).mean() < 0.25 and np.corrcoef(approx.ravel(), cached.ravel())[0, 1] > 0.98
+
+
+def _shard_bytes(out: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+
+
+def test_byte_stable_across_runs_and_worker_counts(synth_root, prepared, tmp_path):
+    # The first 12 groups are exactly partitions P001-S0 and P001-S1: the same shards as the full run.
+    summary = run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=12)
+    again = _shard_bytes(tmp_path)
+    assert summary.written == 12 and sorted(again) == ["P001-S0-000000.tar", "P001-S1-000000.tar"]
+    full = _shard_bytes(prepared)
+    for name, data in again.items():
+        assert data == full[name]
+
+
+def test_resume_after_sigkill_yields_the_uninterrupted_groups(synth_root, tmp_path):
+    args = ["--size", str(SIZE), "--limit", "12", "--shard-size", "40kB", "--workers", "1", "--no-progress"]
+    reference = tmp_path / "reference"
+    subprocess.run([sys.executable, "-m", "mv2mae.cli", "preprocess", "synth", "--root", str(synth_root),
+                    "--out", str(reference), *args], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mv2mae.cli", "preprocess", "synth", "--root", str(synth_root),
+           "--out", str(killed), *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(killed.glob("*.tar")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ref_shards = _shard_bytes(reference)
+    assert 0 < len(list(killed.glob("*.tar"))) < len(ref_shards), "the kill should land mid-run"
+    subprocess.run(cmd, check=True, capture_output=True)
+    resumed = _shard_bytes(killed)
+    assert resumed == ref_shards  # same shards, same bytes: no group lost, none twice
+    keys = [k for e in read_index(killed).shards for k in e.keys]
+    assert len(keys) == len(set(keys)) == 12
+    assert sorted(keys) == sorted(k for e in read_index(reference).shards for k in e.keys)
+    assert not list(killed.glob("*.partial"))
+
+
+def test_rerun_skips_finished_groups(synth_root, tmp_path):
+    first = run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=6)
+    second = run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=6)
+    assert first.written == 6 and second.written == 0 and second.skipped == 6 and second.groups == 6
+
+
+def test_resume_with_other_options_is_refused(synth_root, tmp_path):
+    from preprocess.pipeline import PreprocessError
+
+    run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3)
+    with pytest.raises(PreprocessError, match="jpeg_quality"):
+        run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, jpeg_quality=50)
+
+
+def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
+    from preprocess.merge import MergeError, merge
+
+    whole = tmp_path / "whole"
+    run("synth", synth_root, whole, size=SIZE, workers=1, limit=12)
+    shared = tmp_path / "parts"
+    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=0, parts=2)
+    with pytest.raises(MergeError, match="missing"):
+        merge([shared])
+    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=1, parts=2)
+    merged = merge([shared])
+    want = read_index(whole)
+    assert [(s.name, s.sha256, s.keys) for s in merged.shards] == [(s.name, s.sha256, s.keys) for s in want.shards]
+    assert read_index(shared).groups == 12
+
+
+def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):
+    from preprocess.merge import merge
+
+    for part in (0, 1):
+        run("synth", synth_root, tmp_path / f"part{part}", size=SIZE, workers=1, limit=12, part=part, parts=2)
+    dest = tmp_path / "merged"
+    merged = merge([tmp_path / "part0", tmp_path / "part1"], dest)
+    assert merged.groups == 12 and sorted(p.name for p in dest.glob("*.tar")) == [s.name for s in merged.shards]
+    store = open_motion(dest)
+    for entry in merged.shards:
+        meta_key = entry.keys[0]
+        assert read_motion_rows(store, entry.name, "framediff", meta_key, 1).shape[1:] == (9, 12)
+
+
+def test_flow_and_framediff_together(synth_root, tmp_path):
+    run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=2, motion="both", crop="center")
+    index = read_index(tmp_path)
+    assert index.motion == ["framediff", "flow"]
+    root = zarr.open(str(tmp_path / "motion.zarr"), mode="r")
+    shard = index.shards[0].name[:-4]
+    flow, diff = root[f"{shard}/flow"][:], root[f"{shard}/framediff"][:]
+    assert flow.shape == diff.shape == (sum(3 * m for m in _frame_counts(tmp_path)), 9, 9)
+    assert flow.dtype == np.float16 and flow.min() >= 0 and flow.max() > 0
+    # both sources see motion in the same places
+    assert np.corrcoef(flow.astype(np.float32).ravel(), diff.astype(np.float32).ravel())[0, 1] > 0.3
+
+
+def _frame_counts(out: Path) -> list[int]:
+    return [meta.frames for _, meta, _ in _metas(out).values()]
+
+
+def test_person_crop_from_skeletons(synth_root, tmp_path):
+    run("synth", synth_root, tmp_path, size=48, workers=1, limit=3, crop="person")
+    for _, meta, _ in _metas(tmp_path).values():
+        assert meta.size == [48, 48]
+        for box in meta.crop.values():
+            x0, y0, x1, y1 = box
+            assert x1 - x0 == y1 - y0 and 0 <= x0 and 0 <= y0 and x1 <= 96 and y1 <= 72
+    with pytest.raises(Exception, match="--motion must be one of"):
+        run("synth", synth_root, tmp_path / "bad", motion="none")
+
+
+def test_common_frame_rate_and_opencv_backend(synth_root, tmp_path):
+    run("synth", synth_root, tmp_path / "ffmpeg", size=SIZE, workers=1, limit=1)
+    run("synth", synth_root, tmp_path / "opencv", size=SIZE, workers=1, limit=1, backend="opencv")
+    run("synth", synth_root, tmp_path / "fps15", size=SIZE, workers=1, limit=1, fps=15.0)
+    (a,), (b,), (c,) = (list(_metas(tmp_path / d).values()) for d in ("ffmpeg", "opencv", "fps15"))
+    assert (a[1].frames, a[1].offsets) == (b[1].frames, b[1].offsets)  # same decode, either backend
+    assert c[1].fps == 15.0 and abs(c[1].frames - a[1].frames / 2) <= 2
+    assert read_index(tmp_path / "fps15").fps == 15.0
+
+
+def test_cli_merge_reports_missing_parts(synth_root, tmp_path):
+    from typer.testing import CliRunner
+
+    from mv2mae.cli import app
+
+    run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=6, part=0, parts=2)
+    result = CliRunner().invoke(app, ["shards", "merge", str(tmp_path)])
+    assert result.exit_code == 1 and "missing" in result.output
+    help_text = CliRunner().invoke(app, ["preprocess", "--help"], env={"COLUMNS": "240"}).output
+    for option in ("--max-lag", "--drop-missing-skeletons", "--part", "--shard-size", "--motion", "--crop"):
+        assert option in help_text

@@ -1,0 +1,113 @@
+"""Bad input never stops a run: truncated, zero-byte, non-video files, missing cameras, mismatched views."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from preprocess.decode import ffmpeg_exe
+from shards.schema import read_index
+
+VID = "nturgb+d_rgb"
+
+
+def _video(root: Path, cam: int, subject: int, action: int) -> Path:
+    return root / VID / f"S001C{cam:03d}P{subject:03d}R001A{action:03d}_rgb.avi"
+
+
+def _reencode(path: Path, *filters: str) -> None:
+    tmp = path.with_name("tmp_" + path.name)
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-i", str(path), "-vf", ",".join(filters),
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(tmp)], check=True)
+    tmp.replace(path)
+
+
+@pytest.fixture(scope="module")
+def damaged(tmp_path_factory) -> Path:
+    from preprocess.synth import generate
+
+    root = tmp_path_factory.mktemp("damaged")
+    generate(root, classes=3, cameras=3, subjects=2, replications=1, setups=1, frames=(24, 30), size=(64, 48),
+             seed=0, workers=2, progress=False)
+    truncated = _video(root, 1, 1, 1)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
+    _video(root, 1, 1, 2).write_bytes(b"")
+    _video(root, 2, 1, 3).write_text("this is not a video\n")
+    _video(root, 3, 2, 1).unlink()  # a missing camera: 2 remain, the group is kept
+    _reencode(_video(root, 2, 2, 2), "scale=80:60")
+    _video(root, 1, 2, 3).unlink()
+    _reencode(_video(root, 3, 2, 3), "fps=25")  # with C001 gone, only C002 is usable: the group fails
+    shutil.copy(_video(root, 1, 1, 3), _video(root, 1, 9, 1))  # a lone camera of another group
+    return root
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mv2mae.cli", "preprocess", *args], capture_output=True, text=True)
+
+
+def test_bad_inputs_are_recorded_and_the_run_goes_on(damaged, tmp_path):
+    out = tmp_path / "out"
+    proc = _cli("synth", "--root", str(damaged), "--out", str(out), "--size", "48", "--workers", "2",
+                "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "5 group(s) written" in proc.stderr and "1 failed" in proc.stderr
+    failures = [json.loads(line) for line in (out / "failures.jsonl").read_text().splitlines()]
+    by_file = {Path(f["file"]).name: f["reason"] for f in failures}
+    assert "truncated or damaged" in by_file["S001C001P001R001A001_rgb.avi"]
+    assert "empty file" in by_file["S001C001P001R001A002_rgb.avi"]
+    assert "not a readable video" in by_file["S001C002P001R001A003_rgb.avi"]
+    assert "frame size 80x60" in by_file["S001C002P002R001A002_rgb.avi"]
+    assert "frame rate 25" in by_file["S001C003P002R001A003_rgb.avi"]
+    assert "1 camera(s)" in by_file["S001C001P009R001A001_rgb.avi"]
+    assert any(f.get("group") == "S001P002R001A003" and "usable camera" in f["reason"] for f in failures)
+    index = read_index(out)
+    cams = {k: None for e in index.shards for k in e.keys}
+    assert sorted(cams) == ["S001P001R001A001", "S001P001R001A002", "S001P001R001A003",
+                            "S001P002R001A001", "S001P002R001A002"]
+    metas = _metas(out)
+    assert metas["S001P001R001A001"]["cameras"] == [2, 3]
+    assert metas["S001P002R001A001"]["cameras"] == [1, 2]
+    assert metas["S001P002R001A002"]["cameras"] == [1, 3]
+    # a re-run skips what is done (the failed group included) and reports the same failures
+    from preprocess.pipeline import run
+
+    before = (out / "failures.jsonl").read_bytes()
+    again = run("synth", damaged, out, size=48, workers=1)
+    assert (again.written, again.skipped, again.failed) == (0, 6, 0)
+    assert (out / "failures.jsonl").read_bytes() == before
+
+
+def _metas(out: Path) -> dict[str, dict]:
+    import tarfile
+
+    found = {}
+    for shard in out.glob("*.tar"):
+        with tarfile.open(shard) as tf:
+            for m in tf.getmembers():
+                if m.name.endswith(".json"):
+                    meta = json.loads(tf.extractfile(m).read())
+                    found[meta["key"]] = meta
+    return found
+
+
+def test_nothing_usable_exits_nonzero_with_a_clear_message(tmp_path):
+    root = tmp_path / "broken"
+    (root / VID).mkdir(parents=True)
+    (root / "classes.txt").write_text("wave\n")
+    for cam in (1, 2, 3):
+        _video(root, cam, 1, 1).write_text("garbage")
+    proc = _cli("synth", "--root", str(root), "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress")
+    assert proc.returncode != 0
+    assert "nothing could be written" in proc.stderr
+    lines = (tmp_path / "out" / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # three unreadable files and the group they leave empty
+
+
+def test_not_a_dataset_folder_is_a_one_line_error(tmp_path):
+    proc = _cli("synth", "--root", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress")
+    assert proc.returncode != 0 and "classes.txt" in proc.stderr

@@ -1,0 +1,99 @@
+"""Invariants of the pieces: cell grid means, lag recovery, stable tars, atomic motion sub-groups, sizes."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import zarr
+
+from preprocess.align import align, best_lag
+from preprocess.crop import center_box, stored_size
+from preprocess.motion import cell_means, framediff_grid, pixel_framediff
+from shards.motion import open_motion, read_motion_rows, write_shard_motion
+from shards.writer import FIXED_MTIME, Member, ShardWriter
+
+
+def test_cell_means_edge_cells_average_only_covered_pixels():
+    values = np.arange(2 * 10 * 13, dtype=np.float32).reshape(2, 10, 13)
+    grid = cell_means(values, 8)
+    assert grid.shape == (2, 2, 2)
+    np.testing.assert_allclose(grid[1, 0, 0], values[1, :8, :8].mean())
+    np.testing.assert_allclose(grid[1, 1, 1], values[1, 8:, 8:].mean())  # a 2x5 corner cell
+    np.testing.assert_allclose(grid[0, 0, 1], values[0, :8, 8:].mean())
+
+
+def test_framediff_rows_follow_the_contract():
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (5, 16, 24, 3), dtype=np.uint8)
+    rows = framediff_grid(frames, 8)
+    want = np.abs(frames[1:].astype(int) - frames[:-1]).mean(-1)
+    assert rows.dtype == np.float16 and rows.shape == (5, 2, 3)
+    np.testing.assert_allclose(pixel_framediff(frames), want, atol=1e-4)
+    np.testing.assert_allclose(rows[1:], cell_means(want.astype(np.float32), 8), rtol=1e-3, atol=0.05)
+    np.testing.assert_array_equal(rows[0], rows[1])
+    assert framediff_grid(frames[:1], 8).shape == (1, 2, 3) and not framediff_grid(frames[:1], 8).any()
+
+
+def test_best_lag_recovers_a_known_shift():
+    rng = np.random.default_rng(1)
+    world = np.convolve(rng.random(120), np.ones(3) / 3, mode="same")
+    ref, late = world[10:80], world[17:90]  # ``late`` starts 7 frames after ``ref``
+    assert best_lag(ref, late, 15)[0] == 7
+    assert best_lag(late, ref, 15)[0] == -7
+    al = align([71, 74], [ref, late], max_lag=15)
+    assert al.lags == [0, 7] and al.offsets == [7, 0] and al.frames == 64
+    flat = np.zeros(40)
+    assert best_lag(flat, flat, 5)[0] == 0  # nothing moves: stay start-aligned
+    assert align([30, 28, 33], None, 0).frames == 28
+
+
+def test_stored_sizes():
+    assert stored_size([0, 0, 1920, 1080], 160) == (284, 160)
+    assert stored_size(center_box(1920, 1080), 160) == (160, 160)
+    assert center_box(1920, 1080) == [420, 0, 1500, 1080]
+
+
+def _write(path, samples):
+    w = ShardWriter(path)
+    for key, n in samples:
+        w.add_sample([Member(f"{key}.json", b"{}")] + [Member(f"{key}.c001.f{t:04d}.jpg", bytes([t]) * 100)
+                                                       for t in range(n)])
+    size, digest = w.close()
+    assert not path.exists()  # invisible until committed
+    w.commit()
+    return size, digest
+
+
+def test_shards_are_byte_stable_and_gnu_tar_lists_them(tmp_path):
+    a = _write(tmp_path / "a.tar", [("K1", 3), ("K2", 2)])
+    b = _write(tmp_path / "b.tar", [("K1", 3), ("K2", 2)])
+    assert a == b and (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
+    listing = subprocess.run(["tar", "tvf", str(tmp_path / "a.tar")], capture_output=True, text=True,
+                             check=True).stdout.splitlines()
+    assert len(listing) == 7 and all("2000-01-01" in line and "0/0" in line for line in listing)
+    assert FIXED_MTIME == 946684800
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path):
+    rows = np.arange(3 * 4 * 5, dtype=np.float16).reshape(3, 4, 5)
+    attrs = {"rows": {"K": {"1": 0}}, "frames": {"K": 3}, "grid": {"K": [4, 5]}, "cell": 8}
+    write_shard_motion(tmp_path, "P001-000000", {"framediff": rows * 0}, attrs)
+    write_shard_motion(tmp_path, "P001-000000", {"framediff": rows}, attrs)  # a re-run's rewrite
+    plain = zarr.open(str(tmp_path / "motion.zarr"), mode="r")
+    np.testing.assert_array_equal(plain["P001-000000/framediff"][:], rows)
+    got = read_motion_rows(open_motion(tmp_path), "P001-000000.tar", "framediff", "K", 1, [2, 0])
+    np.testing.assert_array_equal(got, rows[[2, 0]])
+    with pytest.raises(KeyError, match="camera 2"):
+        read_motion_rows(open_motion(tmp_path), "P001-000000", "framediff", "K", 2)
+    assert not list((tmp_path / ".tmp").glob("*"))
+
+
+def test_shard_size_parsing():
+    from mv2mae.commands.preprocess import parse_bytes
+
+    assert parse_bytes("512MB") == 512_000_000 and parse_bytes("1GiB") == 2**30 and parse_bytes("4096") == 4096
+    with pytest.raises(Exception, match="not a size"):
+        parse_bytes("lots")
