@@ -143,7 +143,9 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarra
             trim["end_frame"] = req.end
         stream = stream.trim(**trim).setpts("PTS-STARTPTS")
     if (x0, y0, x1, y1) != (0, 0, info.width, info.height):
-        stream = stream.crop(x0, y0, x1 - x0, y1 - y0)
+        # exact: without it ffmpeg rounds x, y, width and height of 4:2:0 sources down to even values,
+        # so an odd box (person crops) would be shifted against the box recorded in the metadata.
+        stream = stream.crop(x0, y0, x1 - x0, y1 - y0, exact=1)
     out_kwargs = {"format": "rawvideo", "pix_fmt": "rgb24"}
     if _same_fps(req.fps, info.fps):
         out_kwargs["fps_mode"] = "passthrough"  # keep every decoded frame exactly once

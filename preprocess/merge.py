@@ -58,19 +58,25 @@ def _check_compatible(found: list[tuple[Path, DatasetIndex]]) -> int:
     return n
 
 
-def _move_into(src: Path, dest: Path, ix: DatasetIndex) -> None:
+def _moves(src: Path, dest: Path, ix: DatasetIndex) -> list[tuple[Path, Path]]:
+    """(source, destination) of every file and motion sub-group of ``ix``'s shards that must move."""
+    moves = []
     for entry in ix.shards:
         for rel in (entry.name, f"{MOTION_STORE}/{entry.name[:-4]}", f".state/{entry.name}.json"):
-            a, b = src / rel, dest / rel
-            if not a.exists():
-                continue
-            if b.exists():
-                raise MergeError(f"{b} already exists; cannot merge {a} into it")
-            b.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(a), str(b))
-    store = dest / MOTION_STORE
-    if (src / MOTION_STORE / "zarr.json").is_file() and not (store / "zarr.json").exists():
-        shutil.copy2(src / MOTION_STORE / "zarr.json", store / "zarr.json")
+            if (src / rel).exists():
+                moves.append((src / rel, dest / rel))
+    return moves
+
+
+def _move_all(moves: list[tuple[Path, Path]], dest: Path, stores: list[Path]) -> None:
+    for a, b in moves:
+        b.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(a), str(b))
+    store_meta = dest / MOTION_STORE / "zarr.json"
+    for src_store in stores:
+        if (src_store / "zarr.json").is_file() and not store_meta.exists():
+            store_meta.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src_store / "zarr.json", store_meta)
 
 
 def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
@@ -83,22 +89,25 @@ def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
     dest.mkdir(parents=True, exist_ok=True)
     found = [(p, ix) for src in sources for p, ix in _indexes(Path(src))]
     _check_compatible(found)
-    failures = []
-    for path, ix in found:
-        if path.parent.resolve() != dest.resolve():
-            _move_into(path.parent, dest, ix)
-        fpath = _failures_of(path)
-        if fpath.is_file():
-            failures.append(fpath.read_text())
     names = [s.name for _, ix in found for s in ix.shards]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise MergeError(f"shards listed by more than one part: {dup[:5]}")
+    # Every check before the first move: a refused merge leaves the sources as they were.
+    moves = [m for p, ix in found if p.parent.resolve() != dest.resolve() for m in _moves(p.parent, dest, ix)]
+    taken = [str(b) for _, b in moves if b.exists()]
+    if taken:
+        raise MergeError(f"{taken[0]} already exists in {dest}; merge into an empty folder")
+    _move_all(moves, dest, [p.parent / MOTION_STORE for p, _ in found])
+    failures = [_failures_of(p).read_text() for p, _ in found if _failures_of(p).is_file()]
     base = found[0][1]
     shards = sorted((s for _, ix in found for s in ix.shards), key=lambda s: s.name)
-    merged = DatasetIndex(dataset=base.dataset, classes=base.classes, fps=base.fps, short_side=base.short_side,
+    fps = next((ix.fps for _, ix in found if ix.shards), base.fps)  # a part may hold no shard (fps 0)
+    merged = DatasetIndex(dataset=base.dataset, classes=base.classes, fps=fps, short_side=base.short_side,
                           cell=base.cell, motion=base.motion, shards=shards, tool_version=base.tool_version,
                           args={**base.args, "part": 0, "parts": 1, "merged_parts": len(found)})
     write_index(dest, merged)
-    (dest / FAILURES_FILE).write_text("".join(failures))
+    tmp = dest / f"{FAILURES_FILE}.tmp"
+    tmp.write_text("".join(failures))
+    tmp.replace(dest / FAILURES_FILE)
     return merged

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shards.schema import MOTION_SOURCES, motion_grid
+from shards.schema import motion_grid
 
 
 def cell_means(values: np.ndarray, cell: int) -> np.ndarray:
@@ -72,15 +72,3 @@ def flow_grid(frames: np.ndarray, cell: int) -> np.ndarray:
         mags[i - 1] = np.sqrt(flow[..., 0] ** 2 + flow[..., 1] ** 2)
     return _with_first_row(cell_means(mags, cell), t).astype(np.float16)
 
-
-def compute(frames: np.ndarray, sources: tuple[str, ...], cell: int) -> dict[str, np.ndarray]:
-    """The requested motion sources for one view's stored frames."""
-    unknown = set(sources) - set(MOTION_SOURCES)
-    if unknown:
-        raise ValueError(f"unknown motion sources {sorted(unknown)}; known: {MOTION_SOURCES}")
-    out = {}
-    if "framediff" in sources:
-        out["framediff"] = framediff_grid(frames, cell)
-    if "flow" in sources:
-        out["flow"] = flow_grid(frames, cell)
-    return out

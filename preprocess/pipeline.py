@@ -52,7 +52,7 @@ RUN_FILE = "run.json"
 # Every dataset gets a motion cache (readers rely on it); ``both`` stores the two sources.
 MOTION_CHOICES = {"framediff": ("framediff",), "flow": ("flow",), "both": MOTION_SOURCES}
 # Options that change the bytes written: a resumed run must use the same values.
-OUTPUT_OPTIONS = ("dataset", "size", "fps", "crop", "motion", "jpeg_quality", "shard_size", "cell",
+OUTPUT_OPTIONS = ("dataset", "size", "fps", "crop", "margin", "motion", "jpeg_quality", "shard_size", "cell",
                   "max_lag", "backend", "drop_missing_skeletons", "image_fps", "limit", "part", "parts")
 
 
@@ -135,10 +135,9 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
     scan = _scan(dataset, root, opts)
     groups = _select(scan.groups, opts)
     out.mkdir(parents=True, exist_ok=True)
-    _check_run_options(out, dataset, opts)
+    _check_run_options(out, dataset, opts, scan.classes)
     records = _recover(out, {g.partition for g in groups})
-    done = {k for r in records.values() for k in r.entry.keys}
-    done |= {f["group"] for r in records.values() for f in r.failures if "group" in f and not f.get("kept")}
+    done = done_keys(records)
     todo = [g for g in groups if g.key not in done]
     next_seq = _next_seq(records)
     summary = Summary(dataset=dataset, out=str(out), skipped=len(groups) - len(todo))
@@ -155,8 +154,7 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
 
 def _scan(dataset: str, root: Path, opts: Options) -> Scan:
     adapter_opts = AdapterOptions(need_person_crop=opts.crop == "person",
-                                  drop_missing_skeletons=opts.drop_missing_skeletons,
-                                  image_fps=opts.image_fps, crop_margin=opts.margin)
+                                  drop_missing_skeletons=opts.drop_missing_skeletons)
     if opts.crop == "person" and dataset not in SKELETON_DATASETS:
         raise PreprocessError(f"--crop person needs skeleton files, which only {SKELETON_DATASETS} have")
     result = scan_dataset(dataset, root, adapter_opts)
@@ -201,16 +199,18 @@ def _run_options(dataset: str, opts: Options) -> dict[str, Any]:
     return {k: d[k] for k in OUTPUT_OPTIONS}
 
 
-def _check_run_options(out: Path, dataset: str, opts: Options) -> None:
+def _check_run_options(out: Path, dataset: str, opts: Options, classes: list[str]) -> None:
     state = out / STATE_DIR
     state.mkdir(exist_ok=True)
     path = state / (RUN_FILE if opts.parts == 1 else f"run.part-{opts.part:03d}-of-{opts.parts:03d}.json")
-    want = _run_options(dataset, opts)
+    # The class names too: they are written into every group's metadata (``--classes``, classes.txt).
+    want = {**_run_options(dataset, opts), "classes": classes}
     if path.exists():
-        have = json.loads(path.read_text())
+        have = _read_json(path)
         diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
-            changes = ", ".join(f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in diff)
+            changes = ", ".join("classes: other class names" if k == "classes" else
+                                f"{k}: {have.get(k)!r} -> {want[k]!r}" for k in diff)
             raise PreprocessError(f"{out} was written with other options ({changes}); "
                                   f"use the same options to resume, or a new --out")
         return
@@ -238,7 +238,7 @@ def _recover(out: Path, mine: set[str]) -> dict[str, _ShardRecord]:
             if ours(shard_stem(name)):
                 path.unlink()
             continue
-        obj = json.loads(path.read_text())
+        obj = _read_json(path)
         records[name] = _ShardRecord(entry=ShardEntry(**obj["entry"]), failures=obj["failures"], fps=obj["fps"])
     store = out / MOTION_STORE
     if store.is_dir():
@@ -248,12 +248,25 @@ def _recover(out: Path, mine: set[str]) -> dict[str, _ShardRecord]:
     return records
 
 
+def done_keys(records: dict[str, _ShardRecord]) -> set[str]:
+    """Groups a re-run skips: those in finished shards, and those whose failure a finished shard recorded."""
+    done = {k for r in records.values() for k in r.entry.keys}
+    return done | {f["group"] for r in records.values() for f in r.failures if "group" in f and not f.get("kept")}
+
+
 def _next_seq(records: dict[str, _ShardRecord]) -> dict[str, int]:
     seq: dict[str, int] = {}
     for name, rec in records.items():
         n = int(shard_stem(name).rsplit("-", 1)[1])
         seq[rec.entry.partition] = max(seq.get(rec.entry.partition, 0), n + 1)
     return seq
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PreprocessError(f"{path}: unreadable run record ({e}); delete it to redo that part") from None
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -281,13 +294,15 @@ class _ShardSink:
         if res.partition != self.partition:
             self.close()
             self.partition = res.partition
-        self.pending_failures.extend(res.failures)
         if res.failed or res.meta is None:
+            self.pending_failures.extend(res.failures)
             return
         size = sum(len(b) for _, b in res.frames) + 512 * (len(res.frames) + 1)
         if self.writer is not None and self.writer.bytes + size > self.opts.shard_size:
             self.close()
-            self.partition = res.partition
+        # After the roll-over: a written group's failures (dropped views) must be committed with the
+        # shard that holds it, or a kill before that shard finishes would make a re-run skip the group.
+        self.pending_failures.extend(res.failures)
         if self.writer is None:
             seq = self.next_seq.get(res.partition, 0)
             self.next_seq[res.partition] = seq + 1
@@ -464,7 +479,7 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
         dataset=scan.dataset, classes=scan.classes, fps=float(opts.fps or (recs[0].fps if recs else 0.0)),
         short_side=opts.size, cell=opts.cell, motion=list(MOTION_CHOICES[opts.motion]),
         shards=[r.entry for r in recs], tool_version=_version(),
-        args={**_run_options(scan.dataset, opts), "crop_margin": opts.margin, "meta": scan.meta})
+        args={**_run_options(scan.dataset, opts), "meta": scan.meta})
     path = out / _index_name(opts)
     if opts.parts == 1:
         write_index(out, index)

@@ -12,11 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shard_helpers import group_metas
 
 from preprocess.adapters import AdapterError, AdapterOptions, scan
 from preprocess.decode import ffmpeg_exe
 from preprocess.pipeline import run
-from shards.schema import GroupMeta, read_index
+from shards.schema import read_index
 
 
 def _video(path: Path, frames: int, size: str = "64x48", seed: int = 0) -> Path:
@@ -32,17 +33,6 @@ def _touch(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(b"")
     return path
-
-
-def _metas(out: Path) -> dict[str, GroupMeta]:
-    metas = {}
-    for shard in out.glob("*.tar"):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    meta = GroupMeta.from_json(tf.extractfile(m).read())
-                    metas[meta.key] = meta
-    return metas
 
 
 # --- NTU RGB+D -------------------------------------------------------------------------------------
@@ -138,7 +128,7 @@ def test_nucla_image_folders_end_to_end(tmp_path):
     out = tmp_path / "out"
     summary = run("nucla", tmp_path, out, size=48, workers=1, image_fps=30.0)
     assert summary.written == 1
-    meta = _metas(out)["a08_s03_e01"]
+    meta = group_metas(out)["a08_s03_e01"]
     assert meta.cameras == [1, 2, 3] and 20 <= meta.frames <= 21 and meta.size == [64, 48]
     assert meta.source["1"] == "multiview_action/view_1/a08_s03_e01"
 
@@ -187,7 +177,7 @@ def test_pkummd2_instances_splits_end_to_end(tmp_path):
     out = tmp_path / "out"
     summary = run("pkummd2", tmp_path, out, size=48, workers=1, limit=2, max_lag=0)
     assert summary.written == 2
-    meta = _metas(out)["A02N03_i001"]
+    meta = group_metas(out)["A02N03_i001"]
     assert meta.frames == 20 and meta.offsets == {"1": 30, "2": 30, "3": 31}
     assert meta.extra["sequence"] == "A02N03" and meta.extra["label_id"] == 3
     assert read_index(out).args["meta"]["splits"]["cross_subject"]["test_partitions"] == ["xsub_test"]
@@ -200,7 +190,7 @@ def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):
     _pku_tree(tmp_path)
     out = tmp_path / "out"
     run("pkummd2", tmp_path, out, size=48, workers=1, limit=2, max_lag=0, jpeg_quality=100)
-    meta = _metas(out)["A02N03_i001"]
+    meta = group_metas(out)["A02N03_i001"]
     cap = cv2.VideoCapture(str(tmp_path / "RGB_VIDEO" / "A02N03-L.avi"))
     frames = [cap.read()[1] for _ in range(32)]
     with tarfile.open(next(out.glob("*.tar"))) as tf:
@@ -222,6 +212,29 @@ def test_etri_flat_and_nested(tmp_path):
     assert result.groups[0].extra == {"group_id": 2}
 
 
+def test_missing_views_are_recorded_not_silent(tmp_path):
+    for c in range(1, 9):
+        _touch(tmp_path / "etri" / f"A017_P003_G002_C{c:03d}.mp4")
+        if c != 5:
+            _touch(tmp_path / "etri" / f"A018_P003_G002_C{c:03d}.mp4")
+    etri = scan("etri", tmp_path / "etri")
+    assert [len(g.views) for g in etri.groups] == [8, 7]
+    assert [(Path(f["file"]).name, f["group"]) for f in etri.failures] == [("A018_P003_G002_C005.mp4",
+                                                                             "A018_P003_G002")]
+    for v in (1, 2, 3):
+        _touch(tmp_path / "nucla" / "a12" / f"v0{v}_s10_e04.avi")
+    _touch(tmp_path / "nucla" / "a12" / "v01_s10_e05.avi")
+    _touch(tmp_path / "nucla" / "a12" / "v03_s10_e05.avi")
+    nucla = scan("nucla", tmp_path / "nucla")
+    assert [f["file"] for f in nucla.failures] == ["a12_s10_e05: view 2"]
+    for seq, views in (("A01N01", "LMR"), ("A02N01", "LR")):  # PKU-MMD: view M lacks a few sequences
+        for view in views:
+            _touch(tmp_path / "pku" / "RGB_VIDEO" / f"{seq}-{view}.avi")
+            (tmp_path / "pku" / f"{seq}-{view}.txt").write_text("3,5,24,1\n")
+    pku = scan("pkummd2", tmp_path / "pku")
+    assert len(pku.groups) == 2 and [Path(f["file"]).name for f in pku.failures] == ["A02N01-M.avi"]
+
+
 # --- generic manifest ------------------------------------------------------------------------------
 
 def test_manifest_relative_paths_names_and_ranges(tmp_path):
@@ -240,7 +253,7 @@ def test_manifest_relative_paths_names_and_ranges(tmp_path):
     assert result.meta["cameras"] == {"front": 1, "side": 2, "top": 3}
     out = tmp_path / "out"
     assert run("manifest", csv, out, size=48, workers=1, max_lag=0).written == 2
-    metas = _metas(out)
+    metas = group_metas(out)
     assert metas["take1"].frames == 24 and metas["take1"].source["2"] == "clips/take1_side.mp4"
     assert metas["take_2"].frames == 30 and metas["take_2"].cameras == [1, 2]
 
@@ -252,6 +265,9 @@ def test_manifest_errors_name_the_line(tmp_path):
         scan("manifest", csv)
     csv.write_text("group,camera,path,label,subject\ng,1,a.mp4,,1\n")
     with pytest.raises(AdapterError, match="m.csv:2: empty \\['label'\\]"):
+        scan("manifest", csv)
+    csv.write_text("group,camera,path,label,subject,start,end\ng,1,a.mp4,wave,1,40,40\n")
+    with pytest.raises(AdapterError, match="m.csv:2: end 40 must be after start 40"):
         scan("manifest", csv)
     with pytest.raises(AdapterError, match="unknown dataset"):
         scan("kinetics", csv)

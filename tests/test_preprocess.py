@@ -187,6 +187,10 @@ def test_resume_with_other_options_is_refused(synth_root, tmp_path):
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3)
     with pytest.raises(PreprocessError, match="jpeg_quality"):
         run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, jpeg_quality=50)
+    renamed = tmp_path / "names.txt"
+    renamed.write_text("one\ntwo\nthree\n")  # other label names would be mixed into the same shards
+    with pytest.raises(PreprocessError, match="classes"):
+        run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, classes_file=str(renamed))
 
 
 def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
@@ -268,3 +272,12 @@ def test_cli_merge_reports_missing_parts(synth_root, tmp_path):
     help_text = CliRunner().invoke(app, ["preprocess", "--help"], env={"COLUMNS": "240"}).output
     for option in ("--max-lag", "--drop-missing-skeletons", "--part", "--shard-size", "--motion", "--crop"):
         assert option in help_text
+
+
+def test_a_damaged_run_record_is_named(synth_root, tmp_path):
+    from preprocess.pipeline import PreprocessError
+
+    (tmp_path / ".state").mkdir()
+    (tmp_path / ".state" / "run.json").write_text("{truncated")
+    with pytest.raises(PreprocessError, match=r"run\.json: unreadable run record"):
+        run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1)

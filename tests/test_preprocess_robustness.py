@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from shard_helpers import group_metas
 
 from preprocess.decode import ffmpeg_exe
 from shards.schema import read_index
@@ -64,15 +65,18 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(damaged, tmp_path):
     assert "frame size 80x60" in by_file["S001C002P002R001A002_rgb.avi"]
     assert "frame rate 25" in by_file["S001C003P002R001A003_rgb.avi"]
     assert "1 camera(s)" in by_file["S001C001P009R001A001_rgb.avi"]
+    # a missing view is recorded even when its group is kept (or fails later for another reason)
+    assert "camera 3 missing" in by_file["S001C003P002R001A001_rgb.avi"]
+    assert "camera 1 missing" in by_file["S001C001P002R001A003_rgb.avi"]
     assert any(f.get("group") == "S001P002R001A003" and "usable camera" in f["reason"] for f in failures)
     index = read_index(out)
     cams = {k: None for e in index.shards for k in e.keys}
     assert sorted(cams) == ["S001P001R001A001", "S001P001R001A002", "S001P001R001A003",
                             "S001P002R001A001", "S001P002R001A002"]
-    metas = _metas(out)
-    assert metas["S001P001R001A001"]["cameras"] == [2, 3]
-    assert metas["S001P002R001A001"]["cameras"] == [1, 2]
-    assert metas["S001P002R001A002"]["cameras"] == [1, 3]
+    metas = group_metas(out)
+    assert metas["S001P001R001A001"].cameras == [2, 3]
+    assert metas["S001P002R001A001"].cameras == [1, 2]
+    assert metas["S001P002R001A002"].cameras == [1, 3]
     # a re-run skips what is done (the failed group included) and reports the same failures
     from preprocess.pipeline import run
 
@@ -80,19 +84,6 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(damaged, tmp_path):
     again = run("synth", damaged, out, size=48, workers=1)
     assert (again.written, again.skipped, again.failed) == (0, 6, 0)
     assert (out / "failures.jsonl").read_bytes() == before
-
-
-def _metas(out: Path) -> dict[str, dict]:
-    import tarfile
-
-    found = {}
-    for shard in out.glob("*.tar"):
-        with tarfile.open(shard) as tf:
-            for m in tf.getmembers():
-                if m.name.endswith(".json"):
-                    meta = json.loads(tf.extractfile(m).read())
-                    found[meta["key"]] = meta
-    return found
 
 
 def test_nothing_usable_exits_nonzero_with_a_clear_message(tmp_path):

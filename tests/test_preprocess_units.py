@@ -97,3 +97,84 @@ def test_shard_size_parsing():
     assert parse_bytes("512MB") == 512_000_000 and parse_bytes("1GiB") == 2**30 and parse_bytes("4096") == 4096
     with pytest.raises(Exception, match="not a size"):
         parse_bytes("lots")
+
+
+@pytest.mark.parametrize("backend", ["ffmpeg", "opencv"])
+def test_odd_crop_boxes_are_cut_exactly(tmp_path, backend):
+    """A box with odd corners (person crops) is cut where it says, even from a 4:2:0 H.264 source."""
+    from preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
+
+    w, h = 64, 48
+    grey = (np.arange(w)[None, :] * 3 + np.arange(h)[:, None]).astype(np.uint8)
+    path = tmp_path / "ramp.avi"
+    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "gray", "-s", f"{w}x{h}",
+                    "-r", "30", "-i", "pipe:", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(path)],
+                   input=np.stack([grey] * 3).tobytes(), check=True)
+    box = (7, 5, 28, 26)
+    frames = decode(path, probe(path), DecodeRequest(box=box, size=(21, 21), fps=30.0), backend)
+    # one pixel of shift would be 3 grey levels (columns) or 1 (rows) everywhere
+    assert np.abs(frames[0, ..., 1].astype(int) - grey[5:26, 7:28]).mean() < 1.0
+
+
+def _written_group(key: str, failures: list[dict]):
+    from preprocess.group import GroupResult
+    from shards.schema import GroupMeta, frame_ext
+
+    meta = GroupMeta(key=key, dataset="t", label=0, subject=1, cameras=[1, 2], fps=30.0, frames=2, size=[16, 16],
+                     partition="P001-S1")
+    frames = [(frame_ext(c, t), bytes([t]) * 3000) for c in (1, 2) for t in range(2)]
+    motion = {"framediff": [np.zeros((2, 2, 2), np.float16)] * 2}
+    return GroupResult(key=key, partition="P001-S1", meta=meta, frames=frames, motion=motion, failures=failures)
+
+
+def test_a_dropped_view_is_committed_with_the_shard_of_its_group(tmp_path):
+    """The group that fills a shard opens the next one; its failure records must go there too, or a
+    kill before that shard finishes would leave the group recorded as failed and skipped on resume."""
+    from preprocess.pipeline import STATE_DIR, Options, _recover, _ShardSink, done_keys
+
+    (tmp_path / STATE_DIR).mkdir()
+    records: dict = {}
+    sink = _ShardSink(tmp_path, Options(shard_size=15_000), {}, records)
+    sink.add(_written_group("A", []))
+    dropped = {"file": "B.c003.avi", "group": "B", "reason": "empty file (0 bytes)"}
+    sink.add(_written_group("B", [dropped]))  # does not fit: shard 0 is finished, B opens shard 1
+    assert list(records) == ["P001-S1-000000.tar"] and records["P001-S1-000000.tar"].failures == []
+    assert done_keys(records) == {"A"}  # killed now, a re-run would process B again
+    sink.close()
+    assert records["P001-S1-000001.tar"].failures == [dropped] and records["P001-S1-000001.tar"].entry.keys == ["B"]
+    assert done_keys(_recover(tmp_path, {"P001-S1"})) == {"A", "B"}
+
+
+def _part(folder, part: int, shard: str | None, fps: float):
+    """A part's index as ``--part i --parts 2`` writes it, with its shard file (if any)."""
+    from shards.schema import DatasetIndex, ShardEntry
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shards = []
+    if shard:
+        (folder / shard).write_bytes(b"tar bytes")
+        shards.append(ShardEntry(name=shard, partition=shard[:-11], samples=1, bytes=9, sha256="0" * 64,
+                                 subjects=[part + 1], setups=[1], cameras=[1, 2], keys=[f"K{part}"]))
+    ix = DatasetIndex(dataset="synth", classes=["wave"], fps=fps, short_side=72, cell=8, motion=["framediff"],
+                      shards=shards, args={"part": part, "parts": 2})
+    (folder / f"index.part-{part:03d}-of-002.json").write_text(ix.to_json())
+
+
+def test_merge_takes_the_frame_rate_of_a_part_that_holds_shards(tmp_path):
+    from preprocess.merge import merge
+
+    _part(tmp_path, 0, None, 0.0)  # every group of part 0 failed: no shard, no frame rate
+    _part(tmp_path, 1, "P002-S1-000000.tar", 30.0)
+    assert merge([tmp_path]).fps == 30.0
+
+
+def test_a_refused_merge_moves_nothing(tmp_path):
+    from preprocess.merge import MergeError, merge
+
+    _part(tmp_path / "a", 0, "P001-S1-000000.tar", 30.0)
+    _part(tmp_path / "b", 1, "P002-S1-000000.tar", 30.0)
+    (tmp_path / "dest").mkdir()
+    (tmp_path / "dest" / "P002-S1-000000.tar").write_bytes(b"another run")
+    with pytest.raises(MergeError, match="already exists"):
+        merge([tmp_path / "a", tmp_path / "b"], tmp_path / "dest")
+    assert (tmp_path / "a" / "P001-S1-000000.tar").is_file() and not (tmp_path / "dest" / "P001-S1-000000.tar").exists()

@@ -16,6 +16,7 @@ from mv2mae.cli import app
 from preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
 from preprocess.synth.actions import ACTIONS, perform
 from preprocess.synth.generate import parse_group_key, plan_group, render_world_frame
+from preprocess.synth.montage import read_video
 from preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
 
 NTU_NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})_rgb\.avi$")
@@ -33,18 +34,6 @@ def dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def truth(dataset: Path) -> dict:
     return json.loads((dataset / "ground_truth.json").read_text())
-
-
-def read_video(path: Path) -> np.ndarray:
-    cap = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return np.stack(frames)
 
 
 def read_skeleton(path: Path) -> np.ndarray:
@@ -221,3 +210,16 @@ def test_bad_arguments_are_named() -> None:
         SynthConfig(classes=len(ACTION_NAMES) + 1)
     with pytest.raises(ValueError, match="frames"):
         SynthConfig(frames=(40, 30))
+
+
+def test_no_skeletons_option_and_workers_default(tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(app, ["synth", "--out", str(tmp_path), "--classes", "1", "--subjects", "1",
+                                 "--replications", "1", "--frames", "16:16", "--size", "64x48", "--no-skeletons"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "nturgb+d_skeletons").exists()
+    assert sorted(p.name for p in (tmp_path / "nturgb+d_rgb").iterdir()) == [
+        f"S001C00{c}P001R001A001_rgb.avi" for c in (1, 2, 3)]  # no temporary files left behind
+    assert json.loads((tmp_path / "ground_truth.json").read_text())["arguments"]["skeletons"] is False
+    help_text = runner.invoke(app, ["synth", "--help"], env={"COLUMNS": "200"}).output
+    assert "--no-skeletons" in help_text and "0 = one per core" in help_text

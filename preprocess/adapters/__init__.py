@@ -2,7 +2,8 @@
 
 An adapter only *lists* what is there — it reads file names, label files and split files, never video
 frames — so a scan of 100k videos takes seconds. Problems it can see without decoding (a group with
-fewer than two cameras, a missing skeleton file) become ``failures`` records, never exceptions.
+fewer than two cameras, a camera the rest of the dataset has but a group lacks, a missing skeleton
+file) become ``failures`` records, never exceptions.
 """
 
 from __future__ import annotations
@@ -48,9 +49,7 @@ class AdapterOptions:
     """Options an adapter may use; every adapter ignores those it has no use for."""
 
     need_person_crop: bool = False  # parse skeleton files for a person box (``--crop person``)
-    drop_missing_skeletons: bool = False  # NTU: drop groups whose skeleton files are missing/empty
-    image_fps: float = 30.0  # frame rate of per-frame image folders (N-UCLA) [unverified]
-    crop_margin: float = 0.15  # person box margin, as a fraction of the box's longer side
+    drop_missing_skeletons: bool = False  # NTU: leave out videos whose skeleton file is missing
 
 
 @dataclass
@@ -113,6 +112,17 @@ def keep_group(key: str, views: list[ViewSource], failures: list[dict[str, Any]]
     failures.append({"file": str(views[0].path) if views else key, "group": key,
                      "reason": f"group has {len(views)} camera(s), at least {MIN_CAMERAS} are needed"})
     return False
+
+
+def record_missing_views(key: str, present: set[int], expected: set[int], failures: list[dict[str, Any]],
+                         file_of: Callable[[int], str]) -> None:
+    """Record each camera of ``expected`` (the cameras the dataset was recorded with) absent from a group.
+
+    The group is still kept if enough cameras remain (``keep_group``); a missing view is never silent.
+    """
+    for camera in sorted(expected - present):
+        failures.append({"file": file_of(camera), "group": key, "kept": True,
+                         "reason": f"camera {camera} missing: the group is kept with cameras {sorted(present)}"})
 
 
 def safe_partition(text: str) -> str:

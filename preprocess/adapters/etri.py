@@ -17,6 +17,7 @@ from preprocess.adapters import (
     Scan,
     ViewSource,
     keep_group,
+    record_missing_views,
     register,
 )
 
@@ -41,10 +42,14 @@ def scan_etri(root: Path, options: AdapterOptions) -> Scan:
         raise AdapterError(f"{root}: no ETRI-named videos (A001_P001_G001_C001.mp4) found")
     classes = [f"A{a:03d}" for a in range(1, N_CLASSES + 1)]
     groups = []
+    cameras = {v.camera for views in found.values() for v in views}
     for (a, p, g), views in sorted(found.items()):
         key = f"A{a:03d}_P{p:03d}_G{g:03d}"
         views.sort(key=lambda v: v.camera)
         if keep_group(key, views, failures):
+            first = views[0].path
+            record_missing_views(key, {v.camera for v in views}, cameras, failures,
+                                 lambda c, f=first: str(f.with_name(f"{f.name[:15]}C{c:03d}{f.suffix}")))
             groups.append(GroupSpec(key=key, label=a - 1, label_name=classes[a - 1], subject=p,
                                     partition=f"P{p:03d}", views=views, extra={"group_id": g}))
     return Scan(dataset="etri", classes=classes, groups=groups, failures=failures)

@@ -76,8 +76,10 @@ def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
     grouped: dict[str, list[tuple[dict, ViewSource]]] = {}
     for r in rows:
         p = Path(r["path"])
-        view = ViewSource(camera=cams[r["camera"]], path=p if p.is_absolute() else base / p,
-                          start=_frame(r, "start", root), end=_frame(r, "end", root))
+        start, end = _frame(r, "start", root), _frame(r, "end", root)
+        if end is not None and end <= (start or 0):
+            raise AdapterError(f"{root}:{r['_line']}: end {end} must be after start {start or 0} (end is exclusive)")
+        view = ViewSource(camera=cams[r["camera"]], path=p if p.is_absolute() else base / p, start=start, end=end)
         grouped.setdefault(r["group"], []).append((r, view))
     failures: list[dict] = []
     groups, keys = [], set()

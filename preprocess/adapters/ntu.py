@@ -19,6 +19,7 @@ from preprocess.adapters import (
     Scan,
     ViewSource,
     keep_group,
+    record_missing_views,
     register,
 )
 
@@ -69,6 +70,7 @@ def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[s
     videos: dict[tuple[int, int, int, int], list[ViewSource]] = {}
     skeletons = {p.stem: p for p in root.rglob("*.skeleton")} if _wants_skeletons(options) else {}
     failures: list[dict] = []
+    found: dict[tuple[int, int, int, int], dict[int, Path]] = {}  # every camera's file, kept or not
     for path in sorted(root.rglob("*")):
         m = NAME_RE.match(path.name)
         if not m or not path.is_file():
@@ -77,6 +79,7 @@ def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[s
         if not 1 <= a <= len(classes):
             failures.append({"file": str(path), "reason": f"action A{a:03d} outside the {len(classes)} classes"})
             continue
+        found.setdefault((s, p, r, a), {})[c] = path
         stem = f"S{s:03d}C{c:03d}P{p:03d}R{r:03d}A{a:03d}"
         skeleton = skeletons.get(stem)
         if options.drop_missing_skeletons and skeleton is None:
@@ -86,10 +89,14 @@ def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[s
     if not videos and not failures:
         raise AdapterError(f"{root}: no NTU-named videos (SsssCcccPpppRrrrAaaa_rgb.avi) found")
     groups = []
+    cameras = {c for files in found.values() for c in files}
     for (s, p, r, a), views in sorted(videos.items()):
         key = f"S{s:03d}P{p:03d}R{r:03d}A{a:03d}"
         views.sort(key=lambda v: v.camera)
         if keep_group(key, views, failures):
+            first = views[0].path
+            record_missing_views(key, set(found[(s, p, r, a)]), cameras, failures,
+                                 lambda c, f=first: str(f.with_name(f"{f.name[:4]}C{c:03d}{f.name[8:]}")))
             groups.append(GroupSpec(key=key, label=a - 1, label_name=classes[a - 1], subject=p,
                                     partition=partition_of(p, s), views=views, setup=s, replication=r))
     return Scan(dataset=dataset, classes=classes, groups=groups, failures=failures)

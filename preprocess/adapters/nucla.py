@@ -17,6 +17,7 @@ from preprocess.adapters import (
     Scan,
     ViewSource,
     keep_group,
+    record_missing_views,
     register,
 )
 
@@ -57,10 +58,13 @@ def scan_nucla(root: Path, options: AdapterOptions) -> Scan:
     if not groups_views and not failures:
         raise AdapterError(f"{root}: no N-UCLA data (view_V/aAA_sSS_eEE/ folders or aAA/vVV_sSS_eEE.avi)")
     groups = []
+    cameras = {v.camera for views in groups_views.values() for v in views}
     for (a, s, e), views in sorted(groups_views.items()):
         key = f"a{a:02d}_s{s:02d}_e{e:02d}"
         views.sort(key=lambda v: v.camera)
         if keep_group(key, views, failures):
+            record_missing_views(key, {v.camera for v in views}, cameras, failures,
+                                 lambda c, k=key: f"{k}: view {c}")
             label = ACTION_IDS.index(a)
             groups.append(GroupSpec(key=key, label=label, label_name=CLASSES[label], subject=s,
                                     partition=f"s{s:02d}", views=views, replication=e))

@@ -19,12 +19,14 @@ import re
 from pathlib import Path
 
 from preprocess.adapters import (
+    MIN_CAMERAS,
     AdapterError,
     AdapterOptions,
     GroupSpec,
     Scan,
     ViewSource,
     keep_group,
+    record_missing_views,
     register,
 )
 
@@ -110,7 +112,12 @@ def scan_pkummd2(root: Path, options: AdapterOptions) -> Scan:
     membership, split_meta = _split_meta(splits)
     failures: list[dict] = []
     per_seq: dict[str, dict[str, list[Instance]]] = {}
+    letter = {c: v for v, c in VIEW_CAMERA.items()}
     for seq, views in sorted(videos.items()):
+        if len(views) >= MIN_CAMERAS:  # with fewer, every instance is recorded as unusable below
+            some = next(iter(views.values()))
+            record_missing_views(seq, {VIEW_CAMERA[v] for v in views}, set(VIEW_CAMERA.values()), failures,
+                                 lambda c, f=some, q=seq: str(f.with_name(f"{q}-{letter[c]}{f.suffix}")))
         per_view = {}
         for v in views:
             path = labels.get((seq, v)) or labels.get((seq, None))

@@ -45,6 +45,7 @@ class SynthConfig:
     seed: int = 0
     crf: int = 23  # x264 quality: re-rendered frames still match decoded ones closely
     preset: str = "superfast"  # x264 speed: encoding is about half of the cost of a frame
+    skeletons: bool = True  # NTU-format .skeleton files (person crops); the bulk of the output's bytes
 
     def __post_init__(self) -> None:
         lo, hi = self.frames
@@ -182,7 +183,7 @@ def _open_encoder(path: Path, cfg: SynthConfig):
 
     width, height = cfg.size
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}", framerate=FPS)
-    stream = stream.output(str(path), vcodec="libx264", pix_fmt="yuv420p", r=FPS, preset=cfg.preset, crf=cfg.crf,
+    stream = stream.output(str(path), format="avi", vcodec="libx264", pix_fmt="yuv420p", r=FPS, preset=cfg.preset, crf=cfg.crf,
                            threads=1, fflags="+bitexact", flags="+bitexact")
     stream = stream.global_args("-loglevel", "error", "-nostdin").overwrite_output()
     return stream.run_async(cmd=imageio_ffmpeg.get_ffmpeg_exe(), pipe_stdin=True, pipe_stderr=True)
@@ -190,8 +191,10 @@ def _open_encoder(path: Path, cfg: SynthConfig):
 
 def _encode(path: Path, frames, cfg: SynthConfig) -> int:
     """Pipe raw BGR frames into the bundled ffmpeg (libx264, yuv420p, 30 fps); one thread, because
-    parallelism comes from running many groups at once."""
-    proc = _open_encoder(path, cfg)
+    parallelism comes from running many groups at once. Written under a hidden temporary name (which
+    no adapter matches) and renamed when complete, so an interrupted run leaves no truncated video."""
+    tmp = path.with_name(f".{path.name}.partial")
+    proc = _open_encoder(tmp, cfg)
     count = 0
     try:
         for frame in frames:
@@ -202,7 +205,9 @@ def _encode(path: Path, frames, cfg: SynthConfig) -> int:
         err = proc.stderr.read().decode(errors="replace").strip()
         proc.wait()
     if proc.returncode != 0:
+        tmp.unlink(missing_ok=True)
         raise RuntimeError(f"{path}: ffmpeg failed ({proc.returncode}): {err.splitlines()[-1:] or err}")
+    os.replace(tmp, path)
     return count
 
 
@@ -243,8 +248,9 @@ def render_group(cfg: SynthConfig, out_dir: str, group: tuple[int, int, int, int
         span = range(first, first + count)
         written += _encode(out / VIDEO_DIR / f"{stem}_rgb.avi", render_frames(cfg, plan, camera, span), cfg)
         body_id = 72057594037927936 + int(stem[1:4]) * 10**6 + int(stem[9:12]) * 10**3 + plan.action
-        text = skeleton_text(camera, plan.joints[first:first + count], body_id)
-        (out / SKELETON_DIR / f"{stem}.skeleton").write_text(text)
+        if cfg.skeletons:
+            text = skeleton_text(camera, plan.joints[first:first + count], body_id)
+            _write_atomic(out / SKELETON_DIR / f"{stem}.skeleton", text)
     entry = {
         "label": plan.action - 1, "action": ACTIONS[plan.action - 1].name, "subject": plan.subject,
         "setup": plan.setup, "replication": plan.replication, "world_frames": len(plan.joints),
@@ -267,34 +273,39 @@ def _run(cfg: SynthConfig, out_dir: Path, workers: int, progress: bool) -> tuple
     entries, frames = {}, 0
     columns = [TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
                TimeRemainingColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("render", total=len(groups) * cfg.cameras)
-        if workers <= 1:
-            results = (render_group(cfg, str(out_dir), g) for g in groups)
+    # The pool forks its workers at the first submit: do that before the progress bar starts its
+    # refresh thread, so no child inherits a lock that thread holds.
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    if pool is None:
+        results = (render_group(cfg, str(out_dir), g) for g in groups)
+    else:
+        results = (f.result() for f in as_completed([pool.submit(render_group, cfg, str(out_dir), g) for g in groups]))
+    try:
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task("render", total=len(groups) * cfg.cameras)
             for key, entry, n in results:
                 entries[key], frames = entry, frames + n
                 bar.advance(task, cfg.cameras)
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(render_group, cfg, str(out_dir), g) for g in groups]
-                for future in as_completed(futures):
-                    key, entry, n = future.result()
-                    entries[key], frames = entry, frames + n
-                    bar.advance(task, cfg.cameras)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return entries, frames
 
 
 def generate(out_dir, *, classes: int = 12, cameras: int = 3, subjects: int = 8, replications: int = 2,
              setups: int = 1, frames: tuple[int, int] = (48, 72), size: tuple[int, int] = (320, 240),
-             seed: int = 0, workers: int = 1, progress: bool = True) -> dict:
-    """Render the dataset into ``out_dir`` (NTU RGB+D layout + classes.txt + ground_truth.json)."""
+             seed: int = 0, workers: int = 1, progress: bool = True, skeletons: bool = True) -> dict:
+    """Render the dataset into ``out_dir`` (NTU RGB+D layout + classes.txt + ground_truth.json).
+
+    ``workers`` <= 0 means one process per core; ``skeletons=False`` writes no ``.skeleton`` files."""
     cfg = SynthConfig(classes=classes, cameras=cameras, subjects=subjects, replications=replications,
-                      setups=setups, frames=tuple(frames), size=tuple(size), seed=seed)
+                      setups=setups, frames=tuple(frames), size=tuple(size), seed=seed, skeletons=skeletons)
     out = Path(out_dir)
     (out / VIDEO_DIR).mkdir(parents=True, exist_ok=True)
-    (out / SKELETON_DIR).mkdir(parents=True, exist_ok=True)
+    if skeletons:
+        (out / SKELETON_DIR).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    entries, total_frames = _run(cfg, out, max(1, workers), progress)
+    entries, total_frames = _run(cfg, out, workers if workers > 0 else (os.cpu_count() or 1), progress)
     rig = make_rig(cfg.cameras, cfg.size)
     truth = {
         "version": GT_VERSION, "seed": cfg.seed, "arguments": asdict(cfg), "fps": FPS,
