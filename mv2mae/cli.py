@@ -24,6 +24,7 @@ shards_app = typer.Typer(help="Inspect and maintain preprocessed shard directori
 # Verb modules, in the order they appear in --help.
 COMMAND_MODULES = [
     "mv2mae.commands.synth",
+    "mv2mae.commands.model",
     "mv2mae.commands.preprocess",
 ]
 

@@ -17,6 +17,7 @@ from shard_helpers import group_metas
 from preprocess.adapters import AdapterError, AdapterOptions, scan
 from preprocess.decode import ffmpeg_exe
 from preprocess.pipeline import run
+from shards.protocols import select
 from shards.schema import read_index
 
 
@@ -180,7 +181,13 @@ def test_pkummd2_instances_splits_end_to_end(tmp_path):
     meta = group_metas(out)["A02N03_i001"]
     assert meta.frames == 20 and meta.offsets == {"1": 30, "2": 30, "3": 31}
     assert meta.extra["sequence"] == "A02N03" and meta.extra["label_id"] == 3
-    assert read_index(out).args["meta"]["splits"]["cross_subject"]["test_partitions"] == ["xsub_test"]
+    index = read_index(out)
+    assert index.args["meta"]["splits"]["cross_subject"]["test_partitions"] == ["xsub_test"]
+    # the protocol reads the split the adapter recorded: whole shards, one per official side
+    test_keys = select(index, "pkummd2_xsub", "test").keys
+    train_keys = select(index, "pkummd2_xsub", "train").keys
+    assert sorted(test_keys) == ["A02N03_i000", "A02N03_i001"]  # --limit 2 wrote only the test side
+    assert train_keys == []
 
 
 def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):

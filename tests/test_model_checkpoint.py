@@ -1,0 +1,147 @@
+"""Checkpoints load strictly or fail loudly; finetuning initialises the encoder from pretraining."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier
+from mv2mae.model.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_encoder,
+    load_mv2mae,
+    load_pretrained_into_classifier,
+    load_pretrained_into_mv2mae,
+    save_model_state,
+)
+from mv2mae.model.flops import classifier_step_flops, pretrain_forward_flops, pretrain_step_flops
+
+torch.set_num_threads(2)
+
+
+def tiny_cfg(**overrides) -> ModelConfig:
+    base = dict(frames=4, image_size=32, tubelet=2, patch=8, embed_dim=48, depth=2, num_heads=3,
+                decoder_dim=48, decoder_depth=1, decoder_heads=3, cross_decoder_depth=1)
+    return ModelConfig(**{**base, **overrides})
+
+
+@pytest.fixture()
+def pretrained(tmp_path):
+    cfg = tiny_cfg()
+    torch.manual_seed(0)
+    model = MV2MAE(cfg)
+    path = save_model_state(tmp_path / "pre.pt", model, cfg, step=7)
+    return model, cfg, path
+
+
+def test_round_trip_is_exact(pretrained):
+    model, cfg, path = pretrained
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 7 and ckpt["config"] == cfg.to_dict()
+    again = load_mv2mae(path)
+    video = torch.randn(1, 2, 3, cfg.frames, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        a = model(video, generator=torch.Generator().manual_seed(0))
+        b = again(video, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.pred_cross, b.pred_cross)
+
+
+def test_classifier_initialised_strictly_from_pretraining(pretrained):
+    model, cfg, path = pretrained
+    clf = load_pretrained_into_classifier(VideoClassifier(cfg, num_classes=3), path)
+    for name, tensor in model.encoder.state_dict().items():
+        assert torch.equal(clf.encoder.state_dict()[name], tensor), name
+    video = torch.randn(2, 3, cfg.frames, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        assert torch.allclose(clf.eval().forward_tokens(video), model.encoder.eval()(video))
+
+
+def test_missing_unexpected_and_misshaped_keys_are_named(pretrained, tmp_path):
+    model, cfg, path = pretrained
+    ckpt = load_checkpoint(path)
+    state = dict(ckpt["model"])
+    del state["encoder.blocks.1.mlp.fc2.weight"]
+    torch.save({**ckpt, "model": state}, tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\.mlp\.fc2\.weight"):
+        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match=r"missing keys: encoder\.blocks\.1\.mlp\.fc2\.weight"):
+        load_mv2mae(tmp_path / "missing.pt")
+    torch.save({**ckpt, "model": {**ckpt["model"], "encoder.extra.weight": torch.zeros(2)}}, tmp_path / "extra.pt")
+    with pytest.raises(CheckpointError, match=r"unexpected keys: extra\.weight"):
+        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "extra.pt")
+    torch.save({**ckpt, "model": {**ckpt["model"], "mystery.weight": torch.zeros(2)}}, tmp_path / "stray.pt")
+    with pytest.raises(CheckpointError, match=r"no place in the encoder: mystery\.weight"):
+        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "stray.pt")
+    wide = dict(ckpt["model"])
+    wide["encoder.norm.weight"] = torch.ones(50)
+    torch.save({**ckpt, "model": wide}, tmp_path / "shape.pt")
+    with pytest.raises(CheckpointError, match=r"shape mismatches: norm\.weight"):
+        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "shape.pt")
+
+
+def test_geometry_mismatch_fails_and_frames_adapt(pretrained):
+    _, cfg, path = pretrained
+    with pytest.raises(CheckpointError, match="patch: checkpoint 8 vs model 16"):
+        load_pretrained_into_classifier(VideoClassifier(cfg.with_(patch=16), 3), path)
+    longer = load_pretrained_into_classifier(VideoClassifier(cfg.with_(frames=8, image_size=48), 3), path)
+    with torch.no_grad():
+        assert longer(torch.randn(1, 3, 8, 48, 48)).shape == (1, 3)
+
+
+def test_videomae_positions_are_resampled_not_reindexed(tmp_path):
+    cfg = tiny_cfg(pos_embed="sinusoid1d")
+    path = save_model_state(tmp_path / "v.pt", MV2MAE(cfg), cfg)
+    clf = load_pretrained_into_classifier(VideoClassifier(cfg.with_(frames=8), 3), path)
+    assert clf.cfg.pos_embed_reference_grid == cfg.grid
+    same_grid = load_pretrained_into_classifier(VideoClassifier(cfg, 3), path)
+    assert same_grid.cfg.pos_embed_reference_grid is None
+    # the time-resampled table keeps the spatial layout of the original at each time step
+    orig = MV2MAE(cfg).encoder.pos_embed[0].view(*cfg.grid, -1)
+    moved = clf.encoder.pos_embed[0].view(*clf.cfg.grid, -1)
+    assert torch.allclose(moved[0].mean(0), orig[0].mean(0), atol=0.5)
+    encoder, enc_cfg = load_encoder(path, frames=8)
+    assert enc_cfg.pos_embed_reference_grid == cfg.grid and torch.equal(encoder.pos_embed, clf.encoder.pos_embed)
+
+
+def test_unreadable_checkpoint_is_one_clear_error(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="needs 'model' and 'config'"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "absent.pt")
+
+
+def test_analytic_flops_scale_as_expected():
+    cfg = ModelConfig.preset("vit_small")
+    one, two = pretrain_forward_flops(cfg, 1), pretrain_forward_flops(cfg, 2)
+    assert one["cross_decoder"] == 0 and two["cross_decoder"] > 0
+    assert two["encoder"] == 2 * one["encoder"]
+    # the encoder dominates and is ≈ 2·params·tokens for ViT-S on 154 visible tokens
+    params = sum(p.numel() for p in MV2MAE(cfg).encoder.blocks.parameters())
+    assert one["encoder"] == pytest.approx(2 * params * cfg.num_visible, rel=0.1)
+    assert pretrain_step_flops(cfg, 2, 4) == 3 * 4 * two["total"]
+    assert classifier_step_flops(cfg, 1) > 3 * one["encoder"]  # all 512 tokens vs 154
+
+
+def test_mv2mae_initialised_from_full_or_encoder_only_checkpoints(pretrained, tmp_path):
+    model, cfg, path = pretrained
+    full = load_pretrained_into_mv2mae(MV2MAE(cfg), path)
+    assert torch.equal(full.cross_decoder.head.weight, model.cross_decoder.head.weight)
+    clf = VideoClassifier(cfg, 3)
+    clf_path = save_model_state(tmp_path / "clf.pt", clf, cfg)
+    fresh = MV2MAE(cfg)
+    before = fresh.self_decoder.head.weight.clone()
+    from_clf = load_pretrained_into_mv2mae(fresh, clf_path)
+    assert torch.equal(from_clf.encoder.blocks[0].attn.qkv.weight, clf.encoder.blocks[0].attn.qkv.weight)
+    assert torch.equal(from_clf.self_decoder.head.weight, before)
+    one_d = tiny_cfg(pos_embed="sinusoid1d")
+    src = save_model_state(tmp_path / "1d.pt", MV2MAE(one_d), one_d)
+    longer = load_pretrained_into_mv2mae(MV2MAE(one_d.with_(frames=8)), src)
+    assert longer.cfg.pos_embed_reference_grid == one_d.grid
+    assert longer.cross_decoder.pos_embed.shape == (1, 4 * 4 * 4, one_d.decoder_dim)
+    with torch.no_grad():
+        assert torch.isfinite(longer(torch.randn(1, 2, 3, 8, 32, 32)).loss)
