@@ -26,6 +26,8 @@ COMMAND_MODULES = [
     "mv2mae.commands.synth",
     "mv2mae.commands.model",
     "mv2mae.commands.preprocess",
+    "mv2mae.commands.train",
+    "mv2mae.commands.shards",
 ]
 
 

@@ -1,0 +1,49 @@
+"""Run under ``torchrun`` by test_ddp.py (and directly, as one process, for the reference run).
+
+``train RUN_DIR ACCUM BATCH`` trains the tiny pretraining config on the world-size-independent in-memory
+source; ``eval DATA OUT.json`` makes one exact evaluation pass over real shards and writes, on rank 0,
+the gathered rows."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import GlobalBatchSource, tiny_config  # noqa: E402
+
+from mv2mae.train.distributed import cleanup, setup  # noqa: E402
+
+
+def train(run_dir: str, accum: int, batch: int) -> None:
+    env = setup("cpu")
+    from mv2mae.train.loop import Trainer
+    from mv2mae.train.tasks import PretrainTask
+
+    cfg = tiny_config("pretrain", "steps=3", f"optim.accum_steps={accum}", f"optim.batch_size={batch}",
+                      "loop.ckpt_every=100")
+    source = GlobalBatchSource(cfg, rank=env.rank, world=env.world_size)
+    Trainer(cfg, PretrainTask(cfg, source), run_dir, env).fit()
+    cleanup()
+
+
+def evaluate(data: str, out: str) -> None:
+    env = setup("cpu")
+    from mv2mae.eval.evaluate import EvalSettings, eval_loader, gather_rows, predict
+    from mv2mae.model.classifier import VideoClassifier
+
+    cfg = tiny_config("finetune")
+    model = VideoClassifier(cfg.model, num_classes=3).eval()
+    s = EvalSettings(root=data, protocol="synth_xview", batch_size=4, workers=1, clips=2, crops=2, stride=2)
+    rows = gather_rows(predict(model, eval_loader(cfg.model, s, env), env))
+    if env.is_main:
+        Path(out).write_text(json.dumps({k: rows[k] for k in ("video_id", "key", "camera")}))
+    cleanup()
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    {"train": lambda: train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])), "eval": lambda: evaluate(sys.argv[2], sys.argv[3])}[sys.argv[1]]()

@@ -1,0 +1,109 @@
+"""Evaluation: softmax averaging over clips × crops, per-camera and fused accuracy, and the whole
+pretrain → finetune → eval → probe → report chain through the CLI on real shards."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fixtures_data import session_synth_data
+from train_helpers import TINY_MODEL
+from typer.testing import CliRunner
+
+from mv2mae.cli import app
+from mv2mae.eval.metrics import aggregate, topk_correct
+from mv2mae.eval.probe import knn_probe, linear_probe
+
+
+def test_averaging_softmax_over_clips_changes_the_answer():
+    # video A (label 0): two clips lean weakly to class 1, one clip is sure of class 0.
+    # Majority of clip argmaxes says 1; the averaged softmax says 0 (0.617 vs 0.383).
+    probs = np.array([[0.45, 0.55], [0.45, 0.55], [0.95, 0.05]])
+    res = aggregate(probs, ["A"] * 3, ["g"] * 3, [1] * 3, [0] * 3, num_classes=2)
+    assert res["clips"]["top1"] == pytest.approx(1 / 3)
+    assert res["videos"]["top1"] == 1.0 and res["videos"]["count"] == 1
+    assert res["confusion"] == [[1, 0], [0, 0]]
+
+
+def test_per_camera_and_fused_accuracy():
+    # group g1 (label 2): camera 1 is wrong but unsure, camera 2 right and sure -> fused right.
+    # group g2 (label 0): both cameras right. Each video has two crops.
+    rows = [  # video, group, camera, label, probs
+        ("g1/c1", "g1", 1, 2, [0.1, 0.5, 0.4]), ("g1/c1", "g1", 1, 2, [0.1, 0.5, 0.4]),
+        ("g1/c2", "g1", 2, 2, [0.0, 0.1, 0.9]), ("g1/c2", "g1", 2, 2, [0.0, 0.2, 0.8]),
+        ("g2/c1", "g2", 1, 0, [0.8, 0.1, 0.1]), ("g2/c1", "g2", 1, 0, [0.6, 0.3, 0.1]),
+        ("g2/c2", "g2", 2, 0, [0.5, 0.4, 0.1]), ("g2/c2", "g2", 2, 0, [0.7, 0.2, 0.1]),
+    ]
+    vid, key, cam, lab, p = zip(*rows, strict=True)
+    res = aggregate(np.array(p), vid, key, cam, lab, num_classes=3)
+    assert res["per_camera"][1] == {"top1": 0.5, "top5": 1.0, "count": 2}
+    assert res["per_camera"][2]["top1"] == 1.0
+    assert res["videos"]["top1"] == 0.75 and res["fused"] == {"top1": 1.0, "top5": 1.0, "count": 2}
+    assert res["chance_top1"] == pytest.approx(1 / 3)
+    assert np.array(res["confusion"]).sum() == 4
+
+
+def test_inconsistent_rows_are_rejected():
+    with pytest.raises(ValueError, match="disagree"):
+        aggregate(np.ones((2, 2)) / 2, ["v", "v"], ["g", "g"], [1, 1], [0, 1], num_classes=2)
+
+
+def test_topk_and_probes_on_separable_features():
+    assert topk_correct(np.array([[0.1, 0.2, 0.7]]), np.array([1]), 2).tolist() == [True]
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(3, 8, generator=gen) * 4
+    y = torch.arange(60) % 3
+    x = centres[y] + torch.randn(60, 8, generator=gen)
+    for probs in (linear_probe(x[:30], y[:30], x[30:], 3), knn_probe(x[:30], y[:30], x[30:], 3, k=5)):
+        assert (probs.argmax(1) == y[30:]).float().mean() > 0.9
+        assert torch.allclose(probs.sum(1), torch.ones(30))
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    return session_synth_data(tmp_path_factory)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path):
+    sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=1",
+                           "optim.batch_size=4", "loop.log_every=1", "loop.ckpt_every=2", "loop.recon_every=2"]
+            for x in ("--set", item)]
+    pre, fin, ev = tmp_path / "pre", tmp_path / "fin", tmp_path / "eval"
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=2")
+    # continuing the same run to 4 steps: --resume auto picks the step-2 checkpoint up
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=4",
+           "--resume", "auto")
+    assert [json.loads(line)["step"] for line in (pre / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert (pre / "recon" / "step-00000004.png").is_file() and (pre / "config.yaml").is_file()
+    assert list((pre / "tb").iterdir())
+    refused = CliRunner().invoke(app, ["pretrain", "--config", "tiny", "--data", str(synth_data), "--out", str(pre)])
+    assert refused.exit_code == 1 and "--resume auto" in refused.output
+
+    invoke("finetune", "--config", "tiny", "--data", synth_data, "--init", pre / "checkpoints" / "best.pt",
+           "--out", fin, *sets, "--set", "steps=3", "--set", "finetune.mixup=0.8", "--set", "finetune.cutmix=1.0")
+    out = invoke("eval", "--checkpoint", fin / "checkpoints" / "step-00000003.pt", "--out", ev, "--clips", "1",
+                 "--crops", "2", "--workers", "1")
+    assert "camera 1" in out and "fused" in out
+    res = json.loads((ev / "results.json").read_text())
+    assert res["protocol"] == "synth_xview" and list(res["per_camera"]) == ["1"]
+    assert res["clips"]["count"] == 2 * res["videos"]["count"] and (ev / "confusion.png").is_file()
+
+    probe = tmp_path / "probe"
+    invoke("probe", "--checkpoint", pre / "checkpoints" / "best.pt", "--method", "knn", "--out", probe,
+           "--clips", "1", "--crops", "1", "--workers", "1")
+    assert json.loads((probe / "results.json").read_text())["method"] == "knn"
+
+    timings = tmp_path / "timings.txt"
+    timings.write_text("pretrain 1.5\nfinetune 2\n")
+    invoke("report", "--pretrain", pre, "--finetune", fin, "--eval", ev, "--out", tmp_path / "r" / "report.md",
+           "--timings", timings, "--probe", probe)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
+    for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
+        assert (tmp_path / "r" / png).is_file(), png

@@ -1,0 +1,138 @@
+"""Pure sampling decisions and the cell-grid -> token-grid motion resampling (no shards needed)."""
+
+import numpy as np
+import pytest
+
+from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
+from mv2mae.data.sampling import (
+    choose_views,
+    eval_boxes,
+    eval_frame_indices,
+    random_resized_box,
+    train_frame_indices,
+)
+from preprocess.motion import framediff_grid
+
+GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
+
+
+@pytest.mark.parametrize("num_frames", [1, 2, 5, 14, 15, 16, 40])
+def test_frame_indices_stay_in_range_for_any_length(num_frames):
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        idx = train_frame_indices(num_frames, GEOM, rng)
+        assert len(idx) == GEOM.frames and idx.min() >= 0 and idx.max() < num_frames
+        assert np.all(np.diff(idx) >= 0)
+        if num_frames >= GEOM.span:
+            assert np.all(np.diff(idx) == GEOM.stride)
+    clips = eval_frame_indices(num_frames, GEOM, clips=3)
+    assert len(clips) == 3 and all(c.max() < num_frames for c in clips)
+    if num_frames >= GEOM.span:
+        assert clips[0][0] == 0 and clips[-1][-1] == num_frames - 1
+
+
+def test_views_follow_the_policy_and_the_allowed_cameras():
+    rng = np.random.default_rng(1)
+    cams = [1, 2, 3, 4, 5]
+    for _ in range(50):
+        views = choose_views(cams, SamplingConfig(num_sources=2), rng)
+        assert len(set(views)) == 3 and set(views) <= set(cams)
+        target, source = choose_views(cams, SamplingConfig(source_policy="adjacent"), rng)
+        assert abs(target - source) == 1
+    fixed = SamplingConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
+    assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
+    assert choose_views([2], SamplingConfig(), rng) is None
+    with pytest.raises(ValueError, match="fixed_pairs"):
+        SamplingConfig(source_policy="fixed", fixed_pairs=[[1, 2, 3]])
+
+
+def test_crop_boxes_lie_inside_the_frame():
+    rng = np.random.default_rng(2)
+    for _ in range(200):
+        x0, y0, x1, y1 = random_resized_box(96, 72, SamplingConfig(crop_scale=(0.1, 1.0)), rng)
+        assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 72
+    assert eval_boxes(96, 72, 3) == [(0, 0, 72, 72), (12, 0, 84, 72), (24, 0, 96, 72)]
+    assert eval_boxes(72, 96, 1) == [(0, 12, 72, 84)]
+
+
+def test_area_matrix_rows_are_exact_overlap_averages():
+    m = area_matrix(4.0, 20.0, 2, cell=8, extent=21)  # cells [0,8) [8,16) [16,21)
+    assert np.allclose(m.sum(axis=1), 1)
+    assert np.allclose(m[0], [0.5, 0.5, 0])  # [4,12): half of cell 0, half of cell 1
+    assert np.allclose(m[1], [0, 0.5, 0.5])  # [12,20)
+
+
+def moving_square_clip(frames=40, width=96, height=72, side=12, seed=0):
+    """A still textured background with one square moving on a straight line; returns frames and
+    the square's top-left corner per frame."""
+    rng = np.random.default_rng(seed)
+    background = rng.integers(60, 120, size=(height, width, 3), dtype=np.uint8)
+    corners = np.stack([np.linspace(4, width - side - 4, frames), np.linspace(8, height - side - 8, frames)], 1)
+    clip = np.repeat(background[None], frames, axis=0)
+    for t, (x, y) in enumerate(corners.round().astype(int)):
+        clip[t, y:y + side, x:x + side] = (250, 250, 250)
+    return clip, corners.round().astype(int)
+
+
+def test_moving_square_has_the_highest_weights_after_any_crop():
+    clip, corners = moving_square_clip()
+    rows = framediff_grid(clip, cell=8)
+    rng = np.random.default_rng(3)
+    cfg = SamplingConfig(crop_scale=(0.2, 1.0))
+    checked = 0
+    for _ in range(60):
+        idx = train_frame_indices(len(clip), GEOM, rng)
+        box = random_resized_box(96, 72, cfg, rng)
+        first, last = idx.min(), idx.max() + 1
+        motion = cache_token_motion(rows[first:last], int(first), idx, box, (96, 72), 8, GEOM)
+        tokens = motion.reshape(GEOM.grid)
+        x0, y0, x1, y1 = box
+        _, gh, gw = GEOM.grid
+        for tt in range(GEOM.grid[0]):
+            frames = idx[max(0, 2 * tt - 1): 2 * tt + 2]  # the tubelet's frames and the interval before
+            sx0, sy0 = corners[frames.min():frames.max() + 1].min(0)  # the square's swept box
+            sx1, sy1 = corners[frames.min():frames.max() + 1].max(0) + 12
+            if sx1 <= x0 or sx0 >= x1 or sy1 <= y0 or sy0 >= y1 or frames.min() == frames.max():
+                continue  # the square is outside this crop (or does not move) in this tubelet
+            sx0, sy0, sx1, sy1 = sx0 - 8, sy0 - 8, sx1 + 8, sy1 + 8  # one motion cell of slack
+            h, w = np.unravel_index(np.argmax(tokens[tt]), (gh, gw))
+            tx0, tx1 = x0 + (x1 - x0) * w / gw, x0 + (x1 - x0) * (w + 1) / gw
+            ty0, ty1 = y0 + (y1 - y0) * h / gh, y0 + (y1 - y0) * (h + 1) / gh
+            assert tx1 > sx0 and tx0 < sx1 and ty1 > sy0 and ty0 < sy1, (box, tt, (h, w))
+            assert tokens[tt].max() > 5 * np.median(tokens[tt]) + 1e-3
+            checked += 1
+    assert checked > 50
+
+
+def test_cache_and_online_motion_agree_in_rank_on_the_square():
+    from scipy.stats import spearmanr
+
+    clip, _ = moving_square_clip()
+    rows = framediff_grid(clip, cell=8)
+    idx = np.arange(GEOM.frames) * GEOM.stride + 3
+    box = (0, 0, 96, 72)
+    cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, box, (96, 72), 8, GEOM)
+    import cv2
+
+    cropped = np.stack([cv2.resize(clip[i], (GEOM.size, GEOM.size), interpolation=cv2.INTER_AREA) for i in idx])
+    online = online_token_motion(cropped, GEOM)
+    assert online.shape == cached.shape == (GEOM.tokens,)
+    moving = (online > 1) | (cached > 1)
+    assert moving.sum() >= 4
+    assert spearmanr(cached[moving], online[moving]).statistic > 0.8
+    assert cached[np.argmax(online)] >= np.quantile(cached, 0.9)  # the most-moving token agrees
+
+
+def test_configs_come_from_the_model_and_run_configs():
+    from mv2mae.config import DataConfig
+    from mv2mae.model.config import ModelConfig
+
+    geom = ClipGeometry.from_model_config(ModelConfig(frames=8, image_size=64, tubelet=2, patch=16), stride=3)
+    assert (geom.frames, geom.stride, geom.size, geom.tubelet, geom.patch) == (8, 3, 64, 2, 16)
+    assert geom.tokens == ModelConfig(frames=8, image_size=64, tubelet=2, patch=16).num_tokens
+    data = DataConfig(num_sources=2, source_policy="adjacent", motion="online", shared_crop=True, eval_clips=4)
+    cfg = SamplingConfig.from_data_config(data)
+    assert (cfg.num_sources, cfg.source_policy, cfg.motion, cfg.shared_crop, cfg.eval_clips) == (
+        2, "adjacent", "online", True, 4)
+    assert tuple(cfg.crop_scale) == tuple(data.crop_scale)

@@ -1,0 +1,95 @@
+"""The training loop: exact resume, non-finite step skipping, layer-decay parameter groups."""
+
+import math
+
+import pytest
+import torch
+from train_helpers import GlobalBatchSource, SimulatedCrash, tiny_config
+
+from mv2mae.model.classifier import VideoClassifier
+from mv2mae.train import checkpoint as ckpt_io
+from mv2mae.train.distributed import setup
+from mv2mae.train.logs import read_log
+from mv2mae.train.loop import Trainer, TrainingStopped
+from mv2mae.train.optim import build_optimizer, param_groups
+from mv2mae.train.tasks import FinetuneTask, PretrainTask
+
+torch.set_num_threads(1)
+ENV = setup("cpu")
+
+
+def fit(cfg, source, run_dir, resume=None, task_cls=PretrainTask):
+    task = task_cls(cfg, source) if task_cls is PretrainTask else task_cls(cfg, source, source.classes)
+    return Trainer(cfg, task, run_dir, ENV, resume=resume).fit()
+
+
+def losses(run_dir):
+    return [(r["step"], r["loss"]) for r in read_log(run_dir)]
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_resume_after_a_crash_continues_the_same_loss_curve(tmp_path, stage):
+    extra = ["finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.drop_path=0.1"] if stage == "finetune" else []
+    cfg = tiny_config(stage, "optim.accum_steps=2", *extra)
+    task_cls, classes = (PretrainTask, 0) if stage == "pretrain" else (FinetuneTask, 4)
+    fit(cfg, GlobalBatchSource(cfg, classes=classes), tmp_path / "straight", task_cls=task_cls)
+
+    crashed = tmp_path / "crashed"
+    with pytest.raises(SimulatedCrash):  # dies inside step 5, after the step-3 checkpoint
+        fit(cfg, GlobalBatchSource(cfg, classes=classes, crash_after=9), crashed, task_cls=task_cls)
+    assert ckpt_io.latest(crashed).name == ckpt_io.step_name(3)
+    assert [s for s, _ in losses(crashed)] == [1, 2, 3, 4]
+    fit(cfg, GlobalBatchSource(cfg, classes=classes), crashed, resume="auto", task_cls=task_cls)
+
+    straight, resumed = losses(tmp_path / "straight"), losses(crashed)
+    assert [s for s, _ in resumed] == list(range(1, 7))
+    assert len({round(v, 6) for _, v in straight}) > 1  # the loss actually moves
+    for (s1, a), (s2, b) in zip(straight, resumed, strict=True):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {s1}: {a} vs {b}"
+    state = ckpt_io.load_run(ckpt_io.latest(crashed))
+    assert state["step"] == 6 and state["data"]["micro_batches"] == 12
+    assert state["run_config"]["stage"] == stage and state["config"]["embed_dim"] == cfg.model.embed_dim
+
+
+class PoisonedSource(GlobalBatchSource):
+    """Clean batches, then NaN pixels from micro-batch ``poison_from`` on."""
+
+    def __init__(self, cfg, poison_from):
+        super().__init__(cfg)
+        self.poison_from = poison_from
+
+    def batches(self, start):
+        for i, batch in enumerate(super().batches(start), start):
+            if i >= self.poison_from:
+                batch = dict(batch, video=torch.full_like(batch["video"], math.nan))
+            yield batch
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_good_checkpoint(tmp_path):
+    cfg = tiny_config("pretrain", "steps=12", "loop.ckpt_every=2", "loop.max_bad_steps=3")
+    with pytest.raises(TrainingStopped, match=r"3 consecutive non-finite steps \(up to step 7\).*step-00000006"):
+        fit(cfg, PoisonedSource(cfg, poison_from=4), tmp_path)
+    log = read_log(tmp_path)
+    assert [r["skipped"] for r in log] == [0, 0, 0, 0, 1, 2]  # steps 1..6 logged; step 7 raised
+    good, last = ckpt_io.load_run(tmp_path / "checkpoints" / "step-00000004.pt"), ckpt_io.load_run(ckpt_io.latest(tmp_path))
+    for key, value in last["model"].items():  # skipped steps never touched the weights
+        assert torch.isfinite(value).all() and torch.equal(value, good["model"][key]), key
+
+
+def test_layer_decay_groups_cover_every_parameter_exactly_once():
+    cfg = tiny_config("finetune")
+    model = VideoClassifier(cfg.model, num_classes=5)
+    groups = param_groups(model, weight_decay=0.05, layer_decay=0.75)
+    seen = [id(p) for g in groups for p in g["params"]]
+    assert sorted(seen) == sorted(id(p) for p in model.parameters() if p.requires_grad)
+    assert len(seen) == len(set(seen))
+    scale = {n: g["lr_scale"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    depth = cfg.model.depth
+    assert scale["head.weight"] == 1.0
+    assert scale["encoder.blocks.0.attn.qkv.weight"] == pytest.approx(0.75 ** depth)
+    assert scale["encoder.patch_embed.proj.weight"] == pytest.approx(0.75 ** (depth + 1))
+    decay = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
+    assert decay["head.bias"] == 0.0 and decay["head.weight"] == 0.05
+    # the optimiser keeps the groups and the scheduler applies lr_scale on top of the scaled lr
+    opt = build_optimizer(model, cfg, world_size=1, device=torch.device("cpu"))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)
