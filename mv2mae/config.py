@@ -49,6 +49,7 @@ class DataConfig:
     stride: int = 4  # temporal stride between sampled frames
     num_sources: int = 1  # source views per pretraining sample (K)
     source_policy: str = "random"  # random | adjacent | fixed
+    fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
     motion: str = "framediff"  # motion cache source, or "online" (from the sampled clip)
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area range
     shared_crop: bool = False  # one crop box for every view of a sample
@@ -56,6 +57,10 @@ class DataConfig:
     workers: int = 2  # loader processes per rank
     eval_clips: int = 2  # temporal clips per test video
     eval_crops: int = 3  # spatial crops per clip
+    # where uint8 pixels become normalised floats: "worker" (loader processes), "device" (after the
+    # copy to the GPU: a quarter of the bytes through shared memory, ~30% more samples per worker),
+    # or "auto" = device on CUDA, worker on CPU
+    normalize_on: str = "auto"
 
 
 @dataclass

@@ -95,6 +95,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              train_cameras=(2, 3), test_cameras=(1,)),
     Protocol("synth_xsub", ("synth",), "synthetic set, cross-subject: odd subjects train, even test",
              "subject", _odd),
+    # ROCOG-v2 has no official split we could verify (DATASETS.md): the manifest's subject column decides
+    Protocol("rocog", ("manifest",), "ROCOG-v2 through the manifest adapter, cross-subject: odd subject "
+             "numbers train, even test (number the manifest's subjects accordingly)", "subject", _odd),
     Protocol("all", ("*",), "every shard and camera in both splits (pretraining on everything, demos)"),
 ]}
 

@@ -107,3 +107,18 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
         assert (tmp_path / "r" / png).is_file(), png
+
+
+def test_normalising_on_the_device_gives_the_same_losses_as_in_the_workers(synth_data, tmp_path):
+    """``data.normalize_on=device`` (the CUDA default) moves uint8 clips and normalises after the copy:
+    the training losses must be those of worker-side normalisation, step for step."""
+    sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=1",
+                           "optim.batch_size=4", "loop.log_every=1", "steps=2"] for x in ("--set", item)]
+    runs = {}
+    for where in ("worker", "device"):
+        out = tmp_path / where
+        invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", out, *sets,
+               "--set", f"data.normalize_on={where}")
+        runs[where] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(runs["device"]) == 2
+    np.testing.assert_allclose(runs["device"], runs["worker"], rtol=1e-5)

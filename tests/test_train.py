@@ -93,3 +93,37 @@ def test_layer_decay_groups_cover_every_parameter_exactly_once():
     # the optimiser keeps the groups and the scheduler applies lr_scale on top of the scaled lr
     opt = build_optimizer(model, cfg, world_size=1, device=torch.device("cpu"))
     assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)
+
+
+def test_pretrain_init_anchors_a_1d_position_table_where_the_checkpoint_was_trained(tmp_path):
+    """--init from a VideoMAE-style (1D table) checkpoint at another clip length resamples positions,
+    as finetuning does, instead of re-indexing a table for the new grid; weights load strictly."""
+    from mv2mae.model.checkpoint import load_encoder, save_model_state
+    from mv2mae.model.mv2mae import MV2MAE
+
+    src = tiny_config("pretrain", "model.pos_embed=sinusoid1d", "model.frames=8").model
+    path = save_model_state(tmp_path / "v.pt", MV2MAE(src), src)
+    cfg = tiny_config("pretrain", "model.pos_embed=sinusoid1d")  # 4 frames: a different token grid
+    model = PretrainTask(cfg, GlobalBatchSource(cfg), init=str(path)).build_model()
+    assert model.cfg.pos_embed_reference_grid == src.grid
+    encoder, _ = load_encoder(path, frames=4)
+    assert torch.equal(model.encoder.pos_embed, encoder.pos_embed)
+    assert torch.equal(model.encoder.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+
+
+def test_a_resumed_run_follows_its_own_config_schedule_and_hyperparameters(tmp_path):
+    """Extending a finished run with --set steps=… resumes on the longer cosine (not at the old run's
+    min lr), and a changed weight decay is applied: the checkpoint gives state, the config the recipe."""
+    fit(tiny_config("pretrain", "steps=12"), GlobalBatchSource(tiny_config()), tmp_path / "straight")
+    fit(tiny_config("pretrain", "steps=6"), GlobalBatchSource(tiny_config()), tmp_path / "short")
+    longer = tiny_config("pretrain", "steps=12", "optim.weight_decay=0.2")
+    task = PretrainTask(longer, GlobalBatchSource(longer))
+    trainer = Trainer(longer, task, tmp_path / "short", ENV, resume="auto")
+    trainer.fit()
+    straight = {r["step"]: r["lr"] for r in read_log(tmp_path / "straight")}
+    resumed = {r["step"]: r["lr"] for r in read_log(tmp_path / "short")}
+    assert sorted(resumed) == list(range(1, 13))
+    for step in range(7, 13):
+        assert resumed[step] == pytest.approx(straight[step], rel=1e-9), step
+    assert resumed[7] > 10 * resumed[12]  # still decaying, not parked at the minimum
+    assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.2}

@@ -67,7 +67,8 @@ def eval_loader(model_cfg: Any, s: EvalSettings, env: DistEnv, split: str | None
     from mv2mae.data.loaders import build_eval_loader
 
     geom = ClipGeometry.from_model_config(model_cfg, stride=s.stride)
-    sampling = SamplingConfig(eval_clips=s.clips, eval_crops=s.crops, motion="none")
+    sampling = SamplingConfig(eval_clips=s.clips, eval_crops=s.crops, motion="none", mean=model_cfg.pixel_mean,
+                              std=model_cfg.pixel_std)
     return build_eval_loader(geom, s.root, s.protocol, split or s.split, batch_size=s.batch_size, workers=s.workers,
                              rank=env.rank, world_size=env.world_size, sampling=sampling,
                              pin_memory=env.device.type == "cuda")

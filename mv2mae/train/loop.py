@@ -19,7 +19,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,6 +35,9 @@ from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
+
+# optimiser param-group entries that come from the run config (not from a resumed checkpoint)
+_CONFIG_GROUP_KEYS = ("weight_decay", "betas", "lr_scale", "initial_lr")
 
 
 class TrainingStopped(RuntimeError):
@@ -98,9 +101,11 @@ class Prefetcher:
 
     _END = object()
 
-    def __init__(self, batches: Iterator[Any], device: torch.device, depth: int = 2) -> None:
+    def __init__(self, batches: Iterator[Any], device: torch.device, depth: int = 2,
+                 prepare: Callable[[Any], Any] | None = None) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
+        self.prepare = prepare or (lambda batch: batch)
         self.thread = threading.Thread(target=self._run, args=(batches, device), daemon=True)
         self.thread.start()
 
@@ -117,7 +122,7 @@ class Prefetcher:
             for batch in batches:
                 if self.stop.is_set():
                     return
-                self._put(to_device(batch, device))
+                self._put(self.prepare(to_device(batch, device)))
             self._put(self._END)
         except BaseException as e:  # surfaced in the training thread by next()
             self._put(e)
@@ -176,8 +181,14 @@ class Trainer:
         if state["stage"] != self.cfg.stage:
             raise ckpt_io.CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
         self.raw_model.load_state_dict(state["model"], strict=True)
+        # the checkpoint gives the optimiser its moments; the run's config keeps the hyper-parameters
+        # (a resumed run may change them), and the schedule is rebuilt from the config rather than
+        # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
+        # longer --set steps=… gets its own cosine instead of the finished one's minimum lr
+        fresh = [{k: g[k] for k in _CONFIG_GROUP_KEYS if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        for group, values in zip(self.optimizer.param_groups, fresh, strict=True):
+            group.update(values)
         self.scaler.load_state_dict(state["scaler"])
         ckpt_io.set_rng_state(state["rng"])
         self.step = int(state["step"])
@@ -221,7 +232,8 @@ class Trainer:
             log.print(self.describe())
             if getattr(self, "resumed_from", None):
                 log.print(f"resumed from {self.resumed_from} at step {self.step}")
-        prefetch = Prefetcher(self.task.train_batches(self.micro_batches), env.device)
+        prefetch = Prefetcher(self.task.train_batches(self.micro_batches), env.device,
+                              prepare=getattr(self.task, "prepare_batch", None))
         try:
             summary = self._loop(prefetch, log)
         finally:

@@ -36,7 +36,13 @@ class ShardSource:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
         self.geom = ClipGeometry.from_model_config(cfg.model, stride=cfg.data.stride)
-        self.sampling = SamplingConfig.from_data_config(cfg.data)
+        if cfg.data.normalize_on not in ("auto", "worker", "device"):
+            raise ValueError(f"data.normalize_on must be auto, worker or device, got {cfg.data.normalize_on!r}")
+        on_device = cfg.data.normalize_on == "device" or (cfg.data.normalize_on == "auto"
+                                                          and env.device.type == "cuda")
+        # the loader normalises with the model's declared pixel statistics (``denormalise`` undoes them)
+        self.sampling = SamplingConfig.from_data_config(cfg.data, normalize=not on_device, mean=cfg.model.pixel_mean,
+                                                        std=cfg.model.pixel_std)
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
 
     @property
@@ -44,7 +50,20 @@ class ShardSource:
         return self.split.num_classes
 
     def samples_per_epoch(self) -> int:
-        return self.split.selection.groups
+        """Pretraining: one multi-view sample per group. Finetuning: an epoch is a pass over the videos
+        (each allowed camera of a group is one; a stream sample draws one of them at random)."""
+        if self.kind == "pretrain":
+            return self.split.selection.groups
+        allowed = set(self.split.selection.cameras)
+        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.split.selection.shards)
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
+        from mv2mae.data.decode import normalize_video
+
+        if batch["video"].dtype == torch.uint8:
+            batch["video"] = normalize_video(batch["video"], self.sampling.mean, self.sampling.std)
+        return batch
 
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
         from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
@@ -74,13 +93,9 @@ class PretrainTask:
         from mv2mae.model.mv2mae import MV2MAE
 
         model = MV2MAE(self.cfg.model)
-        if self.init:  # full MV2MAE weights, or an encoder alone (e.g. converted VideoMAE) with fresh decoders
-            ckpt = mc.load_checkpoint(self.init)
-            mc.check_geometry(mc.config_of(ckpt), self.cfg.model, self.init)
-            if any(k.startswith(mc.PRETRAIN_ONLY_PREFIXES) for k in ckpt["model"]):
-                mc.load_state_strict(model, ckpt["model"], self.init)
-            else:
-                mc.load_state_strict(model.encoder, mc.encoder_state(ckpt["model"], self.init), self.init)
+        if self.init:  # full MV2MAE weights, or an encoder alone (e.g. converted VideoMAE) with fresh decoders;
+            # the shared loader also anchors a 1D position table where the checkpoint's was trained
+            mc.load_pretrained_into_mv2mae(model, self.init)
         return model
 
     def samples_per_epoch(self) -> int | None:
@@ -88,6 +103,10 @@ class PretrainTask:
 
     def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
         return self.source.batches(start)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prepare = getattr(self.source, "prepare", None)
+        return prepare(batch) if prepare else batch
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         motion = batch.get("motion") if self.cfg.data.motion != "none" else None
@@ -140,6 +159,10 @@ class FinetuneTask:
 
     def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
         return self.source.batches(start)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prepare = getattr(self.source, "prepare", None)
+        return prepare(batch) if prepare else batch
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         video, label = batch["video"], batch["label"]

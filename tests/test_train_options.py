@@ -1,0 +1,80 @@
+"""Options of the run config that reach the data path: fixed (target, source) camera pairs and the
+model's pixel statistics, on real shards (the loader and the evaluation loader both use them)."""
+
+import pytest
+import torch
+from fixtures_data import session_synth_data
+from train_helpers import TINY_MODEL
+
+from mv2mae.config import load_config
+from mv2mae.eval.evaluate import EvalSettings, eval_loader
+from mv2mae.train.distributed import setup
+from mv2mae.train.tasks import ShardSource
+
+ENV = setup("cpu")
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    return session_synth_data(tmp_path_factory)
+
+
+def tiny(synth_data, *extra):
+    return load_config("tiny", "pretrain", [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=0",
+                                            "data.normalize_on=worker", "optim.batch_size=4", f"data.root={synth_data}",
+                                            *extra])
+
+
+def test_fixed_source_pairs_are_a_config_option_the_loader_follows(synth_data):
+    cfg = tiny(synth_data, "data.source_policy=fixed", "data.fixed_pairs=[[3, 2]]")
+    source = ShardSource(cfg, ENV, "pretrain")
+    assert source.sampling.fixed_pairs == [[3, 2]]
+    batch = next(iter(source.batches(0)))
+    assert batch["cameras"].tolist() == [[3, 2]] * 4  # view 0 = target camera 3, view 1 = source camera 2
+
+
+def test_loaders_normalise_with_the_model_pixel_statistics(synth_data):
+    cfg = tiny(synth_data, f"model.pixel_mean={list(MEAN)}", f"model.pixel_std={list(STD)}")
+    source = ShardSource(cfg, ENV, "pretrain")
+    assert (source.sampling.mean, source.sampling.std) == (MEAN, STD)
+    video = next(iter(source.batches(0)))["video"]
+    pixels = video * torch.tensor(STD).view(3, 1, 1, 1) + torch.tensor(MEAN).view(3, 1, 1, 1)
+    assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=2e-3)  # undone exactly: uint8 levels again
+    loader = eval_loader(cfg.model, EvalSettings(root=str(synth_data), protocol=cfg.data.protocol, workers=0), ENV)
+    assert (loader.dataset.sampling.mean, loader.dataset.sampling.std) == (MEAN, STD)
+
+
+def test_every_preset_names_a_protocol_that_exists():
+    from mv2mae.config import preset_names
+    from shards.protocols import PROTOCOLS
+
+    for name in preset_names():
+        stage = "finetune"  # every preset has a finetuning stage; transfer presets have no pretraining one
+        assert load_config(name, stage).data.protocol in PROTOCOLS, name
+
+
+def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
+    from shards.protocols import select
+    from shards.schema import DatasetIndex, ShardEntry
+
+    shards = [ShardEntry(name=f"P{s:03d}-000000.tar", partition=f"P{s:03d}", samples=2, bytes=1, sha256="0" * 64,
+                         subjects=[s], setups=[], cameras=[1, 2, 3], keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
+    index = DatasetIndex(dataset="manifest", classes=["a", "b"], fps=30.0, short_side=160, cell=8, motion=[],
+                         shards=shards, args={})
+    train, test = select(index, "rocog", "train"), select(index, "rocog", "test")
+    assert [s.subjects for s in train.shards] == [[1], [3]] and [s.subjects for s in test.shards] == [[2], [4]]
+    assert not set(train.keys) & set(test.keys)
+
+
+def test_a_finetuning_epoch_is_a_pass_over_the_train_videos_not_the_groups(synth_data):
+    """Finetuning draws one camera per group, so an epoch (schedule.epochs) counts every allowed camera
+    of every group; a pretraining sample is a whole group."""
+    from shards.protocols import select
+    from shards.schema import read_index
+
+    train = select(read_index(synth_data), "synth_xview", "train")
+    assert train.cameras == [2, 3] and train.groups > 0
+    finetune = load_config("tiny", "finetune", [f"data.root={synth_data}", "data.workers=0"])
+    assert ShardSource(finetune, ENV, "finetune").samples_per_epoch() == 2 * train.groups
+    assert ShardSource(tiny(synth_data), ENV, "pretrain").samples_per_epoch() == train.groups
