@@ -113,17 +113,23 @@ def encoder_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torc
     return out
 
 
+def _open_for(ckpt: dict[str, Any] | str | Path, target: ModelConfig) -> tuple[dict[str, Any], str, ModelConfig]:
+    """Load ``ckpt`` if it is a path, check its geometry against ``target`` and return it with its name
+    for error messages and the config the target must take (``target`` itself when nothing changes)."""
+    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    src_cfg = config_of(ckpt)
+    check_geometry(src_cfg, target, source)
+    return ckpt, source, adapted_config(src_cfg, target)
+
+
 def load_pretrained_into_classifier(classifier: nn.Module, ckpt: dict[str, Any] | str | Path) -> nn.Module:
     """Initialise ``classifier.encoder`` strictly from an MV2MAE (or classifier) checkpoint.
 
     The head stays freshly initialised. Frames/size may differ from the checkpoint's.
     """
-    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    src_cfg = config_of(ckpt)
-    check_geometry(src_cfg, classifier.cfg, source)
-    new_cfg = adapted_config(src_cfg, classifier.cfg)
+    ckpt, source, new_cfg = _open_for(ckpt, classifier.cfg)
     if new_cfg is not classifier.cfg:
         classifier.cfg = new_cfg
         classifier.encoder.rebuild_pos_embed(new_cfg)
@@ -135,12 +141,7 @@ def load_pretrained_into_mv2mae(model: nn.Module, ckpt: dict[str, Any] | str | P
     """Initialise an :class:`MV2MAE` (e.g. to continue pretraining at another size) strictly: a full
     MV2MAE checkpoint fills every part; an encoder-only one (a converted VideoMAE finetune, a
     classifier) fills the encoder and leaves the decoders freshly initialised."""
-    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    src_cfg = config_of(ckpt)
-    check_geometry(src_cfg, model.cfg, source)
-    new_cfg = adapted_config(src_cfg, model.cfg)
+    ckpt, source, new_cfg = _open_for(ckpt, model.cfg)
     if new_cfg is not model.cfg:
         model.cfg = new_cfg
         for part in (model.encoder, model.self_decoder, model.cross_decoder):

@@ -82,7 +82,24 @@ class ShardSource:
         yield from it
 
 
-class PretrainTask:
+class _SourceTask:
+    """What both tasks do with their batch source: epoch size, the stream, on-device preparation."""
+
+    cfg: RunConfig
+    source: BatchSource
+
+    def samples_per_epoch(self) -> int | None:
+        return self.source.samples_per_epoch()
+
+    def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
+        return self.source.batches(start)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prepare = getattr(self.source, "prepare", None)
+        return prepare(batch) if prepare else batch
+
+
+class PretrainTask(_SourceTask):
     name = "pretrain"
 
     def __init__(self, cfg: RunConfig, source: BatchSource, init: str = "") -> None:
@@ -98,16 +115,6 @@ class PretrainTask:
             mc.load_pretrained_into_mv2mae(model, self.init)
         return model
 
-    def samples_per_epoch(self) -> int | None:
-        return self.source.samples_per_epoch()
-
-    def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
-        return self.source.batches(start)
-
-    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        prepare = getattr(self.source, "prepare", None)
-        return prepare(batch) if prepare else batch
-
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         motion = batch.get("motion") if self.cfg.data.motion != "none" else None
         out = model(batch["video"], motion, generator=generator)
@@ -121,7 +128,7 @@ class PretrainTask:
                                    title=f"step {step}", seed=self.cfg.loop.seed)
 
 
-class FinetuneTask:
+class FinetuneTask(_SourceTask):
     name = "finetune"
 
     def __init__(self, cfg: RunConfig, source: BatchSource, num_classes: int) -> None:
@@ -153,16 +160,6 @@ class FinetuneTask:
         if ft.init:
             load_pretrained_into_classifier(model, ft.init)
         return model
-
-    def samples_per_epoch(self) -> int | None:
-        return self.source.samples_per_epoch()
-
-    def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
-        return self.source.batches(start)
-
-    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        prepare = getattr(self.source, "prepare", None)
-        return prepare(batch) if prepare else batch
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         video, label = batch["video"], batch["label"]
