@@ -113,13 +113,18 @@ def encoder_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torc
     return out
 
 
-def _open_for(ckpt: dict[str, Any] | str | Path, target: ModelConfig) -> tuple[dict[str, Any], str, ModelConfig]:
-    """Load ``ckpt`` if it is a path, check its geometry against ``target`` and return it with its name
-    for error messages and the config the target must take (``target`` itself when nothing changes)."""
+def _open(ckpt: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str, ModelConfig]:
+    """A checkpoint (loaded if given as a path), its name for error messages, and its model config."""
     source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    src_cfg = config_of(ckpt)
+    return ckpt, source, config_of(ckpt)
+
+
+def _open_for(ckpt: dict[str, Any] | str | Path, target: ModelConfig) -> tuple[dict[str, Any], str, ModelConfig]:
+    """Load ``ckpt`` if it is a path, check its geometry against ``target`` and return it with its name
+    for error messages and the config the target must take (``target`` itself when nothing changes)."""
+    ckpt, source, src_cfg = _open(ckpt)
     check_geometry(src_cfg, target, source)
     return ckpt, source, adapted_config(src_cfg, target)
 
@@ -157,10 +162,7 @@ def load_mv2mae(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> n
     """Rebuild an :class:`MV2MAE` from a checkpoint, strictly (overrides: e.g. mask_ratio, tau)."""
     from mv2mae.model.mv2mae import MV2MAE
 
-    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    src_cfg = config_of(ckpt)
+    ckpt, source, src_cfg = _open(ckpt)
     cfg = adapted_config(src_cfg, src_cfg.with_(**config_overrides))
     check_geometry(src_cfg, cfg, source)
     model = MV2MAE(cfg)
@@ -172,10 +174,7 @@ def load_encoder(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> 
     """The frozen-feature entry point: the encoder of any mv2mae checkpoint, strictly loaded."""
     from mv2mae.model.encoder import Encoder
 
-    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    src_cfg = config_of(ckpt)
+    ckpt, source, src_cfg = _open(ckpt)
     cfg = adapted_config(src_cfg, src_cfg.with_(**config_overrides))
     check_geometry(src_cfg, cfg, source)
     encoder = Encoder(cfg)
