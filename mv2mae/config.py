@@ -54,11 +54,12 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area range
     shared_crop: bool = False  # one crop box for every view of a sample
     shuffle_buffer: int = 256
+    repeats: int = 1  # pretraining samples per decoded group, each with new crops (1 = off, as in the paper)
     workers: int = 2  # loader processes per rank
     eval_clips: int = 2  # temporal clips per test video
     eval_crops: int = 3  # spatial crops per clip
     # where uint8 pixels become normalised floats: "worker" (loader processes), "device" (after the
-    # copy to the GPU: a quarter of the bytes through shared memory, ~30% more samples per worker),
+    # copy to the GPU: a quarter of the bytes through shared memory, ~12% more samples per worker),
     # or "auto" = device on CUDA, worker on CPU
     normalize_on: str = "auto"
 

@@ -64,6 +64,24 @@ def test_same_seed_same_batches_other_seed_other_batches(synth_data):
     assert any(not torch.equal(x["video"], z["video"]) for x, z in zip(a, c, strict=True))
 
 
+def test_repeated_sampling_recrops_the_frames_it_decoded_once(synth_data):
+    def run(repeats):
+        (batch,) = take(build_pretrain_loader(GEOM, synth_data, "all", batch_size=6, workers=0, seed=4,
+                                              sampling=SamplingConfig(repeats=repeats, normalize=False)), 1)
+        return batch
+
+    once, twice = run(1), run(2)
+    assert twice["key"][0::2] == twice["key"][1::2]  # consecutive samples come from one group...
+    assert torch.equal(twice["cameras"][0::2], twice["cameras"][1::2])  # ...and the same views
+    for a, b in zip(twice["video"][0::2], twice["video"][1::2], strict=True):
+        assert not torch.equal(a, b)  # but each has crops of its own
+    assert not torch.equal(twice["motion"][0::2], twice["motion"][1::2])  # and weights for its crops
+    assert once["key"][:3] == twice["key"][0::2]  # the same groups, in the same order
+    assert torch.equal(once["video"][0], twice["video"][0])  # and the first crops as without repeats
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        SamplingConfig(repeats=0)
+
+
 def test_exact_pass_covers_every_group_once_across_2_ranks_x_2_workers(synth_data):
     index = read_index(synth_data)
     selection = select(index, "synth_xsub", "test")

@@ -90,12 +90,16 @@ def test_bench_loader_runs_end_to_end_and_writes_its_figures(tmp_path):
 
     out = tmp_path / "loader.json"
     res = runner.invoke(app, ["bench", "loader", "--json", str(out), "--work", str(tmp_path / "work"),
-                              "--raw-size", "224x160", "--groups", "1", "--seconds", "0.3", "--workers", "1",
+                              "--raw-size", "224x160", "--groups", "1", "--seconds", "1", "--workers", "1",
                               "--gpu-samples-per-s", "500"])
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
-    for name in ("shards", "shards_uint8", "raw_baseline"):
+    for name in ("shards", "shards_uint8", "shards_uint8_repeats", "raw_baseline"):
         assert r[name]["samples"] > 0 and r[name]["samples_per_cpu_s"] > 0 and r[name]["worker_rss_mib"] > 0
+    for name in ("shards", "shards_uint8", "shards_uint8_repeats"):  # the workers' batch buffers went round
+        buffers = r[name]["batch_buffers"]
+        assert buffers["leased"] > buffers["buffers"] > 0, buffers
+    assert r["raw_baseline"]["batch_buffers"] is None
     assert r["data"]["groups"] == 1 and r["settings"]["views"] == 2
     assert r["h100"]["workers_needed"] == math.ceil(1.25 * 500 / r["shards"]["samples_per_cpu_s"])
     assert "speed-up" in res.output

@@ -17,7 +17,7 @@ import platform
 import re
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from shards.reader import current_slot
 
 SHORT_SIDE = 160  # stored short side (DESIGN.md default for 128-pixel crops)
 BATCH = 8
+REPEATS = 2  # the repeated-sampling row: pretraining samples per decoded group
 # Labelled assumptions, used only when no measured ViT-S H100 rate is given: H100 SXM dense bf16 peak
 # and a model-FLOPs utilisation typical of a small ViT; the FLOPs per sample are analytic (model.flops).
 H100_BF16_PEAK = 989e12
@@ -168,7 +169,7 @@ def _memory_mib(pids: list[int]) -> list[dict[str, float]]:
     return out
 
 
-def measure(loader: DataLoader, seconds: float, workers: int) -> dict:
+def measure(loader: Iterable[dict], seconds: float, workers: int) -> dict:
     """Samples per wall-clock second, and per CPU-second of the workers: the machine may be shared,
     and the CPU-time figure is what one dedicated core would deliver. At least three batches per worker
     are counted, however long they take: the workers' CPU time includes the batches still in flight
@@ -185,7 +186,10 @@ def measure(loader: DataLoader, seconds: float, workers: int) -> dict:
     memory = _memory_mib(pids)
     del it
     rate = samples / elapsed
-    return dict(samples=samples, seconds=round(elapsed, 2), samples_per_s=round(rate, 2),
+    ring = getattr(loader, "ring", None)  # reused worker buffers (mv2mae.data.transport)
+    buffers = None if ring is None else dict(buffers=len(ring.leases), leased=sum(ring.leases.values()),
+                                             fresh=ring.unleased)
+    return dict(batch_buffers=buffers, samples=samples, seconds=round(elapsed, 2), samples_per_s=round(rate, 2),
                 samples_per_s_per_worker=round(rate / max(1, workers), 2),
                 worker_cpu_s=round(cpu, 2), samples_per_cpu_s=round(samples / max(cpu, 1e-9), 2),
                 worker_rss_mib=round(float(np.mean([m["rss"] for m in memory])), 1) if memory else None,
@@ -246,6 +250,11 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
                                          sampling=SamplingConfig(normalize=False))
     shards_uint8 = measure(uint8_loader, seconds, workers)
     del uint8_loader
+    # Repeated sampling (``data.repeats``, off by default): two crops of every group decoded.
+    repeat_loader = build_pretrain_loader(geom, data["shards"], "all", batch_size=BATCH, workers=workers, seed=0,
+                                          sampling=SamplingConfig(normalize=False, repeats=REPEATS))
+    shards_repeats = measure(repeat_loader, seconds, workers)
+    del repeat_loader
     raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, sampling, seed=0), batch_size=BATCH,
                             num_workers=workers, persistent_workers=workers > 0,
                             collate_fn=partial(collate_clips, mean=sampling.mean, std=sampling.std, normalize=True))
@@ -260,7 +269,8 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
         settings=dict(workers=workers, batch=BATCH, seconds=seconds, views=sampling.views, frames=geom.frames,
                       stride=geom.stride, size=geom.size, motion=sampling.motion, raw_size=list(raw_size),
                       short_side=SHORT_SIDE),
-        data=data, shards=shards, shards_uint8=shards_uint8, raw_baseline=raw, jpeg_decode_floor=floor,
+        data=data, shards=shards, shards_uint8=shards_uint8, shards_uint8_repeats=shards_repeats, raw_baseline=raw,
+        jpeg_decode_floor=floor,
         speedup_wall=round(shards["samples_per_s"] / max(raw["samples_per_s"], 1e-9), 1),
         speedup_cpu=round(per_core / max(raw["samples_per_cpu_s"], 1e-9), 1),
         bars=dict(speedup_ge_20x=shards["samples_per_s"] >= 20 * raw["samples_per_s"],
@@ -270,7 +280,9 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
         h100=dict(gpu_samples_per_s=gpu_rate, source=gpu_source, headroom=HEADROOM,
                   formula="workers = ceil(headroom × GPU samples/s ÷ shard-loader samples per worker CPU-second)",
                   workers_needed=math.ceil(HEADROOM * gpu_rate / max(per_core, 1e-9)),
-                  workers_needed_uint8=math.ceil(HEADROOM * gpu_rate / max(shards_uint8["samples_per_cpu_s"], 1e-9))))
+                  workers_needed_uint8=math.ceil(HEADROOM * gpu_rate / max(shards_uint8["samples_per_cpu_s"], 1e-9)),
+                  workers_needed_uint8_repeats=math.ceil(HEADROOM * gpu_rate /
+                                                         max(shards_repeats["samples_per_cpu_s"], 1e-9))))
 
 
 def print_report(r: dict) -> None:
@@ -285,6 +297,7 @@ def print_report(r: dict) -> None:
         table.add_column(col, justify="left" if col == "loader" else "right")
     for name, m in ((f"shards (JPEG {s['short_side']}p + Zarr motion)", r["shards"]),
                     ("shards, uint8 video (normalised on device)", r["shards_uint8"]),
+                    (f"shards, uint8, repeats {REPEATS} (data.repeats)", r["shards_uint8_repeats"]),
                     (f"raw videos {s['raw_size'][0]}x{s['raw_size'][1]} (VideoMAE-style)", r["raw_baseline"])):
         table.add_row(name, f"{m['samples_per_s']:.2f}", f"{m['samples_per_s_per_worker']:.2f}",
                       f"{m['samples_per_cpu_s']:.2f}", str(m["worker_rss_mib"]), str(m["worker_pss_mib"]))
@@ -301,5 +314,6 @@ def print_report(r: dict) -> None:
     console.print(f"JPEG decoding alone (cv2.imdecode, {f['ms_per_frame']} ms/frame, one process): {f['ms_per_sample']} "
                   f"ms per sample = at most {f['samples_per_cpu_s']} samples per CPU-second before any other work")
     h = r["h100"]
-    console.print(f"workers to feed one H100: {h['workers_needed']} (uint8 video: {h['workers_needed_uint8']}) — "
+    console.print(f"workers to feed one H100: {h['workers_needed']} (uint8 video: {h['workers_needed_uint8']}; "
+                  f"uint8 with {REPEATS} repeats: {h['workers_needed_uint8_repeats']}) — "
                   f"{h['formula']}; GPU {h['source']}")

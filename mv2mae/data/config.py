@@ -67,6 +67,9 @@ class SamplingConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     shuffle_buffer: int = 256  # groups held by each worker's shuffle buffer
+    # pretraining samples cut from each decoded group: new crops (and masks) of the same frames and views
+    # (MAE-ST's repeated sampling). 1 = every sample decodes its own group (VideoMAE, the paper)
+    repeats: int = 1
     eval_clips: int = 2  # temporal clips per evaluation video
     eval_crops: int = 3  # spatial crops per evaluation clip (left/centre/right along the long side)
 
@@ -75,6 +78,8 @@ class SamplingConfig:
             raise ValueError(f"source_policy {self.source_policy!r} not in {SOURCE_POLICIES}")
         if self.motion not in MOTION_OPTIONS:
             raise ValueError(f"motion {self.motion!r} not in {MOTION_OPTIONS}")
+        if self.repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.num_sources < 1:
             raise ValueError(f"sources must be >= 1, got {self.num_sources}")
         if self.source_policy == "fixed":

@@ -28,6 +28,7 @@ from mv2mae.data.sampling import (
     random_resized_box,
     train_frame_indices,
 )
+from mv2mae.data.transport import RingEnds, attach
 from shards.protocols import Selection, select
 from shards.reader import GroupSample, current_slot, eval_groups, train_groups
 from shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
@@ -131,6 +132,7 @@ class ClipDataset(IterableDataset):
         super().__init__()
         self.split, self.geom, self.sampling = split, geom, sampling
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self._epoch = -1
 
     def _start(self) -> tuple[np.random.Generator, np.random.Generator]:
@@ -138,6 +140,7 @@ class ClipDataset(IterableDataset):
         cv2.setNumThreads(1)  # parallelism comes from the workers, not from OpenCV
         if torch.utils.data.get_worker_info() is not None:
             _keep_freed_memory()
+        attach(self.ring)
         self._epoch += 1
         slot = current_slot(self.rank, self.world_size)
         root = np.random.SeedSequence([self.seed, slot.index, slot.count, self._epoch])
@@ -198,20 +201,22 @@ class PretrainClips(ClipDataset):
             return None if views is None else (views, train_frame_indices(meta.frames, geom, plan_rng))
 
         for group in self._train_stream(self._planner(choose)):
-            yield self._sample(group, *group.plan, crop_rng, motion)
+            views, indices = group.plan
+            frames = [decode_frames(group, cam, indices) for cam in views]
+            for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
+                yield self._sample(group, views, indices, frames, crop_rng, motion)
 
-    def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray, rng: np.random.Generator,
-                motion: MotionRows | None) -> dict:
+    def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
+                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
         cfg, geom = self.sampling, self.geom
         width, height = group.meta.size
         shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
-        clips, weights = None, []
-        for v, cam in enumerate(views):
+        channels = decoded[0][int(indices[0])].shape[2]
+        # every view is resized straight into its slot of the sample
+        clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
+        weights = []
+        for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
             box = shared or random_resized_box(width, height, cfg, rng)
-            frames = decode_frames(group, cam, indices)
-            if clips is None:  # every view resized straight into its slot of the sample
-                channels = frames[int(indices[0])].shape[2]
-                clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
             clip = crop_resize(frames, indices, box, geom.size, out=clips[v])
             if motion is not None:
                 rows, first = motion.view(group, cam, indices)

@@ -14,6 +14,7 @@ import torch
 import torch.utils.data
 
 from mv2mae.data.sampling import Box
+from mv2mae.data.transport import batch_buffer, fresh_buffer, ship
 from shards.reader import GroupSample
 from shards.schema import ContractError, frame_member
 
@@ -64,33 +65,39 @@ def crop_resize(frames: dict[int, np.ndarray], indices: np.ndarray, box: Box, si
 
 
 def to_video_tensor(clips: np.ndarray) -> torch.Tensor:
-    """``[..., T, H, W, C]`` uint8 -> ``[..., C, T, H, W]`` uint8 view (normalising happens once per batch).
+    """``[..., T, H, W, C]`` uint8 -> ``[..., C, T, H, W]`` uint8 view of the same channels-last memory.
 
-    Left strided on purpose: stacking the batch copies it into the contiguous layout anyway, so an
-    extra per-sample copy here would only double the work."""
+    Batches keep that memory order too (:func:`collate_clips`): turning interleaved RGB into planes on
+    the CPU is a strided byte shuffle that cost a worker ~0.7 ms per two-view sample. ``Tensor.to(device)``
+    and ``pin_memory`` preserve the strides of such a dense tensor, so it crosses to the GPU as one
+    straight copy, and the device (or the CPU normalising pass) produces the layout the model reads."""
     return torch.from_numpy(np.ascontiguousarray(clips)).movedim(-1, -4)
 
 
-def _empty_float(shape: torch.Size) -> torch.Tensor:
-    """A float32 tensor, in shared memory when built inside a DataLoader worker so that handing the
-    batch to the main process copies nothing (what ``default_collate`` does for its stacks)."""
-    if torch.utils.data.get_worker_info() is None:
-        return torch.empty(shape, dtype=torch.float32)
-    elem = torch.empty(0, dtype=torch.float32)
-    storage = elem._typed_storage()._new_shared(shape.numel(), device="cpu")
-    return elem.new(storage).resize_(shape)
+def channels_last(video: torch.Tensor) -> torch.Tensor | None:
+    """The contiguous ``[..., T, H, W, C]`` tensor a ``[..., C, T, H, W]`` video is a view of, or None
+    when the video is not laid out that way in memory."""
+    if video.dim() < 4:
+        return None
+    inner = video.movedim(-4, -1)
+    return inner if inner.is_contiguous() else None
 
 
 def normalize_video(video: torch.Tensor, mean, std) -> torch.Tensor:
-    """uint8 ``[..., C, T, H, W]`` (on any device) -> float ``(x/255 - mean) / std``.
+    """uint8 ``[..., C, T, H, W]`` (on any device) -> float ``(x/255 - mean) / std``, same shape.
 
-    On the CPU a uint8 video goes through one 256-entry float table per channel (``cv2.LUT``): a single
+    On the CPU a uint8 video goes through a 256-entry float table per channel (``cv2.LUT``): a single
     pass that reads bytes and writes floats, instead of a converting copy plus two in-place passes over
-    ~1.5 M floats per two-view sample. Elsewhere: one converting copy, then in-place arithmetic."""
+    ~1.5 M floats per two-view sample; the result keeps the channels-last memory order of the loader's
+    batches (a view with the requested shape). Elsewhere: one converting copy into a contiguous tensor,
+    then in-place arithmetic."""
     if video.device.type == "cpu" and video.dtype == torch.uint8 and video.dim() >= 4 and video.numel():
-        out = _empty_float(video.shape)
-        _lut_normalize(video, out, mean, std)
-        return out
+        src = channels_last(video)
+        if src is None:
+            src = video.movedim(-4, -1).contiguous()
+        out = fresh_buffer(tuple(src.shape), torch.float32)
+        _lut_normalize(src, out, mean, std)
+        return out.movedim(-1, -4)
     out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
     out.copy_(video)
     shape = (-1, 1, 1, 1)
@@ -100,49 +107,64 @@ def normalize_video(video: torch.Tensor, mean, std) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _channel_tables(mean: tuple[float, ...], std: tuple[float, ...]) -> tuple[np.ndarray, ...]:
-    """Per channel, the float32 value of every byte, with the same float32 arithmetic as the tensor path."""
+def _channel_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """``[1, 256, C]`` float32: per channel, the value of every byte, with the same float32 arithmetic
+    as the tensor path (``cv2.LUT`` applies channel c's column to channel c of interleaved pixels)."""
     levels = np.arange(256, dtype=np.float32)
-    return tuple((levels - np.float32(m) * np.float32(255.0)) / (np.float32(s) * np.float32(255.0))
-                 for m, s in zip(mean, std, strict=True))
+    columns = [(levels - np.float32(m) * np.float32(255.0)) / (np.float32(s) * np.float32(255.0))
+               for m, s in zip(mean, std, strict=True)]
+    return np.ascontiguousarray(np.stack(columns, axis=-1)[None])
 
 
-def _lut_normalize(video: torch.Tensor, out: torch.Tensor, mean, std) -> None:
-    channels, rows, width = video.shape[-4], video.shape[-3] * video.shape[-2], video.shape[-1]
-    tables = _channel_tables(tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    if len(tables) != channels:
-        raise ValueError(f"{len(tables)} normalisation channels for a video with {channels} channels")
-    src = video.contiguous().numpy().reshape(-1, channels, rows, width)
-    dst = out.numpy().reshape(src.shape)
-    for clip, clip_out in zip(src, dst, strict=True):
-        for table, plane, plane_out in zip(tables, clip, clip_out, strict=True):
-            cv2.LUT(plane, table, dst=plane_out)
-
-
-_STAGING: dict[tuple, torch.Tensor] = {}
-
-
-def _staging(shape: tuple[int, ...]) -> torch.Tensor:
-    """A private uint8 buffer reused batch after batch: stacking into fresh (shared) memory costs a page
-    fault per 4 KiB, more than the copy itself, and the uint8 stack never leaves this process."""
-    if shape not in _STAGING:
-        _STAGING.clear()
-        _STAGING[shape] = torch.empty(shape, dtype=torch.uint8)
-    return _STAGING[shape]
+def _lut_normalize(src: torch.Tensor, out: torch.Tensor, mean, std) -> None:
+    """Contiguous channels-last uint8 ``src`` -> float32 ``out`` of the same shape, in one pass."""
+    channels = src.shape[-1]
+    table = _channel_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))
+    if table.shape[-1] != channels:
+        raise ValueError(f"{table.shape[-1]} normalisation channels for a video with {channels} channels")
+    image = src.numpy().reshape(-1, src.shape[-2], channels)  # one tall image: rows = everything but W, C
+    result = out.numpy().reshape(image.shape)
+    if cv2.LUT(image, table, dst=result) is not result:  # OpenCV reallocates rather than fail on a mismatch
+        raise RuntimeError("cv2.LUT did not write into the batch buffer")
 
 
 def collate_clips(samples: list[dict], mean, std, normalize: bool) -> dict:
-    """``default_collate`` of uint8 clips, then one normalising pass over the whole batch (half the
-    work of normalising per sample and stacking the floats). When normalising, the uint8 stack goes
-    to a reused private buffer and only the float batch is allocated (in shared memory in a worker)."""
-    if not normalize:
-        return torch.utils.data.default_collate(samples)
-    videos = [s["video"] for s in samples]
-    kinds = {(v.dtype, v.device.type, tuple(v.shape)) for v in videos}
-    if len(kinds) != 1 or next(iter(kinds))[:2] != (torch.uint8, "cpu"):
-        batch = torch.utils.data.default_collate(samples)
-        batch["video"] = normalize_video(batch["video"], mean, std)
-        return batch
-    rest = torch.utils.data.default_collate([{k: v for k, v in s.items() if k != "video"} for s in samples])
-    stacked = torch.stack(videos, out=_staging((len(videos), *videos[0].shape)))
-    return {"video": normalize_video(stacked, mean, std), **rest}
+    """A batch of samples: same-shaped CPU tensors are stacked and ints become an int64 tensor, in
+    :func:`~mv2mae.data.transport.batch_buffer` memory (a worker's reused shared buffers, shipped as
+    leases); anything else goes to ``default_collate``. A uint8 channels-last video
+    (:func:`to_video_tensor`) is copied once, straight into the batch — as bytes, or through the
+    normalising table when ``normalize`` — and arrives as a ``[B, ..., C, T, H, W]`` view of
+    channels-last memory; a video of any other kind is stacked and then normalised."""
+    batch, plain = {}, []
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if all(type(v) is int for v in values):
+            out = batch_buffer((len(values),), torch.int64, key)
+            out.numpy()[:] = values
+            batch[key] = ship(out)
+        elif not all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in values) or \
+                len({(v.dtype, tuple(v.shape)) for v in values}) != 1:
+            plain.append(key)
+        elif key == "video" and values[0].dtype == torch.uint8 and all(channels_last(v) is not None for v in values):
+            batch[key] = _collate_video([channels_last(v) for v in values], mean, std, normalize, key)
+        elif key == "video" and normalize:
+            batch[key] = normalize_video(torch.stack(values), mean, std)
+        else:
+            out = batch_buffer((len(values), *values[0].shape), values[0].dtype, key)
+            batch[key] = ship(torch.stack(values, out=out))
+    if plain:
+        batch.update(torch.utils.data.default_collate([{k: s[k] for k in plain} for s in samples]))
+        if normalize and "video" in plain:
+            batch["video"] = normalize_video(batch["video"], mean, std)
+    return {k: batch[k] for k in samples[0]}
+
+
+def _collate_video(sources: list[torch.Tensor], mean, std, normalize: bool, field: str):
+    shape = (len(sources), *sources[0].shape)
+    if normalize:
+        out = batch_buffer(shape, torch.float32, field)
+        for src, dst in zip(sources, out, strict=True):
+            _lut_normalize(src, dst, mean, std)
+    else:
+        out = torch.stack(sources, out=batch_buffer(shape, torch.uint8, field))
+    return ship(out.movedim(-1, -4))
