@@ -54,7 +54,9 @@ class DataConfig:
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area range
     shared_crop: bool = False  # one crop box for every view of a sample
     shuffle_buffer: int = 256
-    repeats: int = 1  # pretraining samples per decoded group, each with new crops (1 = off, as in the paper)
+    # pretraining samples per decoded group, each with new crops (1 = off, as in the paper); epochs still
+    # count samples, so an epoch then decodes 1/repeats of the groups (MAE-ST's effective epochs)
+    repeats: int = 1
     workers: int = 2  # loader processes per rank
     eval_clips: int = 2  # temporal clips per test video
     eval_crops: int = 3  # spatial crops per clip

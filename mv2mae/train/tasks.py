@@ -50,8 +50,10 @@ class ShardSource:
         return self.split.num_classes
 
     def samples_per_epoch(self) -> int:
-        """Pretraining: one multi-view sample per group. Finetuning: an epoch is a pass over the videos
-        (each allowed camera of a group is one; a stream sample draws one of them at random)."""
+        """Pretraining: one multi-view sample per group (with ``data.repeats`` = r, an epoch still counts
+        that many samples, cut from 1/r of the groups: MAE-ST's effective epochs). Finetuning: an epoch
+        is a pass over the videos (each allowed camera of a group is one; a stream sample draws one of
+        them at random)."""
         if self.kind == "pretrain":
             return self.split.selection.groups
         allowed = set(self.split.selection.cameras)
