@@ -122,6 +122,8 @@ def _lut_normalize(src: torch.Tensor, out: torch.Tensor, mean, std) -> None:
     table = _channel_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))
     if table.shape[-1] != channels:
         raise ValueError(f"{table.shape[-1]} normalisation channels for a video with {channels} channels")
+    if not (src.is_contiguous() and out.is_contiguous()) or out.shape != src.shape:
+        raise ValueError("_lut_normalize needs contiguous channels-last tensors of one shape")
     image = src.numpy().reshape(-1, src.shape[-2], channels)  # one tall image: rows = everything but W, C
     result = out.numpy().reshape(image.shape)
     if cv2.LUT(image, table, dst=result) is not result:  # OpenCV reallocates rather than fail on a mismatch
