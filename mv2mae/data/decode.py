@@ -147,8 +147,9 @@ def collate_clips(samples: list[dict], mean, std, normalize: bool) -> dict:
         elif not all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in values) or \
                 len({(v.dtype, tuple(v.shape)) for v in values}) != 1:
             plain.append(key)
-        elif key == "video" and values[0].dtype == torch.uint8 and all(channels_last(v) is not None for v in values):
-            batch[key] = _collate_video([channels_last(v) for v in values], mean, std, normalize, key)
+        elif key == "video" and values[0].dtype == torch.uint8 and \
+                (sources := [channels_last(v) for v in values]) and all(src is not None for src in sources):
+            batch[key] = _collate_video(sources, mean, std, normalize, key)
         elif key == "video" and normalize:
             batch[key] = normalize_video(torch.stack(values), mean, std)
         else:

@@ -94,12 +94,11 @@ class BatchRing:
     """Main-process side of the buffers of one DataLoader's workers: one release pipe per worker, and
     the buffers handed out to the consumer without a copy."""
 
-    def __init__(self, workers: int, slots: int, context=None):
+    def __init__(self, workers: int, slots: int):
         import multiprocessing
 
-        ctx = context or multiprocessing.get_context()
         self.id = uuid.uuid4().hex
-        pipes = [ctx.Pipe(duplex=False) for _ in range(workers)]
+        pipes = [multiprocessing.Pipe(duplex=False) for _ in range(workers)]
         self.ends = RingEnds(ring=self.id, readers=tuple(r for r, _ in pipes), slots=slots)
         self._writers = [w for _, w in pipes]
         for w in self._writers:
