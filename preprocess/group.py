@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from preprocess import align as align_mod
-from preprocess import motion as motion_mod
-from preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
-from preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
-from preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
-from shards.schema import GroupMeta, frame_ext
+from mv2mae.preprocess import align as align_mod
+from mv2mae.preprocess import motion as motion_mod
+from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
+from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
+from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
+from mv2mae.shards.schema import GroupMeta, frame_ext
 
 
 @dataclass(frozen=True)
@@ -101,7 +100,7 @@ def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResul
     if geo.crop == "none":
         return full_box(info.width, info.height)
     if geo.crop == "person":
-        from preprocess.adapters.ntu import read_skeleton_box
+        from mv2mae.preprocess.adapters.ntu import read_skeleton_box
 
         joints, why = None, "no skeleton file"
         if view.skeleton is not None:

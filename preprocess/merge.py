@@ -13,7 +13,7 @@ import re
 import shutil
 from pathlib import Path
 
-from shards.schema import FAILURES_FILE, INDEX_FILE, MOTION_STORE, DatasetIndex, write_index
+from mv2mae.shards.schema import FAILURES_FILE, INDEX_FILE, MOTION_STORE, DatasetIndex, write_index
 
 PART_RE = re.compile(r"^index\.part-(\d{3})-of-(\d{3})\.json$")
 

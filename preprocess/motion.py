@@ -1,14 +1,13 @@
 """Motion energy of stored frames on a cell grid: ``framediff`` (the paper's signal) and ``flow`` (DIS).
 
-Both return float16 [T, grid_h, grid_w] following ``shards.schema``: row t is the motion between stored
+Both return float16 [T, grid_h, grid_w] following ``mv2mae.shards.schema``: row t is the motion between stored
 frames t-1 and t, row 0 repeats row 1, cells on the right/bottom edge average only the pixels they cover.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from shards.schema import motion_grid
+from mv2mae.shards.schema import motion_grid
 
 
 def cell_means(values: np.ndarray, cell: int) -> np.ndarray:

@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from preprocess.adapters import AdapterOptions, GroupSpec, Scan
-from preprocess.adapters import scan as scan_dataset
-from preprocess.crop import Geometry
-from preprocess.decode import DEFAULT_BACKEND
-from preprocess.group import GroupResult, WorkConfig, process
-from shards.motion import TMP_DIR, write_shard_motion
-from shards.schema import (
+from mv2mae.preprocess.adapters import AdapterOptions, GroupSpec, Scan
+from mv2mae.preprocess.adapters import scan as scan_dataset
+from mv2mae.preprocess.crop import Geometry
+from mv2mae.preprocess.decode import DEFAULT_BACKEND
+from mv2mae.preprocess.group import GroupResult, WorkConfig, process
+from mv2mae.shards.motion import TMP_DIR, write_shard_motion
+from mv2mae.shards.schema import (
     FAILURES_FILE,
     INDEX_FILE,
     MOTION_SOURCES,
@@ -44,7 +43,7 @@ from shards.schema import (
     shard_stem,
     write_index,
 )
-from shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
+from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
 
 STATE_DIR = ".state"
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")

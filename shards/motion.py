@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from shards.schema import MOTION_STORE
+from mv2mae.shards.schema import MOTION_STORE
 
 CHUNK_ROWS = 64  # rows per compressed chunk: a 16-frame clip touches one or two chunks
 TMP_DIR = ".tmp"

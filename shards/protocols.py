@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shards.schema import ContractError, DatasetIndex, ShardEntry
+from mv2mae.shards.schema import ContractError, DatasetIndex, ShardEntry
 
 SPLITS = ("train", "test")
 

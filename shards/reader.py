@@ -18,8 +18,7 @@ from functools import partial
 from pathlib import Path
 
 import webdataset as wds
-
-from shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
+from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
 
 
 @dataclass

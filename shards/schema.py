@@ -24,7 +24,7 @@ row/column of cells averaging only the pixels they cover). Row t=0 repeats the v
 first frame has no predecessor: reuse the next difference). ``framediff`` is in 0-255 pixel units.
 Each motion sub-group's attributes repeat that index for readers without the shards: ``rows``
 {key: {cam: first row}}, ``frames`` {key: T}, ``grid`` {key: [grid_h, grid_w]}, ``cell`` (see
-``shards.motion``: if a shard's groups differ in stored size, its arrays take the largest grid).
+``mv2mae.shards.motion``: if a shard's groups differ in stored size, its arrays take the largest grid).
 """
 
 from __future__ import annotations

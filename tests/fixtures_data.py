@@ -1,5 +1,5 @@
-"""A tiny real dataset for the loader and tool tests: rendered by ``preprocess.synth``, preprocessed by
-``preprocess.pipeline`` into real tar shards and a real Zarr cache. Built once per session (the
+"""A tiny real dataset for the loader and tool tests: rendered by ``mv2mae.preprocess.synth``, preprocessed by
+``mv2mae.preprocess.pipeline`` into real tar shards and a real Zarr cache. Built once per session (the
 directory under pytest's session temp root is reused by every module that asks for it)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ def build_synth_data(base: Path) -> Path:
     data = base / "data"
     if (data / "index.json").is_file():
         return data
-    from preprocess.pipeline import run
-    from preprocess.synth import generate
+    from mv2mae.preprocess.pipeline import run
+    from mv2mae.preprocess.synth import generate
 
     raw = base / "raw"
     shutil.rmtree(raw, ignore_errors=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
-from shards.schema import GroupMeta
+from mv2mae.shards.schema import GroupMeta
 
 
 def group_metas(out: Path) -> dict[str, GroupMeta]:

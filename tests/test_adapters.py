@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mv2mae.preprocess.adapters import AdapterError, AdapterOptions, scan
+from mv2mae.preprocess.decode import ffmpeg_exe
+from mv2mae.preprocess.pipeline import run
+from mv2mae.shards.protocols import select
+from mv2mae.shards.schema import read_index
 from shard_helpers import group_metas
-
-from preprocess.adapters import AdapterError, AdapterOptions, scan
-from preprocess.decode import ffmpeg_exe
-from preprocess.pipeline import run
-from shards.protocols import select
-from shards.schema import read_index
 
 
 def _video(path: Path, frames: int, size: str = "64x48", seed: int = 0) -> Path:
@@ -68,7 +67,7 @@ def test_ntu_naming_classes_partitions_and_skeletons(tmp_path):
 
 
 def test_ntu_skeleton_box_and_drop_missing(tmp_path):
-    from preprocess.adapters.ntu import read_skeleton_box
+    from mv2mae.preprocess.adapters.ntu import read_skeleton_box
 
     for c in (1, 2, 3):
         _touch(tmp_path / "nturgb+d_rgb" / f"S001C00{c}P001R001A001_rgb.avi")
@@ -88,7 +87,7 @@ def test_ntu_skeleton_box_and_drop_missing(tmp_path):
 
 
 def test_person_box_is_a_square_inside_the_frame():
-    from preprocess.crop import person_box
+    from mv2mae.preprocess.crop import person_box
 
     x0, y0, x1, y1 = person_box(1920, 1080, (900.0, 300.0, 1000.0, 700.0), 0.15)
     assert x1 - x0 == y1 - y0 == 520 and (x0 + x1) / 2 == 950 and (y0 + y1) / 2 == 500
@@ -101,9 +100,8 @@ def test_person_box_is_a_square_inside_the_frame():
 def _image_folder(folder: Path, frames: int, seed: int) -> None:
     """N-UCLA's per-frame layout: frame_NNN_tc_TTTTTT_rgb.jpg plus depth/skeleton distractors."""
     import cv2
-
-    from preprocess.crop import full_box
-    from preprocess.decode import DecodeRequest, decode, probe
+    from mv2mae.preprocess.crop import full_box
+    from mv2mae.preprocess.decode import DecodeRequest, decode, probe
 
     src = _video(folder.parent / f"src{seed}.avi", frames, seed=seed)
     info = probe(src)

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from fixtures_data import session_synth_data
+from mv2mae.shards.protocols import select
+from mv2mae.shards.schema import read_index
 
 from mv2mae.train.logs import read_log
-from shards.protocols import select
-from shards.schema import read_index
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 from fixtures_data import session_synth_data
+from mv2mae.shards.protocols import select
+from mv2mae.shards.schema import ContractError, read_index
 
 from mv2mae.data import (
     ClipGeometry,
@@ -13,8 +15,6 @@ from mv2mae.data import (
     build_finetune_loader,
     build_pretrain_loader,
 )
-from shards.protocols import select
-from shards.schema import ContractError, read_index
 
 GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
 

@@ -7,10 +7,17 @@ import cv2
 import numpy as np
 import pytest
 from fixtures_data import session_synth_data
+from mv2mae.shards.reader import (
+    GroupSample,
+    balanced_assignment,
+    eval_groups,
+    iter_tar,
+    tar_groups,
+    train_groups,
+)
+from mv2mae.shards.schema import ContractError, GroupMeta, read_index
 
 from mv2mae.data.decode import crop_resize, decode_frames
-from shards.reader import GroupSample, balanced_assignment, eval_groups, iter_tar, tar_groups, train_groups
-from shards.schema import ContractError, GroupMeta, read_index
 
 
 @pytest.fixture(scope="module")

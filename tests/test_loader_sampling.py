@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from mv2mae.preprocess.motion import framediff_grid
 
 from mv2mae.data.config import ClipGeometry, SamplingConfig
 from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
@@ -12,7 +13,6 @@ from mv2mae.data.sampling import (
     random_resized_box,
     train_frame_indices,
 )
-from preprocess.motion import framediff_grid
 
 GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier, online_token_motion, patchify, unpatchify
+from mv2mae.data.motion import clip_token_motion
+from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier, patchify, unpatchify
 from mv2mae.model.embed import build_pos_embed, sincos_3d
 from mv2mae.model.masking import sample_mask, split_indices
 from mv2mae.model.objective import (
@@ -144,7 +145,7 @@ def test_token_order_is_shared_by_embedding_targets_motion_and_mask():
     k = n - 3
     moving = torch.zeros_like(clip)
     moving[(slice(None), *tubelet_slice(cfg, k))] = torch.arange(cfg.tubelet).float().view(-1, 1, 1) * 10
-    motion = online_token_motion(moving, cfg.tubelet, cfg.patch)
+    motion = clip_token_motion(moving, cfg.tubelet, cfg.patch)
     assert motion.argmax().item() == k and motion.count_nonzero().item() == 1
     masked_half = torch.zeros(n, dtype=torch.bool)
     masked_half[k // 2:] = True  # token k among the masked ones: its weight is the largest
@@ -175,15 +176,15 @@ def test_online_token_motion_units_and_first_frame():
     clip[:, 1] = 30.0  # frames 0→1 differ by 30, 1→2 by 30, 2→3 by 0
     clip[:, 3] = 30.0
     clip[:, 2] = 0.0
-    motion = online_token_motion(clip, tubelet=2, patch=8)
+    motion = clip_token_motion(clip, tubelet=2, patch=8)
     # per-frame differences: [d1 (reused for frame 0), 30, 30, 30] -> tubelets average [30, 30]
     assert torch.allclose(motion, torch.full((8,), 30.0))
-    as_uint8 = online_token_motion(clip.to(torch.uint8).flip(1), tubelet=2, patch=8)  # no wrap-around
+    as_uint8 = clip_token_motion(clip.to(torch.uint8).flip(1), tubelet=2, patch=8)  # no wrap-around
     assert torch.allclose(as_uint8, torch.full((8,), 30.0))
-    static = online_token_motion(torch.full((2, 3, 4, 16, 16), 100.0), 2, 8)
+    static = clip_token_motion(torch.full((2, 3, 4, 16, 16), 100.0), 2, 8)
     assert static.shape == (2, 8) and static.abs().max() == 0
     with pytest.raises(ValueError, match="at least 2 frames"):
-        online_token_motion(torch.zeros(3, 1, 16, 16), 1, 8)
+        clip_token_motion(torch.zeros(3, 1, 16, 16), 1, 8)
 
 
 # ----------------------------------------------------------------------------- objective invariants
@@ -352,7 +353,7 @@ def test_tiny_model_overfits_one_two_view_batch():
     cfg = tiny_cfg()
     model = MV2MAE(cfg)
     video = torch.randn(2, 2, 3, cfg.frames, cfg.image_size, cfg.image_size)
-    motion = online_token_motion(torch.rand(2, 2, 3, cfg.frames, cfg.image_size, cfg.image_size) * 255,
+    motion = clip_token_motion(torch.rand(2, 2, 3, cfg.frames, cfg.image_size, cfg.image_size) * 255,
                                  cfg.tubelet, cfg.patch)
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
     first = None

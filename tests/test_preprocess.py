@@ -1,6 +1,6 @@
 """End-to-end preprocessing of a small synthetic set: shards, index, motion cache, alignment, resume.
 
-Real videos (rendered by ``preprocess.synth``), real ffmpeg decoding, real tars and Zarr stores.
+Real videos (rendered by ``mv2mae.preprocess.synth``), real ffmpeg decoding, real tars and Zarr stores.
 """
 
 from __future__ import annotations
@@ -17,17 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-
-from preprocess.pipeline import run
-from shards.motion import open_motion, read_motion_rows
-from shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
+from mv2mae.preprocess.pipeline import run
+from mv2mae.shards.motion import open_motion, read_motion_rows
+from mv2mae.shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
 
 SIZE = 72  # stored short side = the rendered height: decoding does not rescale
 
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    from preprocess.synth import generate
+    from mv2mae.preprocess.synth import generate
 
     root = tmp_path_factory.mktemp("synth")
     generate(root, classes=3, cameras=3, subjects=3, replications=2, setups=2, frames=(40, 56), size=(96, 72),
@@ -121,8 +120,7 @@ def test_motion_cache_rows_match_metadata(prepared):
 def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
     """Motion is computed from the frames before JPEG: at quality 100 it matches the decoded members."""
     import cv2
-
-    from preprocess.motion import framediff_grid
+    from mv2mae.preprocess.motion import framediff_grid
 
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1, jpeg_quality=100)
     key, (shard, meta, _) = next(iter(_metas(tmp_path).items()))
@@ -182,7 +180,7 @@ def test_rerun_skips_finished_groups(synth_root, tmp_path):
 
 
 def test_resume_with_other_options_is_refused(synth_root, tmp_path):
-    from preprocess.pipeline import PreprocessError
+    from mv2mae.preprocess.pipeline import PreprocessError
 
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3)
     with pytest.raises(PreprocessError, match="jpeg_quality"):
@@ -194,7 +192,7 @@ def test_resume_with_other_options_is_refused(synth_root, tmp_path):
 
 
 def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
-    from preprocess.merge import MergeError, merge
+    from mv2mae.preprocess.merge import MergeError, merge
 
     whole = tmp_path / "whole"
     run("synth", synth_root, whole, size=SIZE, workers=1, limit=12)
@@ -210,7 +208,7 @@ def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
 
 
 def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):
-    from preprocess.merge import merge
+    from mv2mae.preprocess.merge import merge
 
     for part in (0, 1):
         run("synth", synth_root, tmp_path / f"part{part}", size=SIZE, workers=1, limit=12, part=part, parts=2)
@@ -275,7 +273,7 @@ def test_cli_merge_reports_missing_parts(synth_root, tmp_path):
 
 
 def test_a_damaged_run_record_is_named(synth_root, tmp_path):
-    from preprocess.pipeline import PreprocessError
+    from mv2mae.preprocess.pipeline import PreprocessError
 
     (tmp_path / ".state").mkdir()
     (tmp_path / ".state" / "run.json").write_text("{truncated")

@@ -1,9 +1,8 @@
 """Protocols select whole shards and the right cameras, and fail clearly when they cannot apply."""
 
 import pytest
-
-from shards.protocols import NTU60_XSUB_TRAIN, NTU120_XSUB_TRAIN, PROTOCOLS, ProtocolError, select
-from shards.schema import DatasetIndex, ShardEntry
+from mv2mae.shards.protocols import NTU60_XSUB_TRAIN, NTU120_XSUB_TRAIN, PROTOCOLS, ProtocolError, select
+from mv2mae.shards.schema import DatasetIndex, ShardEntry
 
 GROUPS_PER_SHARD = 3
 

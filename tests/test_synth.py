@@ -10,14 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from mv2mae.preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
+from mv2mae.preprocess.synth.actions import ACTIONS, perform
+from mv2mae.preprocess.synth.generate import parse_group_key, plan_group, render_world_frame
+from mv2mae.preprocess.synth.montage import read_video
+from mv2mae.preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
-from preprocess.synth.actions import ACTIONS, perform
-from preprocess.synth.generate import parse_group_key, plan_group, render_world_frame
-from preprocess.synth.montage import read_video
-from preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
 
 NTU_NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})_rgb\.avi$")
 TINY = dict(classes=4, cameras=3, subjects=1, replications=2, setups=1, frames=(24, 32), size=(160, 120), seed=7)

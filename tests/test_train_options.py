@@ -46,8 +46,9 @@ def test_loaders_normalise_with_the_model_pixel_statistics(synth_data):
 
 
 def test_every_preset_names_a_protocol_that_exists():
+    from mv2mae.shards.protocols import PROTOCOLS
+
     from mv2mae.config import preset_names
-    from shards.protocols import PROTOCOLS
 
     for name in preset_names():
         stage = "finetune"  # every preset has a finetuning stage; transfer presets have no pretraining one
@@ -55,8 +56,8 @@ def test_every_preset_names_a_protocol_that_exists():
 
 
 def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
-    from shards.protocols import select
-    from shards.schema import DatasetIndex, ShardEntry
+    from mv2mae.shards.protocols import select
+    from mv2mae.shards.schema import DatasetIndex, ShardEntry
 
     shards = [ShardEntry(name=f"P{s:03d}-000000.tar", partition=f"P{s:03d}", samples=2, bytes=1, sha256="0" * 64,
                          subjects=[s], setups=[], cameras=[1, 2, 3], keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
@@ -70,8 +71,8 @@ def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
 def test_a_finetuning_epoch_is_a_pass_over_the_train_videos_not_the_groups(synth_data):
     """Finetuning draws one camera per group, so an epoch (schedule.epochs) counts every allowed camera
     of every group; a pretraining sample is a whole group."""
-    from shards.protocols import select
-    from shards.schema import read_index
+    from mv2mae.shards.protocols import select
+    from mv2mae.shards.schema import read_index
 
     train = select(read_index(synth_data), "synth_xview", "train")
     assert train.cameras == [2, 3] and train.groups > 0

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from shards.schema import FAILURES_FILE, MOTION_STORE, read_index, shard_stem
-from tools.shardio import iter_metas
+from mv2mae.shards.schema import FAILURES_FILE, MOTION_STORE, read_index, shard_stem
+from mv2mae.tools.shardio import iter_metas
 
 
 def human_bytes(n: float) -> str:
@@ -49,7 +48,7 @@ def list_shards(root: str | Path) -> dict[str, Any]:
 
 
 def _motion_stats(root: Path, index) -> dict[str, dict[str, float]]:
-    from shards.motion import open_motion
+    from mv2mae.shards.motion import open_motion
 
     if not index.motion:
         return {}

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from shards.reader import GroupSample, iter_tar
-from shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta
+from mv2mae.shards.reader import GroupSample, iter_tar
+from mv2mae.shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta
 
 
 def split_member(name: str) -> tuple[str, str]:

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from shards.reader import GroupSample
-from shards.schema import ContractError, read_index
-from tools.shardio import read_group
+from mv2mae.shards.reader import GroupSample
+from mv2mae.shards.schema import ContractError, read_index
+from mv2mae.tools.shardio import read_group
 
 
 def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
@@ -24,7 +23,7 @@ def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
 def _motion(root: Path, group: GroupSample, source: str | None) -> dict[int, np.ndarray]:
     if source is None:
         return {}
-    from shards.motion import open_motion, read_motion_rows
+    from mv2mae.shards.motion import open_motion, read_motion_rows
 
     store = open_motion(root)
     return {c: np.asarray(read_motion_rows(store, group.stem, source, group.key, c), np.float32)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from shards.schema import (
+from mv2mae.shards.schema import (
     META_EXT,
     ContractError,
     GroupMeta,
@@ -23,8 +22,8 @@ from shards.schema import (
     read_index,
     shard_stem,
 )
-from shards.writer import sha256_file
-from tools.shardio import iter_members
+from mv2mae.shards.writer import sha256_file
+from mv2mae.tools.shardio import iter_members
 
 
 def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[str], dict[str, GroupMeta]]:
@@ -64,7 +63,7 @@ def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[st
 
 
 def _check_motion(root: Path, entry: ShardEntry, metas: dict[str, GroupMeta], sources: list[str], cell: int):
-    from shards.motion import open_motion
+    from mv2mae.shards.motion import open_motion
 
     problems, stem = [], shard_stem(entry.name)
     try:

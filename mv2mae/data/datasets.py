@@ -29,9 +29,9 @@ from mv2mae.data.sampling import (
     train_frame_indices,
 )
 from mv2mae.data.transport import RingEnds, attach
-from shards.protocols import Selection, select
-from shards.reader import GroupSample, current_slot, eval_groups, train_groups
-from shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
+from mv2mae.shards.protocols import Selection, select
+from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
 
 # A stream that skips this many groups in a row cannot form samples under its protocol.
 MAX_CONSECUTIVE_SKIPS = 10_000
@@ -65,7 +65,7 @@ class MotionRows:
     schema's contract). A shard's whole array is read once and kept (least recently used first out,
     within ``budget_bytes``): the training stream walks a shard's groups in order, and every zarr read
     is a round trip through zarr's event-loop thread that costs more than the clip's decoding on a busy
-    machine (``shards.motion.read_motion_rows`` also re-opens the metadata per call).
+    machine (``mv2mae.shards.motion.read_motion_rows`` also re-opens the metadata per call).
     """
 
     def __init__(self, root: Path, source: str, index: DatasetIndex, budget_bytes: int = 256 << 20):
@@ -80,7 +80,7 @@ class MotionRows:
         if stem in self._arrays:
             self._arrays.move_to_end(stem)
             return self._arrays[stem]
-        from shards.motion import open_motion
+        from mv2mae.shards.motion import open_motion
 
         if self._store is None:
             self._store = open_motion(self.root)

@@ -15,14 +15,14 @@ import torch.utils.data
 
 from mv2mae.data.sampling import Box
 from mv2mae.data.transport import batch_buffer, fresh_buffer, ship
-from shards.reader import GroupSample
-from shards.schema import ContractError, frame_member
+from mv2mae.shards.reader import GroupSample
+from mv2mae.shards.schema import ContractError, frame_member
 
 # libjpeg-turbo writes RGB directly when asked (OpenCV >= 4.10): no per-frame colour conversion.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
-def _imdecode_rgb(data: bytes) -> np.ndarray | None:
+def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
     buf = np.frombuffer(data, np.uint8)
     if _IMREAD_RGB is not None:
         return cv2.imdecode(buf, _IMREAD_RGB)
@@ -35,7 +35,7 @@ def decode_frames(group: GroupSample, camera: int, indices: np.ndarray) -> dict[
     width, height = group.meta.size
     frames = {}
     for t in np.unique(indices).tolist():
-        img = _imdecode_rgb(group.frame(camera, t))
+        img = decode_jpeg_rgb(group.frame(camera, t))
         if img is None:
             raise ContractError(f"{group.shard}: {frame_member(group.key, camera, t)} is not a decodable JPEG")
         if img.shape[:2] != (height, width):

@@ -1,7 +1,7 @@
 """Per-token motion weights from the Zarr cell-grid cache, with the clip's exact frames and crop box.
 
 The cache holds, per stored frame ``t``, the motion energy between stored frames ``t-1`` and ``t`` on a
-grid of ``cell``-pixel cells (``shards.schema``). A clip samples frames ``i_0 < ... < i_{T-1}``; the
+grid of ``cell``-pixel cells (``mv2mae.shards.schema``). A clip samples frames ``i_0 < ... < i_{T-1}``; the
 paper's online signal for sampled frame ``k`` is the difference between frames ``i_{k-1}`` and ``i_k``
 (``k = 0`` reuses ``k = 1``). The cache equivalent is the energy accumulated over the same interval,
 ``sum(rows i_{k-1}+1 .. i_k)`` — the path length of the change, which equals the endpoint difference
@@ -123,9 +123,20 @@ def cache_token_motion(rows: np.ndarray, first_row: int, indices: np.ndarray, bo
     return (ay @ cells @ ax.T).reshape(-1).astype(np.float32)
 
 
+def clip_token_motion(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
+    """Per-token motion [..., N] of an un-normalised clip [..., C, T, H, W] in 0-255 units."""
+    *lead, c, t, h, w = clip.shape
+    if t < 2:
+        raise ValueError(f"online motion needs at least 2 frames, got a clip of {t}")
+    clip = clip.float()  # uint8 clips would wrap around on subtraction
+    diff = (clip[..., 1:, :, :] - clip[..., :-1, :, :]).abs()
+    diff = torch.cat([diff[..., :1, :, :], diff], dim=-3)  # frame 0 has no predecessor: reuse frame 1's
+    cells = diff.reshape(*lead, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
+    k = len(lead)
+    return cells.mean(dim=(k, k + 2, k + 4, k + 6)).flatten(-3)
+
+
 def online_token_motion(clip_uint8: np.ndarray, geom: ClipGeometry) -> np.ndarray:
     """Paper-exact motion of one cropped clip ``[T, H, W, C]`` uint8 -> ``[N]`` (the model's definition)."""
-    from mv2mae.model.objective import online_token_motion as model_motion
-
     clip = torch.from_numpy(np.ascontiguousarray(clip_uint8)).permute(3, 0, 1, 2).float()
-    return model_motion(clip, geom.tubelet, geom.patch).numpy().astype(np.float32)
+    return clip_token_motion(clip, geom.tubelet, geom.patch).numpy().astype(np.float32)

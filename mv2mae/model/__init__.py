@@ -3,7 +3,6 @@
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.mv2mae import MV2MAE, PretrainOutput
-from mv2mae.model.objective import online_token_motion, patchify, unpatchify
+from mv2mae.model.objective import patchify, unpatchify
 
-__all__ = ["MV2MAE", "ModelConfig", "PretrainOutput", "VideoClassifier", "online_token_motion", "patchify",
-           "unpatchify"]
+__all__ = ["MV2MAE", "ModelConfig", "PretrainOutput", "VideoClassifier", "patchify", "unpatchify"]

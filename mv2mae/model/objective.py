@@ -1,8 +1,8 @@
 """The MV2MAE objective, in one pure module (no parameters, no state).
 
 * targets: per-tubelet normalised pixels (per channel; VideoMAE convention), switchable;
-* per-token motion m_i: mean absolute difference of consecutive frames inside token i's tubelet,
-  in 0-255 units (the first frame reuses the next difference);
+* per-token motion m_i (an input, computed by :mod:`mv2mae.data.motion`): mean absolute difference of
+  consecutive frames inside token i's tubelet, in 0-255 units (the first frame reuses the next one);
 * weights: w = softmax(m / τ) over the masked tokens Ω of a view, times |Ω| (uniform ⇒ 1);
   τ = ∞ (or no motion) is exactly the plain MAE loss;
 * loss per view: mean_{i∈Ω} w_i · MSE_i;  total L = Σ_views L_self + λ · L_cross.
@@ -71,19 +71,6 @@ def pixel_targets(video: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- motion and weights
-def online_token_motion(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Tensor:
-    """Per-token motion [..., N] of an un-normalised clip [..., C, T, H, W] in 0-255 units."""
-    *lead, c, t, h, w = clip.shape
-    if t < 2:
-        raise ValueError(f"online motion needs at least 2 frames, got a clip of {t}")
-    clip = clip.float()  # uint8 clips would wrap around on subtraction
-    diff = (clip[..., 1:, :, :] - clip[..., :-1, :, :]).abs()
-    diff = torch.cat([diff[..., :1, :, :], diff], dim=-3)  # frame 0 has no predecessor: reuse frame 1's
-    cells = diff.reshape(*lead, c, t // tubelet, tubelet, h // patch, patch, w // patch, patch)
-    k = len(lead)
-    return cells.mean(dim=(k, k + 2, k + 4, k + 6)).flatten(-3)
-
-
 def motion_weights(motion: torch.Tensor | None, mask: torch.Tensor, tau: float) -> torch.Tensor:
     """Weights [..., N]: softmax(m/τ) over the masked tokens, times their count; 0 on visible tokens.
 

@@ -1,130 +1,44 @@
 """Dataset adapters: each turns a root folder (or a CSV manifest) into a sorted list of multi-view groups.
 
-An adapter only *lists* what is there — it reads file names, label files and split files, never video
-frames — so a scan of 100k videos takes seconds. Problems it can see without decoding (a group with
-fewer than two cameras, a camera the rest of the dataset has but a group lacks, a missing skeleton
-file) become ``failures`` records, never exceptions.
+The shared types and helpers are in :mod:`mv2mae.preprocess.adapters.base`; ``ADAPTERS`` below names
+every dataset a user can pass to ``mv2mae preprocess``.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-ADAPTER_MODULES = ("ntu", "nucla", "pkummd", "etri", "manifest")
-MIN_CAMERAS = 2  # a group with fewer views cannot serve cross-view learning
+from mv2mae.preprocess.adapters import etri, manifest, ntu, nucla, pkummd
+from mv2mae.preprocess.adapters.base import (
+    MIN_CAMERAS,
+    Adapter,
+    AdapterError,
+    AdapterOptions,
+    GroupSpec,
+    Scan,
+    ViewSource,
+)
 
+ADAPTERS: dict[str, Adapter] = {
+    "ntu60": ntu.scan_ntu60,
+    "ntu120": ntu.scan_ntu120,
+    "synth": ntu.scan_synth,
+    "nucla": nucla.scan_nucla,
+    "pkummd2": pkummd.scan_pkummd2,
+    "etri": etri.scan_etri,
+    "manifest": manifest.scan_manifest,
+}
 
-@dataclass
-class ViewSource:
-    """One camera's recording of a group: a video file or a folder of per-frame images."""
-
-    camera: int
-    path: Path
-    start: int | None = None  # first source frame (untrimmed videos), inclusive
-    end: int | None = None  # last source frame, exclusive
-    skeleton: Path | None = None  # NTU skeleton file: source of the person-centred crop box
-
-
-@dataclass
-class GroupSpec:
-    """A multi-view group as an adapter sees it, before any decoding."""
-
-    key: str
-    label: int
-    label_name: str
-    subject: int
-    partition: str
-    views: list[ViewSource]
-    setup: int | None = None
-    replication: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class AdapterOptions:
-    """Options an adapter may use; every adapter ignores those it has no use for."""
-
-    need_person_crop: bool = False  # parse skeleton files for a person box (``--crop person``)
-    drop_missing_skeletons: bool = False  # NTU: leave out videos whose skeleton file is missing
-
-
-@dataclass
-class Scan:
-    """The result of an adapter: class names, groups sorted by (partition, key), and failures."""
-
-    dataset: str
-    classes: list[str]
-    groups: list[GroupSpec]
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    meta: dict[str, Any] = field(default_factory=dict)  # dataset-level facts (e.g. official splits)
-
-
-class AdapterError(ValueError):
-    """The root folder does not look like the dataset at all (nothing usable found)."""
-
-
-Adapter = Callable[[Path, AdapterOptions], Scan]
-_REGISTRY: dict[str, Adapter] = {}
-
-
-def register(name: str) -> Callable[[Adapter], Adapter]:
-    def deco(fn: Adapter) -> Adapter:
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
-
-
-def names() -> list[str]:
-    _load()
-    return sorted(_REGISTRY)
+__all__ = ["ADAPTERS", "MIN_CAMERAS", "AdapterError", "AdapterOptions", "GroupSpec", "Scan", "ViewSource", "scan"]
 
 
 def scan(dataset: str, root: str | Path, options: AdapterOptions | None = None) -> Scan:
     """Run the adapter registered as ``dataset`` on ``root``."""
-    _load()
-    if dataset not in _REGISTRY:
-        raise AdapterError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(_REGISTRY))}")
+    if dataset not in ADAPTERS:
+        raise AdapterError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(ADAPTERS))}")
     root = Path(root)
     if not root.exists():
         raise AdapterError(f"{root}: no such file or directory")
-    result = _REGISTRY[dataset](root, options or AdapterOptions())
+    result = ADAPTERS[dataset](root, options or AdapterOptions())
     result.groups.sort(key=lambda g: (g.partition, g.key))
     return result
-
-
-def _load() -> None:
-    # Importing the modules fills the registry; done lazily so that importing this package is cheap.
-    import importlib
-
-    for module in ADAPTER_MODULES:
-        importlib.import_module(f"preprocess.adapters.{module}")
-
-
-def keep_group(key: str, views: list[ViewSource], failures: list[dict[str, Any]]) -> bool:
-    """True if a group has enough cameras; otherwise record why it was dropped."""
-    if len(views) >= MIN_CAMERAS:
-        return True
-    failures.append({"file": str(views[0].path) if views else key, "group": key,
-                     "reason": f"group has {len(views)} camera(s), at least {MIN_CAMERAS} are needed"})
-    return False
-
-
-def record_missing_views(key: str, present: set[int], expected: set[int], failures: list[dict[str, Any]],
-                         file_of: Callable[[int], str]) -> None:
-    """Record each camera of ``expected`` (the cameras the dataset was recorded with) absent from a group.
-
-    The group is still kept if enough cameras remain (``keep_group``); a missing view is never silent.
-    """
-    for camera in sorted(expected - present):
-        failures.append({"file": file_of(camera), "group": key, "kept": True,
-                         "reason": f"camera {camera} missing: the group is kept with cameras {sorted(present)}"})
-
-
-def safe_partition(text: str) -> str:
-    """A partition name usable in shard file names (letters, digits, ``_`` and ``-``)."""
-    return re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "all"

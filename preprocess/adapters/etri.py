@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from preprocess.adapters import (
+from mv2mae.preprocess.adapters.base import (
     AdapterError,
     AdapterOptions,
     GroupSpec,
@@ -18,14 +18,12 @@ from preprocess.adapters import (
     ViewSource,
     keep_group,
     record_missing_views,
-    register,
 )
 
 NAME_RE = re.compile(r"^A(\d{3})_P(\d{3})_G(\d{3})_C(\d{3})\.(?:mp4|avi|mkv)$", re.IGNORECASE)
 N_CLASSES = 55
 
 
-@register("etri")
 def scan_etri(root: Path, options: AdapterOptions) -> Scan:
     found: dict[tuple[int, int, int], list[ViewSource]] = {}
     failures: list[dict] = []

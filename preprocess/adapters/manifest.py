@@ -11,14 +11,13 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from preprocess.adapters import (
+from mv2mae.preprocess.adapters.base import (
     AdapterError,
     AdapterOptions,
     GroupSpec,
     Scan,
     ViewSource,
     keep_group,
-    register,
     safe_partition,
 )
 
@@ -61,7 +60,6 @@ def _frame(row: dict[str, str], col: str, path: Path) -> int | None:
     return int(text)
 
 
-@register("manifest")
 def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
     if root.is_dir():
         raise AdapterError(f"{root}: for 'manifest', --root is the CSV file, not a folder")

@@ -11,8 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
-
-from preprocess.adapters import (
+from mv2mae.preprocess.adapters.base import (
     AdapterError,
     AdapterOptions,
     GroupSpec,
@@ -20,7 +19,6 @@ from preprocess.adapters import (
     ViewSource,
     keep_group,
     record_missing_views,
-    register,
 )
 
 NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})(?:_rgb)?\.(?:avi|mp4|mkv)$", re.IGNORECASE)
@@ -106,17 +104,14 @@ def _wants_skeletons(options: AdapterOptions) -> bool:
     return options.need_person_crop or options.drop_missing_skeletons
 
 
-@register("ntu60")
 def scan_ntu60(root: Path, options: AdapterOptions) -> Scan:
     return _scan_ntu(root, options, "ntu60", NTU60_CLASSES)
 
 
-@register("ntu120")
 def scan_ntu120(root: Path, options: AdapterOptions) -> Scan:
     return _scan_ntu(root, options, "ntu120", NTU120_CLASSES)
 
 
-@register("synth")
 def scan_synth(root: Path, options: AdapterOptions) -> Scan:
     """The synthetic set: NTU naming, class names from ``classes.txt`` (line i = action A(i+1))."""
     classes_file = root / "classes.txt"

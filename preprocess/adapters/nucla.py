@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from preprocess.adapters import (
+from mv2mae.preprocess.adapters.base import (
     AdapterError,
     AdapterOptions,
     GroupSpec,
@@ -18,7 +18,6 @@ from preprocess.adapters import (
     ViewSource,
     keep_group,
     record_missing_views,
-    register,
 )
 
 ACTIONS = {1: "pick up with one hand", 2: "pick up with two hands", 3: "drop trash", 4: "walk around",
@@ -46,7 +45,6 @@ def _views(root: Path) -> list[tuple[tuple[int, int, int], int, Path]]:
     return found
 
 
-@register("nucla")
 def scan_nucla(root: Path, options: AdapterOptions) -> Scan:
     groups_views: dict[tuple[int, int, int], list[ViewSource]] = {}
     failures: list[dict] = []

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from preprocess.adapters import (
+from mv2mae.preprocess.adapters.base import (
     MIN_CAMERAS,
     AdapterError,
     AdapterOptions,
@@ -27,7 +27,6 @@ from preprocess.adapters import (
     ViewSource,
     keep_group,
     record_missing_views,
-    register,
 )
 
 VIDEO_RE = re.compile(r"^(A(\d+)N(\d+))-([LMR])\.(?:avi|mp4|mkv)$", re.IGNORECASE)
@@ -104,7 +103,6 @@ def _split_meta(splits: dict[str, Path]) -> tuple[dict[str, str], dict]:
     return membership, meta
 
 
-@register("pkummd2")
 def scan_pkummd2(root: Path, options: AdapterOptions) -> Scan:
     videos, labels, splits = _find(root)
     if not videos:

@@ -5,7 +5,7 @@ are filmed by 3-8 pinhole cameras whose recordings are not frame-aligned; videos
 class names and the full ground truth (3D joints, cameras, per-view offsets) are written out.
 """
 
-from preprocess.synth.actions import ACTION_NAMES, MIRROR_PAIRS
-from preprocess.synth.generate import SynthConfig, generate
+from mv2mae.preprocess.synth.actions import ACTION_NAMES, MIRROR_PAIRS
+from mv2mae.preprocess.synth.generate import SynthConfig, generate
 
 __all__ = ["ACTION_NAMES", "MIRROR_PAIRS", "SynthConfig", "generate"]

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-
-from preprocess.synth.skeleton import Body
+from mv2mae.preprocess.synth.skeleton import Body
 
 FPS = 30
 

@@ -18,11 +18,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-
-from preprocess.synth import render
-from preprocess.synth.actions import ACTIONS, FPS, perform
-from preprocess.synth.cameras import Camera, facing_camera, facing_yaw, make_rig
-from preprocess.synth.skeleton import JOINT_NAMES, NTU_TO_OURS, Body, forward_kinematics, make_body, place
+from mv2mae.preprocess.synth import render
+from mv2mae.preprocess.synth.actions import ACTIONS, FPS, perform
+from mv2mae.preprocess.synth.cameras import Camera, facing_camera, facing_yaw, make_rig
+from mv2mae.preprocess.synth.skeleton import (
+    JOINT_NAMES,
+    NTU_TO_OURS,
+    Body,
+    forward_kinematics,
+    make_body,
+    place,
+)
 
 VIDEO_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-
-from preprocess.synth.generate import VIDEO_DIR, video_stem
+from mv2mae.preprocess.synth.generate import VIDEO_DIR, video_stem
 
 
 def read_video(path: Path | str) -> np.ndarray:

@@ -12,9 +12,8 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
-
-from preprocess.synth.cameras import Camera
-from preprocess.synth.skeleton import BONES, JOINT_NAMES, Body
+from mv2mae.preprocess.synth.cameras import Camera
+from mv2mae.preprocess.synth.skeleton import BONES, JOINT_NAMES, Body
 
 ROOM_HALF = 5.0  # the room spans [-5, 5] m in x and y
 ROOM_HEIGHT = 3.0

@@ -1,0 +1,108 @@
+"""``mv2mae preprocess DATASET``, ``mv2mae shards merge`` and ``mv2mae bench preprocess``."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
+_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
+
+
+def parse_bytes(text: str) -> int:
+    """``'512MB'`` -> 512_000_000, ``'1GiB'`` -> 2**30, ``'4096'`` -> 4096."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        raise typer.BadParameter(f"{text!r} is not a size like 512MB, 2GiB or 100000")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** _UNITS[m.group(2).lower()])
+
+
+def preprocess(
+    dataset: str = typer.Argument(..., help="synth, ntu60, ntu120, nucla, pkummd2, etri or manifest."),
+    root: Path = typer.Option(..., "--root", help="Dataset folder (for 'manifest': the CSV file)."),
+    out: Path = typer.Option(..., "--out", help="Output shard directory (re-running resumes it)."),
+    size: int = typer.Option(160, "--size", help="Stored short side in pixels."),
+    fps: float = typer.Option(None, "--fps", help="Common output frame rate (default: the source rate)."),
+    crop: str = typer.Option("none", "--crop", help="none | center | person (person: NTU skeletons)."),
+    motion: str = typer.Option("framediff", "--motion", help="framediff | flow | both."),
+    jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of stored frames (1-100)."),
+    shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GiB)."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
+    part: int = typer.Option(0, "--part", help="This machine's part, 0-based (with --parts)."),
+    parts: int = typer.Option(1, "--parts", help="Split the partitions over this many machines."),
+    limit: int = typer.Option(None, "--limit", help="Only the first N groups (in key order)."),
+    max_lag: int = typer.Option(15, "--max-lag", help="Refine view lags within +-N frames (0: off)."),
+    drop_missing_skeletons: bool = typer.Option(False, "--drop-missing-skeletons",
+                                                help="NTU: leave out videos whose skeleton is missing."),
+    cell: int = typer.Option(8, "--cell", help="Motion cell size in stored pixels."),
+    backend: str = typer.Option("ffmpeg", "--backend", help="Decoder: ffmpeg | opencv."),
+    classes: Path = typer.Option(None, "--classes", help="Text file of class names, one per line."),
+    image_fps: float = typer.Option(30.0, "--image-fps", help="Frame rate of per-frame image folders."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
+) -> None:
+    """Decode, align and store a multi-view dataset as WebDataset shards plus a Zarr motion cache."""
+    from rich.console import Console
+
+    from mv2mae.preprocess.adapters import AdapterError
+    from mv2mae.preprocess.decode import BACKENDS
+    from mv2mae.preprocess.pipeline import PreprocessError, run
+
+    console = Console(stderr=True)
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"--backend must be one of {BACKENDS}")
+    try:
+        summary = run(dataset, root, out, size=size, fps=fps, crop=crop, motion=motion,
+                      jpeg_quality=jpeg_quality, shard_size=parse_bytes(shard_size), workers=workers,
+                      part=part, parts=parts, limit=limit, max_lag=max_lag,
+                      drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend,
+                      classes_file=str(classes) if classes else None, image_fps=image_fps, progress=progress)
+    except (AdapterError, PreprocessError, ValueError, OSError) as e:
+        console.print(f"[red]error:[/red] {e}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"{summary.written} group(s) written, {summary.skipped} already done, {summary.failed} failed, "
+        f"{summary.dropped_views} view(s) dropped; {summary.groups} groups in {summary.shards} shard(s); "
+        f"{summary.failures} failure record(s); {summary.seconds:.1f} s -> {summary.index}")
+
+
+def merge(
+    sources: list[Path] = typer.Argument(..., help="Directories holding index.json or index.part-*.json."),
+    out: Path = typer.Option(None, "--out", help="Destination (default: the single source directory)."),
+) -> None:
+    """Join the indexes of `--part i --parts n` runs into one index.json."""
+    from mv2mae.preprocess.merge import MergeError
+    from mv2mae.preprocess.merge import merge as do_merge
+    from mv2mae.shards.schema import ContractError
+
+    try:
+        index = do_merge(list(sources), out)
+    except (MergeError, ContractError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"merged {len(index.shards)} shard(s), {index.groups} group(s) -> {out or sources[0]}/index.json")
+
+
+def bench(
+    json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
+    groups: int = typer.Option(4, "--groups", help="Multi-view groups to render at 1080p."),
+    frames: int = typer.Option(48, "--frames", help="Frames per video."),
+    workers: int = typer.Option(2, "--workers", help="Workers of the multi-worker run."),
+    work_dir: Path = typer.Option(None, "--work-dir", help="Keep the rendered videos and outputs here."),
+    repeats: int = typer.Option(3, "--repeats", help="Runs per measurement; the best one counts."),
+) -> None:
+    """Full preprocessing vs decode-and-scale-only on 1080p H.264 multi-view videos."""
+    from mv2mae.bench.preprocess import print_table, run_bench, write_json
+
+    figures = run_bench(groups=groups, frames=frames, workers=workers, work_dir=work_dir, repeats=repeats)
+    print_table(figures)
+    if json_path:
+        write_json(figures, json_path)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
+    app.command("preprocess")(preprocess)
+    shards_app.command("merge")(merge)
+    bench_app.command("preprocess")(bench)

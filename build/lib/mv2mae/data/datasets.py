@@ -1,0 +1,278 @@
+"""Iterable datasets turning streamed groups into clips: pretraining (multi-view + motion weights),
+finetuning (one camera + label) and evaluation (every test camera × clips × crops, with ids).
+
+Each ``__iter__`` runs inside a DataLoader worker (or the main process): it derives its RNG from
+(seed, rank, worker, epoch), opens the motion cache there, and yields one dict per sample with uint8
+video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the batch in one pass.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset
+
+from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
+from mv2mae.data.motion import cache_token_motion, online_token_motion
+from mv2mae.data.sampling import (
+    choose_views,
+    eval_boxes,
+    eval_frame_indices,
+    random_resized_box,
+    train_frame_indices,
+)
+from mv2mae.data.transport import RingEnds, attach
+from mv2mae.shards.protocols import Selection, select
+from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
+
+# A stream that skips this many groups in a row cannot form samples under its protocol.
+MAX_CONSECUTIVE_SKIPS = 10_000
+
+
+@dataclass
+class ShardSplit:
+    """A dataset directory seen through one protocol split."""
+
+    root: Path
+    index: DatasetIndex
+    selection: Selection
+
+    @classmethod
+    def open(cls, root: str | Path, protocol: str, split: str) -> ShardSplit:
+        index = read_index(root)
+        selection = select(index, protocol, split)
+        if not selection.shards:
+            raise ContractError(f"{root}: protocol {protocol} selects no shard for split {split!r}")
+        return cls(root=Path(root), index=index, selection=selection)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.index.classes)
+
+
+class MotionRows:
+    """Read-only view of ``motion.zarr``, opened lazily in the process that reads it.
+
+    Rows are located through ``GroupMeta.motion_rows`` and the grid through the stored frame size (the
+    schema's contract). A shard's whole array is read once and kept (least recently used first out,
+    within ``budget_bytes``): the training stream walks a shard's groups in order, and every zarr read
+    is a round trip through zarr's event-loop thread that costs more than the clip's decoding on a busy
+    machine (``mv2mae.shards.motion.read_motion_rows`` also re-opens the metadata per call).
+    """
+
+    def __init__(self, root: Path, source: str, index: DatasetIndex, budget_bytes: int = 256 << 20):
+        if source not in index.motion:
+            raise ContractError(f"{root}: motion source {source!r} not in the cache (has {index.motion}); "
+                                f"use another --motion or re-run preprocessing")
+        self.root, self.source, self.cell, self.budget = root, source, index.cell, budget_bytes
+        self._store = None
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _array(self, stem: str) -> np.ndarray:
+        if stem in self._arrays:
+            self._arrays.move_to_end(stem)
+            return self._arrays[stem]
+        from mv2mae.shards.motion import open_motion
+
+        if self._store is None:
+            self._store = open_motion(self.root)
+        if stem not in self._store or self.source not in self._store[stem]:
+            raise ContractError(f"{self.root}/motion.zarr: no {self.source} rows for shard {stem}")
+        self._arrays[stem] = np.asarray(self._store[stem][self.source][...])
+        while len(self._arrays) > 1 and sum(a.nbytes for a in self._arrays.values()) > self.budget:
+            self._arrays.popitem(last=False)
+        return self._arrays[stem]
+
+    def view(self, group: GroupSample, camera: int, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Cache rows of ``camera`` covering ``indices`` and the first frame index they start at."""
+        start = group.meta.motion_rows.get(str(camera))
+        if start is None:
+            raise ContractError(f"{group.shard}: group {group.key} has no motion rows for camera {camera}")
+        gh, gw = motion_grid(*group.meta.size, self.cell)
+        first, last = int(indices.min()), int(indices.max())
+        rows = self._array(group.stem)[start + first:start + last + 1, :gh, :gw]
+        if len(rows) != last - first + 1:
+            raise ContractError(f"{self.root}/motion.zarr/{group.stem}: rows {start + first}..{start + last} of "
+                                f"{group.key} camera {camera} are outside the array")
+        return rows, first
+
+
+# glibc's mallopt parameters: allocations below the threshold come from the heap, and up to the trim
+# threshold of freed heap is kept rather than given back to the kernel.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_HEAP_BLOCKS, _HEAP_KEEP = 4 << 20, 64 << 20
+
+
+def _keep_freed_memory() -> None:
+    """Make a worker reuse its freed memory. Every decoded frame (~140 KB) is a fresh allocation that
+    glibc may serve by mmap and unmap on free, so a two-view sample re-faulted ~270 zeroed pages (~0.5 ms
+    of ~11 ms measured per sample). Served from a heap that keeps what was freed, the same pages come
+    back. A no-op outside glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, _HEAP_BLOCKS)
+    mallopt(_M_TRIM_THRESHOLD, _HEAP_KEEP)
+
+
+class ClipDataset(IterableDataset):
+    def __init__(self, split: ShardSplit, geom: ClipGeometry, sampling: SamplingConfig, *, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
+        super().__init__()
+        self.split, self.geom, self.sampling = split, geom, sampling
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
+        self._epoch = -1
+
+    def _start(self) -> tuple[np.random.Generator, np.random.Generator]:
+        """(plan RNG: views and frames as groups are read; crop RNG: boxes as samples are built)."""
+        cv2.setNumThreads(1)  # parallelism comes from the workers, not from OpenCV
+        if torch.utils.data.get_worker_info() is not None:
+            _keep_freed_memory()
+        attach(self.ring)
+        self._epoch += 1
+        slot = current_slot(self.rank, self.world_size)
+        root = np.random.SeedSequence([self.seed, slot.index, slot.count, self._epoch])
+        plan_seed, crop_seed = root.spawn(2)
+        return np.random.default_rng(plan_seed), np.random.default_rng(crop_seed)
+
+    def _video(self, clips: np.ndarray) -> torch.Tensor:
+        return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
+
+    def _train_stream(self, plan) -> Iterator[GroupSample]:
+        return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
+                            seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
+                            shuffle_buffer=self.sampling.shuffle_buffer, plan=plan)
+
+    def _planner(self, choose):
+        """A reader plan from ``choose(meta) -> (cameras, frame indices) | None``; raises when a long run of
+        groups cannot form a sample under the protocol (an infinite stream would otherwise spin)."""
+        skips = 0
+
+        def plan(meta: GroupMeta, where: str):
+            nonlocal skips
+            decision = choose(meta)
+            if decision is None:
+                skips += 1
+                if skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise ContractError(f"{self.split.root}: {skips} groups in a row cannot form a sample from "
+                                        f"cameras {self.split.selection.cameras} (protocol "
+                                        f"{self.split.selection.protocol}); last: {where}:{meta.key}")
+                return None
+            skips = 0
+            cams, indices = decision
+            return {frame_ext(c, t) for c in cams for t in np.unique(indices).tolist()}, decision
+
+        return plan
+
+
+class PretrainClips(ClipDataset):
+    """Infinite stream of ``{"video": [V, C, T, H, W], "motion": [V, N], "cameras": [V], "label", "key"}``
+    with view 0 the target and views 1..K the sources, all at the same stored-frame indices."""
+
+    def __init__(self, split: ShardSplit, geom: ClipGeometry, sampling: SamplingConfig, **kwargs):
+        super().__init__(split, geom, sampling, **kwargs)
+        cams = split.selection.cameras
+        if len(cams) < sampling.views:
+            raise ContractError(f"{split.root}: protocol {split.selection.protocol} {split.selection.split} allows "
+                                f"cameras {cams}; pretraining needs {sampling.views} views (1 target + "
+                                f"{sampling.num_sources} source(s))")
+
+    def __iter__(self) -> Iterator[dict]:
+        plan_rng, crop_rng = self._start()
+        cfg, geom, allowed = self.sampling, self.geom, self.split.selection.cameras
+        motion = None
+        if cfg.motion in ("framediff", "flow"):
+            motion = MotionRows(self.split.root, cfg.motion, self.split.index)
+
+        def choose(meta: GroupMeta):
+            views = choose_views([c for c in meta.cameras if c in allowed], cfg, plan_rng)
+            return None if views is None else (views, train_frame_indices(meta.frames, geom, plan_rng))
+
+        for group in self._train_stream(self._planner(choose)):
+            views, indices = group.plan
+            frames = [decode_frames(group, cam, indices) for cam in views]
+            for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
+                yield self._sample(group, views, indices, frames, crop_rng, motion)
+
+    def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
+                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
+        cfg, geom = self.sampling, self.geom
+        width, height = group.meta.size
+        shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
+        channels = decoded[0][int(indices[0])].shape[2]
+        # every view is resized straight into its slot of the sample
+        clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
+        weights = []
+        for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
+            box = shared or random_resized_box(width, height, cfg, rng)
+            clip = crop_resize(frames, indices, box, geom.size, out=clips[v])
+            if motion is not None:
+                rows, first = motion.view(group, cam, indices)
+                weights.append(cache_token_motion(rows, first, indices, box, (width, height), motion.cell, geom))
+            elif cfg.motion == "online":
+                weights.append(online_token_motion(clip, geom))
+            else:
+                weights.append(np.zeros(geom.tokens, np.float32))
+        return {"video": self._video(clips), "motion": torch.from_numpy(np.stack(weights)),
+                "cameras": torch.tensor(views), "label": group.meta.label, "key": group.key}
+
+
+class FinetuneClips(ClipDataset):
+    """Infinite stream of single-camera clips ``{"video": [C, T, H, W], "label", "camera", "key"}`` from
+    one random allowed camera per drawn group."""
+
+    def __iter__(self) -> Iterator[dict]:
+        plan_rng, crop_rng = self._start()
+        allowed = self.split.selection.cameras
+
+        def choose(meta: GroupMeta):
+            cams = [c for c in meta.cameras if c in allowed]
+            if not cams:
+                return None
+            return [cams[int(plan_rng.integers(len(cams)))]], train_frame_indices(meta.frames, self.geom, plan_rng)
+
+        for group in self._train_stream(self._planner(choose)):
+            (cam,), indices = group.plan
+            width, height = group.meta.size
+            box = random_resized_box(width, height, self.sampling, crop_rng)
+            clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
+            yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
+
+
+class EvalClips(ClipDataset):
+    """Exact pass: for every group once across ranks × workers, every allowed camera × ``eval_clips``
+    temporal clips × ``eval_crops`` spatial crops. ``video_id`` (``KEY/cCCC``) and ``key`` let the
+    evaluation average softmax per video and fuse cameras per group."""
+
+    def __iter__(self) -> Iterator[dict]:
+        self._start()
+        cfg, geom, allowed = self.sampling, self.geom, self.split.selection.cameras
+
+        def choose(meta: GroupMeta):
+            cams = [c for c in meta.cameras if c in allowed]
+            clips = eval_frame_indices(meta.frames, geom, cfg.eval_clips)
+            return (cams, np.concatenate(clips)) if cams else None
+
+        for group in eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
+                                 world_size=self.world_size, plan=self._planner(choose)):
+            width, height = group.meta.size
+            boxes = eval_boxes(width, height, cfg.eval_crops)
+            for cam in group.plan[0]:
+                for c, indices in enumerate(eval_frame_indices(group.meta.frames, geom, cfg.eval_clips)):
+                    frames = decode_frames(group, cam, indices)
+                    for k, box in enumerate(boxes):
+                        yield {"video": self._video(crop_resize(frames, indices, box, geom.size)),
+                               "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
+                               "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}

@@ -1,0 +1,266 @@
+"""Reused shared-memory batch buffers between DataLoader workers and the main process.
+
+A DataLoader worker hands a batch over in shared memory, and by default every batch gets fresh shared
+memory: the kernel allocates and zeroes it (``posix_fallocate``) and the worker then faults every page
+in as it writes. For a uint8 two-view batch that cost a worker ~1 ms per sample of its ~10, and ~5 ms
+for float video — more than all the other work but JPEG decoding.
+
+Here each worker keeps a small ring of shared buffers per batch field (name, shape, dtype) and writes
+batch after batch into them. A buffer is only rewritten after the main process has released it:
+
+* the worker ships a :class:`Lease` (the buffer, plus who owns it) in place of the tensor;
+* when pinning (CUDA), the DataLoader's pin-memory thread copies the lease into page-locked memory —
+  the copy it makes anyway — and releases the buffer at once (:meth:`Lease.pin_memory`);
+* otherwise the consumer gets the buffer's tensor itself, no copy, and the buffer is released once no
+  tensor, view or array in the main process refers to its memory any more (a weak reference to the
+  storage, checked as each batch arrives);
+* a release is a message on a pipe read by the owning worker, naming its process id and the buffer's
+  slot; slots are never reused within a process, so a late or stray release frees nothing else;
+* a worker whose buffers are all still out takes fresh shared memory for the batch and ships a plain
+  tensor, exactly as without the ring. A release that never comes costs speed, never correctness;
+* when a worker starts a new pass (persistent workers iterated again), it retires every buffer still
+  out: batches the DataLoader threw away in flight (a consumer that broke out of its loop) would
+  otherwise never be released. A retired buffer the consumer still holds stays valid; the worker
+  just never writes to it again.
+
+What the weak reference cannot see: a third process (a consumer that sends an unpinned batch tensor
+on through a ``torch.multiprocessing`` queue should send a clone) and raw pointers handed to native
+code that outlive the tensor. For those, build the loader with ``reuse_buffers=False``. Shared memory
+use is at most ``slots`` buffers per field per worker beyond what a plain DataLoader holds.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import struct
+import threading
+import uuid
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.utils.data
+from torch.multiprocessing.reductions import StorageWeakRef
+
+_MESSAGE = struct.Struct("<qq")  # (worker pid, slot): one atomic pipe write (< PIPE_BUF)
+
+
+def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised tensor in (fresh) shared memory, as ``default_collate`` builds in a worker."""
+    elem = torch.empty(0, dtype=dtype)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    return elem.new(storage).resize_(shape)
+
+
+@dataclass
+class Lease:
+    """A batch tensor that lies in a worker's reused buffer, as shipped from the worker; the main process
+    hands it out (:meth:`BatchRing.hand_out`) or pins it (:meth:`pin_memory`)."""
+
+    tensor: torch.Tensor
+    ring: str
+    worker: int
+    pid: int
+    slot: int
+
+    def pin_memory(self, device=None) -> torch.Tensor:
+        """What the DataLoader's pin-memory thread calls on objects that are not tensors: the same
+        page-locked copy (same shape and strides) it makes of a tensor, after which the worker may
+        rewrite the buffer."""
+        pinned = self.tensor.pin_memory()
+        ring = _RINGS.get(self.ring)
+        if ring is not None:
+            ring.release(self)
+        return pinned
+
+
+_RINGS: weakref.WeakValueDictionary[str, BatchRing] = weakref.WeakValueDictionary()
+
+
+@dataclass(frozen=True)
+class RingEnds:
+    """What workers receive (inside the dataset): the ring's id, the read end of every worker's release
+    pipe (worker ``i`` reads ``readers[i]``) and the buffers each worker may keep per batch field."""
+
+    ring: str
+    readers: tuple
+    slots: int
+
+
+class BatchRing:
+    """Main-process side of the buffers of one DataLoader's workers: one release pipe per worker, and
+    the buffers handed out to the consumer without a copy."""
+
+    def __init__(self, workers: int, slots: int):
+        import multiprocessing
+
+        self.id = uuid.uuid4().hex
+        pipes = [multiprocessing.Pipe(duplex=False) for _ in range(workers)]
+        self.ends = RingEnds(ring=self.id, readers=tuple(r for r, _ in pipes), slots=slots)
+        self._writers = [w for _, w in pipes]
+        for w in self._writers:
+            os.set_blocking(w.fileno(), False)  # a full pipe drops a release instead of stalling us
+        self._out: list[tuple[StorageWeakRef, Lease]] = []  # handed out, not yet released
+        # What was handed out: leases per (worker, pid, slot), and tensors not in ring memory (one-off
+        # shared memory of a worker whose buffers were all out — or, when pinning, every pinned copy).
+        self.leases: collections.Counter[tuple[int, int, int]] = collections.Counter()
+        self.unleased = 0
+        self.released = 0
+        self._lock = threading.Lock()
+        _RINGS[self.id] = self
+
+    def release(self, lease: Lease) -> None:
+        with self._lock:
+            self.released += 1
+            if not 0 <= lease.worker < len(self._writers):
+                return
+            try:
+                self._writers[lease.worker].send_bytes(_MESSAGE.pack(lease.pid, lease.slot))
+            except OSError:  # full (BlockingIOError) or closed: the worker falls back to fresh memory
+                pass
+
+    def hand_out(self, batch):
+        """``batch`` with every :class:`Lease` replaced by its tensor, each released once the main
+        process no longer refers to its memory (see :meth:`reclaim`)."""
+        if isinstance(batch, Lease):
+            tensor, ref = batch.tensor, StorageWeakRef(batch.tensor.untyped_storage())
+            batch.tensor = None  # the record below must not keep the memory alive
+            with self._lock:
+                self._out.append((ref, batch))
+                self.leases[(batch.worker, batch.pid, batch.slot)] += 1
+            return tensor
+        if isinstance(batch, torch.Tensor):
+            self.unleased += 1
+            return batch
+        if isinstance(batch, dict):
+            return {k: self.hand_out(v) for k, v in batch.items()}
+        if isinstance(batch, list | tuple):
+            return type(batch)(self.hand_out(v) for v in batch)
+        return batch
+
+    def reclaim(self) -> None:
+        """Release every handed-out buffer whose memory nothing in this process refers to any more."""
+        with self._lock:
+            done, kept = [], []
+            for ref, lease in self._out:  # one look per entry: another thread may drop a batch meanwhile
+                (done if ref.expired() else kept).append((ref, lease))
+            self._out = kept
+        for _, lease in done:
+            self.release(lease)
+
+
+class _WorkerBuffers:
+    """Worker side: buffers by slot (field key and tensor), the slots that are out, the release pipe."""
+
+    def __init__(self, ends: RingEnds, worker: int):
+        self.ends, self.worker, self.pid = ends, worker, os.getpid()
+        self.reader = ends.readers[worker]
+        self.buffers: dict[int, tuple[tuple, torch.Tensor]] = {}
+        self.out: set[int] = set()
+        self.next_slot = 0
+
+    def _drain(self) -> None:
+        if self.reader is None:
+            return
+        try:
+            while self.reader.poll():
+                pid, slot = _MESSAGE.unpack(self.reader.recv_bytes())
+                if pid == self.pid:
+                    self.out.discard(slot)
+        except (EOFError, OSError):  # the main process's end is gone: nothing more will be released
+            self.reader = None
+
+    def retire_out(self) -> None:
+        """Forget every buffer still out once the releases already sent are read (a new pass begins;
+        see the module notes)."""
+        self._drain()
+        for slot in self.out:
+            del self.buffers[slot]
+        self.out.clear()
+
+    def acquire(self, shape: tuple[int, ...], dtype: torch.dtype, field: str) -> torch.Tensor:
+        self._drain()
+        key = (field, tuple(shape), dtype)
+        mine = [slot for slot, (k, _) in self.buffers.items() if k == key]
+        for slot in mine:
+            if slot not in self.out:
+                self.out.add(slot)
+                return self.buffers[slot][1]
+        if len(mine) >= self.ends.slots:
+            return _shared_empty(key[1], dtype)  # all out: a one-off buffer, shipped as a plain tensor
+        slot, self.next_slot = self.next_slot, self.next_slot + 1
+        self.buffers[slot] = (key, _shared_empty(key[1], dtype))
+        self.out.add(slot)
+        return self.buffers[slot][1]
+
+    def ship(self, view: torch.Tensor):
+        ptr = view.untyped_storage().data_ptr()
+        for slot, (_, t) in self.buffers.items():
+            if t.untyped_storage().data_ptr() == ptr:
+                return Lease(view, self.ends.ring, self.worker, self.pid, slot)
+        return view
+
+
+_ACTIVE: _WorkerBuffers | None = None
+
+
+def attach(ends: RingEnds | None) -> None:
+    """Called at the start of each pass of a dataset: inside a DataLoader worker, batch buffers come
+    from this worker's ring from now on (buffers still out from an earlier pass are retired)."""
+    global _ACTIVE
+    info = torch.utils.data.get_worker_info()
+    if ends is None or info is None:
+        _ACTIVE = None
+    elif _ACTIVE is None or _ACTIVE.ends.ring != ends.ring or _ACTIVE.pid != os.getpid():
+        _ACTIVE = _WorkerBuffers(ends, info.id)
+    else:
+        _ACTIVE.retire_out()
+
+
+def fresh_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """New memory for a tensor: shared in a DataLoader worker (handing it to the main process then
+    copies nothing, as with ``default_collate``), ordinary elsewhere."""
+    if torch.utils.data.get_worker_info() is not None:
+        return _shared_empty(tuple(shape), dtype)
+    return torch.empty(shape, dtype=dtype)
+
+
+def batch_buffer(shape: tuple[int, ...], dtype: torch.dtype, field: str = "") -> torch.Tensor:
+    """Memory for batch ``field`` about to be filled: a reused buffer in a worker that has a ring (ship
+    the filled tensor with :func:`ship`), otherwise :func:`fresh_buffer`."""
+    if _ACTIVE is not None:
+        return _ACTIVE.acquire(shape, dtype, field)
+    return fresh_buffer(shape, dtype)
+
+
+def ship(view: torch.Tensor):
+    """What to put in the batch for a tensor filled in :func:`batch_buffer` memory (a view of it)."""
+    return _ACTIVE.ship(view) if _ACTIVE is not None else view
+
+
+class Batches:
+    """A DataLoader whose workers write into reused buffers (see the module notes), iterated as plain
+    batches the consumer may keep as long as it likes."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None):
+        self.loader, self.ring = loader, ring
+
+    @property
+    def dataset(self):
+        return self.loader.dataset
+
+    @property
+    def batch_size(self):
+        return self.loader.batch_size
+
+    def __iter__(self) -> Iterator:
+        if self.ring is None:
+            yield from self.loader
+            return
+        self.ring.reclaim()  # before the workers start their pass and retire what is still out
+        for batch in self.loader:
+            self.ring.reclaim()
+            yield self.ring.hand_out(batch)

@@ -1,0 +1,148 @@
+"""Evaluation of a finetuned checkpoint: one exact pass over a protocol's test split (split across
+ranks), clip softmax gathered on rank 0, aggregated, written as ``results.json`` and a confusion PNG."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mv2mae.config import RunConfig
+from mv2mae.eval.metrics import aggregate
+from mv2mae.train.distributed import DistEnv, gather_objects
+
+RESULTS_FILE = "results.json"
+CONFUSION_FILE = "confusion.png"
+
+
+@dataclass
+class EvalSettings:
+    root: str
+    protocol: str
+    split: str = "test"
+    batch_size: int = 16
+    workers: int = 2
+    clips: int = 2
+    crops: int = 3
+    stride: int = 4
+
+
+def load_classifier(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """A :class:`VideoClassifier` strictly rebuilt from a finetuning checkpoint, in eval mode."""
+    from mv2mae.model.checkpoint import CheckpointError, config_of, load_checkpoint, load_state_strict
+    from mv2mae.model.classifier import VideoClassifier
+
+    ckpt = load_checkpoint(path)
+    if "head.weight" not in ckpt["model"]:
+        raise CheckpointError(f"{path}: not a finetuned classifier (no head.weight); evaluate a finetune "
+                              f"checkpoint, or use `mv2mae probe` on a pretraining one")
+    model = VideoClassifier(config_of(ckpt), num_classes=int(ckpt["model"]["head.weight"].shape[0]))
+    load_state_strict(model, ckpt["model"], str(path))
+    return model.to(device).eval(), ckpt
+
+
+def settings_from_checkpoint(ckpt: dict[str, Any], root: str | None, protocol: str | None, **overrides: Any) -> EvalSettings:
+    """Data root, protocol and test sampling default to those the checkpoint was trained with."""
+    run = RunConfig.from_dict(ckpt["run_config"]) if "run_config" in ckpt else None
+    data = run.data if run else None
+    values = dict(root=root or (data.root if data else ""), protocol=protocol or (data.protocol if data else ""))
+    if data:
+        values.update(clips=data.eval_clips, crops=data.eval_crops, stride=data.stride, workers=data.workers)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if not values["root"] or not values["protocol"]:
+        raise ValueError("the checkpoint does not name its dataset: pass --data DIR and --protocol NAME")
+    return EvalSettings(**values)
+
+
+def eval_loader(model_cfg: Any, s: EvalSettings, env: DistEnv, split: str | None = None) -> Iterable[dict]:
+    from mv2mae.data.config import ClipGeometry, SamplingConfig
+    from mv2mae.data.loaders import build_eval_loader
+
+    geom = ClipGeometry.from_model_config(model_cfg, stride=s.stride)
+    sampling = SamplingConfig(eval_clips=s.clips, eval_crops=s.crops, motion="none", mean=model_cfg.pixel_mean,
+                              std=model_cfg.pixel_std)
+    return build_eval_loader(geom, s.root, s.protocol, split or s.split, batch_size=s.batch_size, workers=s.workers,
+                             rank=env.rank, world_size=env.world_size, sampling=sampling,
+                             pin_memory=env.device.type == "cuda")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: Iterable[dict], env: DistEnv, features: bool = False) -> dict[str, list]:
+    """This rank's rows: softmax probabilities (or pooled features) with their ids."""
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else contextlib.nullcontext()
+    rows: dict[str, list] = {"out": [], "video_id": [], "key": [], "camera": [], "label": []}
+    for batch in loader:
+        video = batch["video"].to(env.device, non_blocking=True)
+        with amp:
+            out = model.forward_features(video) if features else model(video).float().softmax(dim=-1)
+        rows["out"].extend(out.float().cpu().numpy().tolist())
+        rows["video_id"].extend(batch["video_id"])
+        rows["key"].extend(batch["key"])
+        rows["camera"].extend(int(c) for c in batch["camera"])
+        rows["label"].extend(int(c) for c in batch["label"])
+    return rows
+
+
+def gather_rows(rows: dict[str, list]) -> dict[str, list]:
+    """Every rank's rows, concatenated in rank order (on every rank)."""
+    parts = gather_objects(rows)
+    return {k: [x for p in parts for x in p[k]] for k in rows}
+
+
+def evaluate(model: nn.Module, s: EvalSettings, env: DistEnv, class_names: list[str]) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    rows = gather_rows(predict(model, eval_loader(model.cfg, s, env), env))
+    if not rows["out"]:
+        raise ValueError(f"{s.root}: protocol {s.protocol} split {s.split} produced no test clips")
+    results = aggregate(np.asarray(rows["out"]), rows["video_id"], rows["key"], rows["camera"], rows["label"],
+                        num_classes=len(class_names))
+    results.update(protocol=s.protocol, split=s.split, data=str(s.root), clips_per_video=s.clips,
+                   crops_per_clip=s.crops, classes=class_names, world_size=env.world_size,
+                   seconds=time.perf_counter() - t0)
+    return results
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / RESULTS_FILE
+    path.write_text(json.dumps(results, indent=1))
+    png = plot_confusion(np.asarray(results["confusion"]), results["classes"], out_dir / CONFUSION_FILE,
+                         title=f"{results['protocol']} ({results['split']}): video top-1 {100 * results['videos']['top1']:.1f}%")
+    return path, png
+
+
+def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    side = min(18.0, 2.5 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side, side))
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+        ax.set_yticks(range(n), names, fontsize=8)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,103 @@
+"""Frozen-feature probes: the quick check of view invariance between pretraining and finetuning.
+
+Features are the encoder's mean-pooled tokens (no masking), averaged over each video's clips × crops.
+Train features come from the protocol's train split (train cameras), test features from its test
+split (test cameras), so a probe trained on cameras 2 and 3 is scored on the unseen camera 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mv2mae.eval.evaluate import EvalSettings, eval_loader, gather_rows, predict
+from mv2mae.eval.metrics import aggregate
+from mv2mae.train.distributed import DistEnv
+
+METHODS = ("linear", "knn")
+
+
+class PooledEncoder(nn.Module):
+    """An encoder seen as a feature extractor: all tokens in, mean-pooled feature out."""
+
+    def __init__(self, encoder: nn.Module, cfg: Any) -> None:
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        return self.encoder(video).mean(dim=1)
+
+
+def video_features(model: nn.Module, s: EvalSettings, env: DistEnv, split: str) -> dict[str, Any]:
+    rows = gather_rows(predict(model, eval_loader(model.cfg, s, env, split), env, features=True))
+    if not rows["out"]:
+        raise ValueError(f"{s.root}: protocol {s.protocol} split {split} produced no clips")
+    feats = np.asarray(rows["out"], dtype=np.float32)
+    order: dict[str, list[int]] = {}
+    for i, vid in enumerate(rows["video_id"]):
+        order.setdefault(vid, []).append(i)
+    vids = sorted(order)
+    first = [order[v][0] for v in vids]
+    return {"x": np.stack([feats[order[v]].mean(axis=0) for v in vids]), "video_id": vids,
+            "key": [rows["key"][i] for i in first], "camera": [rows["camera"][i] for i in first],
+            "label": np.asarray([rows["label"][i] for i in first])}
+
+
+def standardise(train: np.ndarray, test: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    mean, std = train.mean(axis=0), train.std(axis=0) + 1e-6
+    return torch.from_numpy((train - mean) / std).float(), torch.from_numpy((test - mean) / std).float()
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+                 steps: int = 300, lr: float = 0.01, weight_decay: float = 1e-3, seed: int = 0) -> torch.Tensor:
+    """Multinomial logistic regression, full batch (features are few); returns test softmax [n, C]."""
+    gen = torch.Generator().manual_seed(seed)
+    head = nn.Linear(train_x.shape[1], num_classes)
+    nn.init.normal_(head.weight, std=0.01, generator=gen)
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(head(train_x), train_y).backward()
+        opt.step()
+    with torch.no_grad():
+        return head(test_x).softmax(dim=-1)
+
+
+def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, num_classes: int,
+              k: int = 20, temperature: float = 0.07) -> torch.Tensor:
+    """Cosine k-NN with exp(sim/T)-weighted votes (the instance-discrimination convention)."""
+    a = nn.functional.normalize(train_x, dim=1)
+    b = nn.functional.normalize(test_x, dim=1)
+    sim, idx = (b @ a.T).topk(min(k, len(a)), dim=1)
+    votes = torch.zeros(len(b), num_classes)
+    votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+    return votes / votes.sum(dim=1, keepdim=True)
+
+
+def run_probe(model: nn.Module, s: EvalSettings, env: DistEnv, method: str, num_classes: int,
+              train_settings: EvalSettings | None = None) -> dict[str, Any]:
+    if method not in METHODS:
+        raise ValueError(f"probe method {method!r} must be one of {METHODS}")
+    train = video_features(model, train_settings or replace(s, clips=1, crops=1), env, "train")
+    test = video_features(model, s, env, s.split)
+    tr_x, te_x = standardise(train["x"], test["x"])
+    tr_y = torch.from_numpy(train["label"]).long()
+    probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
+             else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
+    results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
+    results.update(method=method, protocol=s.protocol, train_videos=len(train["video_id"]),
+                   test_videos=len(test["video_id"]))
+    return results
+
+
+def load_feature_model(path: str | Path, device: torch.device) -> PooledEncoder:
+    from mv2mae.model.checkpoint import load_encoder
+
+    encoder, cfg = load_encoder(path)
+    return PooledEncoder(encoder, cfg).to(device).eval()

@@ -1,0 +1,130 @@
+"""The run report (``runs/demo/report.md``): stage times, loss curves, a reconstruction, accuracy per
+camera and fused against chance, the confusion matrix. Pictures are copied beside the Markdown so the
+folder can be moved or published as is."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+from mv2mae.config import RunConfig
+from mv2mae.train.logs import read_log
+
+
+def plot_losses(records: list[dict[str, Any]], keys: list[str], path: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    steps = [r["step"] for r in records]
+    for key in keys:
+        if any(key in r for r in records):
+            ax.plot(steps, [r.get(key, float("nan")) for r in records], label=key.replace("_", " "))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _accuracy_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| test videos | count | top-1 % | top-5 % |", "|---|---:|---:|---:|"]
+    for cam, acc in results["per_camera"].items():
+        lines.append(f"| camera {cam} | {acc['count']} | {_pct(acc['top1'])} | {_pct(acc['top5'])} |")
+    v, f = results["videos"], results["fused"]
+    lines.append(f"| all test videos | {v['count']} | {_pct(v['top1'])} | {_pct(v['top5'])} |")
+    lines.append(f"| fused over test cameras (per group) | {f['count']} | {_pct(f['top1'])} | {_pct(f['top5'])} |")
+    lines.append(f"| single clip, single crop (no averaging) | {results['clips']['count']} | "
+                 f"{_pct(results['clips']['top1'])} | {_pct(results['clips']['top5'])} |")
+    lines.append(f"| chance | | {_pct(results['chance_top1'])} | {_pct(min(1.0, 5 * results['chance_top1']))} |")
+    return lines
+
+
+def _timings(path: Path | None) -> list[str]:
+    if path is None or not path.is_file():
+        return []
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    total = sum(float(r[1]) for r in rows)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    lines = ["## Wall time per stage", "",
+             f"Measured on {os.cpu_count()} CPU cores (load average {load} when the report was written: other "
+             f"processes sharing the cores stretch these times).", "",
+             "| stage | seconds |", "|---|---:|"]
+    lines += [f"| {r[0]} | {float(r[1]):.0f} |" for r in rows]
+    lines += [f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |", ""]
+    return lines
+
+
+def _run_summary(run: Path) -> tuple[RunConfig | None, list[dict[str, Any]]]:
+    import yaml
+
+    cfg_path = run / "config.yaml"
+    cfg = RunConfig.from_dict(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else None
+    return cfg, read_log(run)
+
+
+def _stage_section(name: str, run: Path, out_dir: Path, keys: list[str]) -> list[str]:
+    cfg, log = _run_summary(run)
+    if not log:
+        raise ValueError(f"{run}: no {name} log ({run / 'log.jsonl'})")
+    png = plot_losses(log, keys, out_dir / f"{name}_loss.png", f"{name} loss")
+    last = log[-1]
+    lines = [f"## {name.capitalize()}", "", f"![{name} loss]({png.name})", ""]
+    if cfg is not None:
+        m = cfg.model
+        lines.append(f"- run `{run}`: {last['step']} steps of batch {cfg.optim.batch_size} × {cfg.optim.accum_steps} "
+                     f"micro-step(s) per process, encoder {m.depth} blocks × {m.embed_dim} on {m.frames}×{m.image_size}² "
+                     f"clips ({m.num_tokens} tokens per view), config `{run / 'config.yaml'}`")
+    first = log[0]
+    terms = ", ".join(f"{k} {first[k]:.3f} → {last[k]:.3f}" for k in keys if k in first and k in last)
+    speed = statistics.median(r["samples_per_s"] for r in log)
+    wait = statistics.median(r["data_wait"] for r in log)
+    lines.append(f"- {terms}; median {speed:.1f} samples/s, data wait {100 * wait:.0f}% of step time")
+    lines.append("")
+    return lines
+
+
+def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Path,
+                 timings: Path | None = None, probe_dirs: list[Path] | None = None) -> Path:
+    out_dir = out.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = json.loads((eval_dir / "results.json").read_text())
+    lines = ["# MV2MAE demo report", "",
+             f"Protocol `{results['protocol']}` on `{results['data']}`: pretraining and finetuning see only the "
+             f"training cameras; the scores below are on the {results['split']} cameras, which the model never saw. "
+             f"Every test video is scored as {results['clips_per_video']} clips × {results['crops_per_clip']} crops "
+             f"with the softmax averaged; *fused* averages the cameras of a group.", ""]
+    lines += _timings(timings)
+    lines += ["## Accuracy", ""] + _accuracy_table(results)
+    if len(results["per_camera"]) == 1:
+        lines += ["", "(One test camera: the fused score equals that camera's.)"]
+    shutil.copyfile(eval_dir / "confusion.png", out_dir / "confusion.png")
+    lines += ["", "![confusion matrix](confusion.png)", ""]
+    for pdir in probe_dirs or []:
+        probe = json.loads((pdir / "results.json").read_text())
+        lines += [f"### Frozen-feature {probe['method']} probe of the pretrained encoder ({pdir})", ""]
+        lines += _accuracy_table(probe) + [""]
+    lines += _stage_section("pretrain", pretrain_run, out_dir, ["loss", "loss_self", "loss_cross"])
+    recons = sorted((pretrain_run / "recon").glob("step-*.png"))
+    if recons:
+        shutil.copyfile(recons[-1], out_dir / "reconstruction.png")
+        lines += ["Reconstructions at the last pretraining step (one training sample; rows per view: the original, "
+                  "the masked input the encoder saw, the self-view reconstruction, and for the target view the "
+                  "cross-view reconstruction from the source view):", "", "![reconstruction](reconstruction.png)", ""]
+    lines += _stage_section("finetune", finetune_run, out_dir, ["loss"])
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,1 @@
+"""Offline preprocessing: dataset adapters, the synthetic generator, decoding, alignment, motion, writing."""

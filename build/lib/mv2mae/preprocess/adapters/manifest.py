@@ -1,0 +1,103 @@
+"""Any multi-camera set: a CSV ``group,camera,path,label,subject[,start,end]`` (one row per video).
+
+``--root`` is the CSV file; relative paths resolve against its folder. ``label``, ``camera`` and
+``subject`` may be integers or names: integer labels are 0-based class indices, names become classes in
+sorted order (``--classes`` renames them); named cameras/subjects are numbered 1.. in sorted order.
+``start``/``end`` (frames, end exclusive) cut an untrimmed video. Partitions are subjects (``P001``).
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from mv2mae.preprocess.adapters.base import (
+    AdapterError,
+    AdapterOptions,
+    GroupSpec,
+    Scan,
+    ViewSource,
+    keep_group,
+    safe_partition,
+)
+
+REQUIRED = ("group", "camera", "path", "label", "subject")
+
+
+def _numbering(values: list[str], start: int) -> dict[str, int]:
+    """Integers stay as they are; otherwise names are numbered in sorted order from ``start``."""
+    if all(v.lstrip("-").isdigit() for v in values):
+        return {v: int(v) for v in values}
+    return {v: i for i, v in enumerate(sorted(set(values)), start)}
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in reader.fieldnames or []]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise AdapterError(f"{path}: CSV header lacks {missing} (need {','.join(REQUIRED)}[,start,end])")
+        rows = []
+        for n, row in enumerate(reader, 2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            empty = [c for c in REQUIRED if not row.get(c)]
+            if empty:
+                raise AdapterError(f"{path}:{n}: empty {empty}")
+            row["_line"] = str(n)
+            rows.append(row)
+    if not rows:
+        raise AdapterError(f"{path}: the manifest lists no videos")
+    return rows
+
+
+def _frame(row: dict[str, str], col: str, path: Path) -> int | None:
+    text = row.get(col, "")
+    if not text:
+        return None
+    if not text.isdigit():
+        raise AdapterError(f"{path}:{row['_line']}: {col} must be a frame number, got {text!r}")
+    return int(text)
+
+
+def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
+    if root.is_dir():
+        raise AdapterError(f"{root}: for 'manifest', --root is the CSV file, not a folder")
+    rows = _read_rows(root)
+    base = root.parent
+    labels_text = [r["label"] for r in rows]
+    int_labels = all(v.isdigit() for v in labels_text)
+    classes = ([str(i) for i in range(max(int(v) for v in labels_text) + 1)] if int_labels
+               else sorted(set(labels_text)))
+    cams = _numbering([r["camera"] for r in rows], 1)
+    subjects = _numbering([r["subject"] for r in rows], 1)
+    grouped: dict[str, list[tuple[dict, ViewSource]]] = {}
+    for r in rows:
+        p = Path(r["path"])
+        start, end = _frame(r, "start", root), _frame(r, "end", root)
+        if end is not None and end <= (start or 0):
+            raise AdapterError(f"{root}:{r['_line']}: end {end} must be after start {start or 0} (end is exclusive)")
+        view = ViewSource(camera=cams[r["camera"]], path=p if p.is_absolute() else base / p, start=start, end=end)
+        grouped.setdefault(r["group"], []).append((r, view))
+    failures: list[dict] = []
+    groups, keys = [], set()
+    for name, items in sorted(grouped.items()):
+        key = safe_partition(name)
+        if key in keys:
+            raise AdapterError(f"{root}: group names {name!r} and another both map to key {key!r}")
+        keys.add(key)
+        first = items[0][0]
+        if len({(r["label"], r["subject"]) for r, _ in items}) > 1:
+            failures.append({"file": str(root), "group": name, "reason": "rows of one group disagree on label/subject"})
+            continue
+        views = sorted((v for _, v in items), key=lambda v: v.camera)
+        if len({v.camera for v in views}) != len(views):
+            failures.append({"file": str(root), "group": name, "reason": "a camera is listed twice in one group"})
+            continue
+        label = int(first["label"]) if int_labels else classes.index(first["label"])
+        subject = subjects[first["subject"]]
+        if keep_group(key, views, failures):
+            groups.append(GroupSpec(key=key, label=label, label_name=classes[label], subject=subject,
+                                    partition=f"P{subject:03d}", views=views, extra={"group": name}))
+    return Scan(dataset="manifest", classes=classes, groups=groups, failures=failures,
+                meta={"cameras": {k: v for k, v in cams.items()}, "subjects": {k: v for k, v in subjects.items()}})

@@ -1,0 +1,211 @@
+"""One group, start to finish, inside a worker: probe -> decode -> align -> motion -> JPEG members.
+
+Pure with respect to the output directory (it writes nothing); the parent process turns the returned
+``GroupResult`` into shard members and motion rows. Everything that can go wrong with one input file
+becomes a failure record; the group itself fails only when fewer than two usable cameras remain.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from mv2mae.preprocess import align as align_mod
+from mv2mae.preprocess import motion as motion_mod
+from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
+from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
+from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
+from mv2mae.shards.schema import GroupMeta, frame_ext
+
+
+@dataclass(frozen=True)
+class WorkConfig:
+    """Everything a worker needs to turn a ``GroupSpec`` into stored frames and motion."""
+
+    dataset: str
+    root: Path  # paths in metadata are stored relative to this folder
+    geometry: Geometry
+    fps: float | None  # common output frame rate; None = the group's source rate
+    max_lag: int
+    motion: tuple[str, ...]
+    cell: int
+    jpeg_quality: int
+    backend: str
+    threads: int = 1
+    drop_missing_skeletons: bool = False
+    image_fps: float = 30.0
+
+
+@dataclass
+class GroupResult:
+    key: str
+    partition: str
+    meta: GroupMeta | None = None
+    frames: list[tuple[str, bytes]] = field(default_factory=list)  # (member extension, JPEG bytes)
+    motion: dict[str, list[np.ndarray]] = field(default_factory=dict)  # source -> per camera [T, gh, gw]
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failed: bool = False
+
+
+class GroupFailed(Exception):
+    pass
+
+
+def _fail(result: GroupResult, file: Path | str, reason: str) -> None:
+    result.failures.append({"file": str(file), "group": result.key, "reason": reason})
+
+
+def probe_views(spec: GroupSpec, cfg: WorkConfig, res: GroupResult) -> list[tuple[ViewSource, VideoInfo]]:
+    ok = []
+    for view in spec.views:
+        try:
+            ok.append((view, probe(view.path, cfg.image_fps)))
+        except DecodeError as e:
+            _fail(res, view.path, str(e))
+    return _drop_mismatched(ok, res)
+
+
+def _drop_mismatched(views: list[tuple[ViewSource, VideoInfo]], res: GroupResult):
+    """Keep the views whose size and frame rate agree with the group's majority (first view on ties)."""
+    if not views:
+        return views
+    sizes = Counter((i.width, i.height) for _, i in views)
+    rates = Counter(round(i.fps, 2) for _, i in views)
+    size = max(sizes, key=lambda s: (sizes[s], s == (views[0][1].width, views[0][1].height)))
+    rate = max(rates, key=lambda r: (rates[r], r == round(views[0][1].fps, 2)))
+    kept = []
+    for view, info in views:
+        if (info.width, info.height) != size:
+            _fail(res, view.path, f"frame size {info.width}x{info.height} differs from the group's "
+                                  f"{size[0]}x{size[1]}")
+        elif round(info.fps, 2) != rate:
+            _fail(res, view.path, f"frame rate {info.fps:g} differs from the group's {rate:g}")
+        else:
+            kept.append((view, info))
+    return kept
+
+
+def _require_cameras(views: list) -> None:
+    if len(views) < MIN_CAMERAS:
+        raise GroupFailed(f"only {len(views)} usable camera(s) left, at least {MIN_CAMERAS} are needed")
+
+
+def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResult) -> list[int] | None:
+    """The view's crop box in source pixels; None if the view must be dropped (missing skeleton)."""
+    geo = cfg.geometry
+    if geo.crop == "none":
+        return full_box(info.width, info.height)
+    if geo.crop == "person":
+        from mv2mae.preprocess.adapters.ntu import read_skeleton_box
+
+        joints, why = None, "no skeleton file"
+        if view.skeleton is not None:
+            try:
+                joints = read_skeleton_box(view.skeleton)
+                why = "skeleton file tracks no body"
+            except ValueError as e:
+                why = str(e)
+        if joints is not None:
+            return person_box(info.width, info.height, joints, geo.margin)
+        if cfg.drop_missing_skeletons:
+            _fail(res, view.skeleton or view.path, f"{why} (--drop-missing-skeletons)")
+            return None
+        res.failures.append({"file": str(view.skeleton or view.path), "group": res.key, "kept": True,
+                             "reason": f"{why}: centre crop used instead of the person box"})
+    return center_box(info.width, info.height)
+
+
+def decode_views(views: list[tuple[ViewSource, VideoInfo]], cfg: WorkConfig, res: GroupResult):
+    decoded = []
+    size = None
+    for view, info in views:
+        box = crop_box(view, info, cfg, res)
+        if box is None:
+            continue
+        size = size or stored_size(box, cfg.geometry.short_side)
+        req = DecodeRequest(box=tuple(box), size=size, fps=cfg.fps or info.fps, start=view.start,
+                            end=view.end, threads=cfg.threads)
+        try:
+            decoded.append((view, info, box, decode(view.path, info, req, cfg.backend)))
+        except DecodeError as e:
+            _fail(res, view.path, str(e))
+    return decoded
+
+
+def _source_offset(view: ViewSource, info: VideoInfo, fps: float) -> int:
+    """The cut's first source frame, expressed at the common frame rate."""
+    return int(round((view.start or 0) * fps / info.fps))
+
+
+def process(spec: GroupSpec, cfg: WorkConfig) -> GroupResult:
+    """Process one group; never raises for bad input (failures are in the result)."""
+    res = GroupResult(key=spec.key, partition=spec.partition)
+    try:
+        views = probe_views(spec, cfg, res)
+        _require_cameras(views)
+        decoded = decode_views(views, cfg, res)
+        _require_cameras(decoded)
+        _store(spec, decoded, cfg, res)
+    except GroupFailed as e:
+        _give_up(spec, res, str(e))
+    except Exception as e:  # an input that breaks a library in a way we did not foresee
+        _give_up(spec, res, f"unexpected {type(e).__name__}: {e}")
+    return res
+
+
+def _give_up(spec: GroupSpec, res: GroupResult, reason: str) -> None:
+    res.failed = True
+    res.meta, res.frames, res.motion = None, [], {}
+    _fail(res, spec.views[0].path if spec.views else spec.key, reason)
+
+
+def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
+    import cv2
+
+    diffs = [motion_mod.pixel_framediff(f) if len(f) > 1 else None for _, _, _, f in decoded]
+    signals = [align_mod.energy_signal(d) if d is not None else np.zeros(0) for d in diffs]
+    try:
+        al = align_mod.align([len(f) for *_, f in decoded], signals, cfg.max_lag)
+    except ValueError as e:
+        raise GroupFailed(str(e)) from None
+    fps = cfg.fps or decoded[0][1].fps
+    t_common = al.frames
+    # Optimised Huffman tables: the same pixels in ~7% fewer bytes, decoded ~4% faster by every
+    # training sample that reads the frame, for one extra encoding pass here.
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality, int(cv2.IMWRITE_JPEG_OPTIMIZE), 1]
+    res.motion = {s: [] for s in cfg.motion}
+    cams = []
+    for (view, info, box, frames), off, d in zip(decoded, al.offsets, diffs, strict=True):
+        clip = frames[off: off + t_common]
+        cams.append((view, info, box, off))
+        for t, rgb in enumerate(clip):
+            ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
+            if not ok:
+                raise GroupFailed(f"JPEG encoding failed for camera {view.camera}")
+            res.frames.append((frame_ext(view.camera, t), jpg.tobytes()))
+        if "framediff" in cfg.motion:
+            sub = d[off: off + t_common - 1] if d is not None and t_common > 1 else None
+            res.motion["framediff"].append(motion_mod.framediff_grid(clip, cfg.cell, sub))
+        if "flow" in cfg.motion:
+            res.motion["flow"].append(motion_mod.flow_grid(clip, cfg.cell))
+    height, width = decoded[0][3].shape[1:3]
+    res.meta = GroupMeta(
+        key=spec.key, dataset=cfg.dataset, label=spec.label, label_name=spec.label_name,
+        subject=spec.subject, setup=spec.setup, replication=spec.replication, partition=spec.partition,
+        cameras=[v.camera for v, *_ in cams], fps=float(fps), frames=t_common, size=[int(width), int(height)],
+        crop={str(v.camera): list(map(int, b)) for v, _, b, _ in cams},
+        offsets={str(v.camera): off + _source_offset(v, i, fps) for v, i, _, off in cams},
+        source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in cams},
+        extra={**spec.extra, "align": {"lags": al.lags, "scores": [round(s, 4) for s in al.scores]}},
+    )
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return Path(os.path.relpath(path, root)).as_posix()
+    except ValueError:  # another drive (Windows)
+        return Path(path).as_posix()

@@ -1,0 +1,208 @@
+"""The on-disk contract of a preprocessed dataset directory (``data/<dataset>/``).
+
+This module is the single source of truth shared by the writer (``preprocess``) and the readers
+(``shards`` streams, ``mv2mae.data``, ``tools``). It imports nothing of ours.
+
+Layout of a dataset directory::
+
+    DIR/
+      index.json                  manifest: dataset metadata + one entry per shard (see ``ShardEntry``)
+      failures.jsonl              one JSON line per input that could not be used: {"file", "reason", ...}
+      <partition>-<seq:06d>.tar   WebDataset shards; a sample = one multi-view group
+      motion.zarr/                Zarr v3 group; one sub-group per shard (named by the shard's stem)
+        <shard stem>/framediff    float16 [rows, grid_h, grid_w]   (and/or ``flow``)
+
+Members of one sample (group key ``K``, no dots in ``K``)::
+
+    K.json                        ``GroupMeta`` as JSON
+    K.c<cam:03d>.f<t:04d>.jpg     stored frame t of camera cam (all cameras share one time base)
+
+Motion rows: in ``motion.zarr/<shard stem>/<source>``, camera ``cam`` of group ``K`` occupies the
+rows ``meta.motion_rows[str(cam)] ... + meta.frames``; row ``r`` holds the motion energy between stored
+frames t-1 and t on a grid of ``cell``x``cell`` pixel cells (grid = ceil(H/cell) x ceil(W/cell), the last
+row/column of cells averaging only the pixels they cover). Row t=0 repeats the value of t=1 (the
+first frame has no predecessor: reuse the next difference). ``framediff`` is in 0-255 pixel units.
+Each motion sub-group's attributes repeat that index for readers without the shards: ``rows``
+{key: {cam: first row}}, ``frames`` {key: T}, ``grid`` {key: [grid_h, grid_w]}, ``cell`` (see
+``mv2mae.shards.motion``: if a shard's groups differ in stored size, its arrays take the largest grid).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+FORMAT = "mv2mae-shards"
+FORMAT_VERSION = 1
+INDEX_FILE = "index.json"
+FAILURES_FILE = "failures.jsonl"
+MOTION_STORE = "motion.zarr"
+MOTION_SOURCES = ("framediff", "flow")
+META_EXT = "json"
+
+_KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
+_FRAME_EXT_RE = re.compile(r"^c(\d{3})\.f(\d{4})\.jpg$")
+
+
+class ContractError(ValueError):
+    """A dataset directory, shard or sample does not follow the on-disk contract."""
+
+
+def check_key(key: str) -> str:
+    if not _KEY_RE.match(key):
+        raise ContractError(f"group key {key!r} must match {_KEY_RE.pattern} (no dots, no slashes)")
+    return key
+
+
+def frame_ext(camera: int, t: int) -> str:
+    """The WebDataset extension (member name after ``KEY.``) of stored frame ``t`` of ``camera``."""
+    return f"c{camera:03d}.f{t:04d}.jpg"
+
+
+def frame_member(key: str, camera: int, t: int) -> str:
+    return f"{key}.{frame_ext(camera, t)}"
+
+
+def parse_frame_ext(ext: str) -> tuple[int, int] | None:
+    """``'c002.f0013.jpg'`` -> ``(2, 13)``; ``None`` for non-frame members."""
+    m = _FRAME_EXT_RE.match(ext)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def shard_name(partition: str, seq: int) -> str:
+    check_key(partition)
+    return f"{partition}-{seq:06d}.tar"
+
+
+def shard_stem(name: str) -> str:
+    return name[:-4] if name.endswith(".tar") else name
+
+
+def motion_grid(width: int, height: int, cell: int) -> tuple[int, int]:
+    """(grid_h, grid_w) of the motion cell grid for a stored frame of ``width`` x ``height``."""
+    return math.ceil(height / cell), math.ceil(width / cell)
+
+
+@dataclass
+class GroupMeta:
+    """Metadata of one multi-view group, stored as ``KEY.json`` in its shard."""
+
+    key: str
+    dataset: str
+    label: int  # 0-based class index into the index's ``classes``
+    subject: int
+    cameras: list[int]  # camera ids in stored order
+    fps: float  # common frame rate of the stored frames
+    frames: int  # common frame count of every view
+    size: list[int]  # stored frame [width, height]
+    partition: str
+    setup: int | None = None
+    replication: int | None = None
+    label_name: str = ""
+    crop: dict[str, list[int] | None] = field(default_factory=dict)  # cam -> [x0, y0, x1, y1] source px
+    offsets: dict[str, int] = field(default_factory=dict)  # cam -> first source frame used (common fps)
+    motion_rows: dict[str, int] = field(default_factory=dict)  # cam -> first row in the shard's motion arrays
+    source: dict[str, str] = field(default_factory=dict)  # cam -> source path relative to --root
+    extra: dict[str, Any] = field(default_factory=dict)  # adapter-specific fields (e.g. PKU-MMD sequence id)
+
+    def __post_init__(self) -> None:
+        check_key(self.key)
+        if self.frames < 1:
+            raise ContractError(f"{self.key}: frames must be >= 1, got {self.frames}")
+        if len(self.cameras) < 1 or len(set(self.cameras)) != len(self.cameras):
+            raise ContractError(f"{self.key}: cameras must be distinct and non-empty, got {self.cameras}")
+        if len(self.size) != 2:
+            raise ContractError(f"{self.key}: size must be [width, height], got {self.size}")
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str | dict, where: str = "") -> GroupMeta:
+        obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+        known = {f.name for f in fields(cls)}
+        required = ["key", "dataset", "label", "subject", "cameras", "fps", "frames", "size", "partition"]
+        missing = [k for k in required if k not in obj]
+        if missing:
+            raise ContractError(f"{where or 'metadata'}: missing fields {missing}")
+        unknown = sorted(set(obj) - known)
+        if unknown:
+            raise ContractError(f"{where or 'metadata'}: unknown fields {unknown}")
+        return cls(**obj)
+
+
+@dataclass
+class ShardEntry:
+    """One shard in ``index.json``."""
+
+    name: str
+    partition: str
+    samples: int
+    bytes: int
+    sha256: str
+    subjects: list[int]
+    setups: list[int]
+    cameras: list[int]
+    keys: list[str]
+
+
+@dataclass
+class DatasetIndex:
+    """``index.json``: dataset-level metadata plus the shard list."""
+
+    dataset: str
+    classes: list[str]
+    fps: float
+    short_side: int
+    cell: int
+    motion: list[str]  # motion sources present in motion.zarr
+    shards: list[ShardEntry]
+    tool_version: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+    format: str = FORMAT
+    version: int = FORMAT_VERSION
+
+    @property
+    def groups(self) -> int:
+        return sum(s.samples for s in self.shards)
+
+    def to_json(self) -> str:
+        d = asdict(self)
+        d["groups"] = self.groups
+        return json.dumps(d, indent=1, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, obj: dict, where: str = INDEX_FILE) -> DatasetIndex:
+        if obj.get("format") != FORMAT:
+            raise ContractError(f"{where}: not an {FORMAT} index (format={obj.get('format')!r})")
+        if obj.get("version") != FORMAT_VERSION:
+            raise ContractError(f"{where}: format version {obj.get('version')} unsupported (want {FORMAT_VERSION})")
+        obj = {k: v for k, v in obj.items() if k != "groups"}
+        try:
+            obj["shards"] = [ShardEntry(**s) for s in obj["shards"]]
+            return cls(**obj)
+        except (TypeError, KeyError) as e:
+            raise ContractError(f"{where}: malformed index ({e})") from e
+
+
+def read_index(root: str | Path) -> DatasetIndex:
+    path = Path(root) / INDEX_FILE
+    if not path.is_file():
+        raise ContractError(f"{path}: no index — is {root} a preprocessed dataset directory?")
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ContractError(f"{path}: invalid JSON ({e})") from e
+    return DatasetIndex.from_dict(obj, where=str(path))
+
+
+def write_index(root: str | Path, index: DatasetIndex) -> None:
+    """Atomically (temporary file + rename) write ``index.json``."""
+    path = Path(root) / INDEX_FILE
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(index.to_json())
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Inspection and visualisation of shards, motion caches and reconstructions."""

@@ -1,0 +1,118 @@
+"""Run checkpoints: atomic writes (temporary file, then rename), the last k kept plus the best.
+
+A checkpoint is a plain dict saved with :func:`torch.save` and read back with ``weights_only=True``
+(tensors, numbers, strings, lists and dicts only — no pickled objects). It is a superset of the model
+checkpoint of :mod:`mv2mae.model.checkpoint` (``format``, ``model``, ``config`` = the ModelConfig), so
+every model-side loader (classifier initialisation, ``embed``, probes) reads run checkpoints as is::
+
+    format, model, config, run_config (RunConfig.to_dict()), stage, step, optimizer, scheduler,
+    scaler, data ({"micro_batches": n}: position in the training stream), rng, metrics
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from mv2mae.model.checkpoint import FORMAT
+
+RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
+CKPT_DIR = "checkpoints"
+BEST = "best.pt"
+_NAME_RE = re.compile(r"^step-(\d{8})\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}.pt"
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # a truncated or foreign file: say which and why
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not an mv2mae checkpoint (format {found!r})")
+    return ckpt
+
+
+def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """A checkpoint that can resume a run (model-only checkpoints cannot)."""
+    ckpt = load(path, map_location)
+    missing = [k for k in RUN_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: a model-only checkpoint cannot resume a run (lacks {', '.join(missing)})")
+    return ckpt
+
+
+def step_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Step checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / CKPT_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _NAME_RE.match(p.name))
+
+
+def latest(run_dir: str | Path) -> Path | None:
+    found = step_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, is_best: bool) -> Path:
+    """Write ``step-N.pt`` atomically, refresh ``best.pt`` if asked, prune older step files."""
+    folder = Path(run_dir) / CKPT_DIR
+    path = folder / step_name(int(state["step"]))
+    atomic_save(state, path)
+    if is_best:
+        tmp = folder / f".{BEST}.tmp{os.getpid()}"
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, folder / BEST)
+    for old in step_checkpoints(run_dir)[:-max(1, keep_last)]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- RNG states
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as tensors and plain numbers (loadable with ``weights_only``)."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": [list(random.getstate()[1]), random.getstate()[0]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    words, version = state["python"]
+    random.setstate((version, tuple(words), None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

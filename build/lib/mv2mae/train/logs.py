@@ -1,0 +1,89 @@
+"""Run logs: ``log.jsonl`` (one line per logged step), TensorBoard events, a rich progress bar."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+LOG_FILE = "log.jsonl"
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / LOG_FILE
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_log(run_dir: str | Path, last_step: int) -> None:
+    """Drop lines past ``last_step`` (written by a run that died after its last checkpoint)."""
+    path = Path(run_dir) / LOG_FILE
+    if path.is_file():
+        keep = [json.dumps(r) for r in read_log(run_dir) if r.get("step", 0) <= last_step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+class RunLogger:
+    """Rank 0 writes; other ranks get a logger that does nothing (so the loop has no ``if rank``)."""
+
+    def __init__(self, run_dir: Path, enabled: bool, total_steps: int, start_step: int, title: str) -> None:
+        self.enabled = enabled
+        self.console = Console(stderr=True)
+        self.tb = None
+        self.progress = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        truncate_log(run_dir, start_step)
+        self.file = open(run_dir / LOG_FILE, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+        except ImportError:  # tensorboard is a dependency; a broken install must not stop training
+            self.console.print("[yellow]tensorboard unavailable: no event files will be written[/]")
+        self.progress = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self.console, disable=not sys.stderr.isatty())
+        self.task = self.progress.add_task(title, total=total_steps, completed=start_step, info="")
+        self.progress.start()
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+        info = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s"
+        self.progress.update(self.task, completed=record["step"], info=info)
+        if self.progress.disable:  # no live bar (a log file, CI): one plain line per logged step
+            self.console.print(f"step {record['step']}/{self.progress.tasks[0].total}  {info}  "
+                               f"data wait {100 * record['data_wait']:.0f}%", highlight=False, soft_wrap=True)
+
+    def print(self, text: str) -> None:
+        if self.enabled:
+            self.console.print(text, highlight=False, soft_wrap=True)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self.progress.stop()
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()

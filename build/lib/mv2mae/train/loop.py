@@ -1,0 +1,352 @@
+"""The one training loop, shared by pretraining and finetuning.
+
+A :class:`Task` says what is trained (model, batches, loss, pictures); the loop owns everything else:
+device and DDP, step-based warmup + cosine, AdamW, bf16 autocast on CUDA, gradient accumulation (DDP
+gradient sync only on the last micro-step), clipping, non-finite step skipping, a prefetching thread,
+logs, and atomic checkpoints with exact resume.
+
+Every micro-step reseeds the global RNGs and the masking generator from (seed, step, micro-shard),
+where micro-shard = rank × accum_steps + micro. A step is therefore a function of the weights, the
+batch and those three numbers only: resuming replays the same randomness, and a 2-rank run draws the
+same masks and dropout as one process accumulating the same global batch in two micro-steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from mv2mae.config import RunConfig
+from mv2mae.train import checkpoint as ckpt_io
+from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
+from mv2mae.train.logs import RunLogger
+from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
+
+# optimiser param-group entries that come from the run config (not from a resumed checkpoint)
+_CONFIG_GROUP_KEYS = ("weight_decay", "betas", "lr_scale", "initial_lr")
+
+
+class TrainingStopped(RuntimeError):
+    """The run cannot go on (too many non-finite steps); the last good checkpoint is intact."""
+
+
+@dataclass
+class StepResult:
+    loss: torch.Tensor  # scalar to back-propagate (mean over the micro-batch)
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars to log
+    samples: int = 0
+
+
+class Task(Protocol):
+    """What the loop trains. Pretraining and finetuning each implement it (``mv2mae.train.tasks``)."""
+
+    name: str
+
+    def build_model(self) -> nn.Module: ...
+
+    def samples_per_epoch(self) -> int | None: ...
+
+    def train_batches(self, start: int) -> Iterator[Any]:
+        """This rank's micro-batches, starting after ``start`` already-consumed ones."""
+
+    def train_step(self, model: nn.Module, batch: Any, generator: torch.Generator) -> StepResult: ...
+
+    def snapshot(self, model: nn.Module, batch: Any, step: int, run_dir: Path) -> Path | None:
+        """Write a picture of the model's current output (pretraining: reconstructions)."""
+
+
+def step_seed(seed: int, step: int, shard: int) -> int:
+    """A well-mixed 63-bit seed for (seed, step, micro-shard) (splitmix64 finaliser)."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + shard * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) % 2**64
+    return (x ^ (x >> 32)) % 2**63
+
+
+def reseed(seed: int, device: torch.device) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return gen
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class Prefetcher:
+    """Pulls the next batch (and copies it to the device) on a thread while the step runs."""
+
+    _END = object()
+
+    def __init__(self, batches: Iterator[Any], device: torch.device, depth: int = 2,
+                 prepare: Callable[[Any], Any] | None = None) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self.prepare = prepare or (lambda batch: batch)
+        self.thread = threading.Thread(target=self._run, args=(batches, device), daemon=True)
+        self.thread.start()
+
+    def _put(self, item: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def _run(self, batches: Iterator[Any], device: torch.device) -> None:
+        try:
+            for batch in batches:
+                if self.stop.is_set():
+                    return
+                self._put(self.prepare(to_device(batch, device)))
+            self._put(self._END)
+        except BaseException as e:  # surfaced in the training thread by next()
+            self._put(e)
+
+    def next(self) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        item = self.queue.get()
+        wait = time.perf_counter() - t0
+        if item is self._END:
+            raise TrainingStopped("the training data stream ended before the last step "
+                                  "(training streams are meant to be infinite/resampled)")
+        if isinstance(item, BaseException):
+            raise item
+        return item, wait
+
+    def close(self) -> None:
+        self.stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.queue.get_nowait()
+        self.thread.join(timeout=5)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, task: Task, run_dir: str | Path, env: DistEnv,
+                 resume: str | None = None) -> None:
+        self.cfg, self.task, self.env = cfg, task, env
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self.steps, self.warmup = resolve_steps(cfg, task.samples_per_epoch(), env.world_size)
+        self.amp_dtype = torch.bfloat16 if (cfg.loop.amp and env.device.type == "cuda") else None
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self) -> None:
+        cfg, env = self.cfg, self.env
+        if cfg.loop.threads and env.device.type == "cpu":
+            torch.set_num_threads(cfg.loop.threads)
+        reseed(cfg.loop.seed, env.device)  # identical initial weights on every rank
+        self.raw_model = self.task.build_model().to(env.device)
+        model: nn.Module = self.raw_model
+        if env.distributed:
+            model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
+        self.ddp = model if env.distributed else None
+        self.model = torch.compile(model) if cfg.loop.compile else model
+        self.optimizer = build_optimizer(self.raw_model, cfg, env.world_size, env.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, env.world_size, self.steps, self.warmup)
+        # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one layout
+        self.scaler = torch.amp.GradScaler(env.device.type, enabled=False)
+        self.step, self.micro_batches, self.best_loss = 0, 0, math.inf
+
+    def _restore(self) -> None:
+        path = self._resume_path()
+        if path is None:
+            return
+        state = ckpt_io.load_run(path, map_location=self.env.device)
+        if state["stage"] != self.cfg.stage:
+            raise ckpt_io.CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
+        self.raw_model.load_state_dict(state["model"], strict=True)
+        # the checkpoint gives the optimiser its moments; the run's config keeps the hyper-parameters
+        # (a resumed run may change them), and the schedule is rebuilt from the config rather than
+        # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
+        # longer --set steps=… gets its own cosine instead of the finished one's minimum lr
+        fresh = [{k: g[k] for k in _CONFIG_GROUP_KEYS if k in g} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, values in zip(self.optimizer.param_groups, fresh, strict=True):
+            group.update(values)
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt_io.set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.micro_batches = int(state["data"]["micro_batches"])
+        self.best_loss = float(state["metrics"].get("best_loss", math.inf))
+        self.resumed_from = path
+
+    def _resume_path(self) -> Path | None:
+        if not self.resume:
+            return None
+        if self.resume == "auto":
+            return ckpt_io.latest(self.run_dir)
+        return Path(self.resume)
+
+    def _state(self, window_loss: float) -> dict[str, Any]:
+        return dict(format=ckpt_io.FORMAT, model=self.raw_model.state_dict(),
+                    config=getattr(self.raw_model, "cfg", self.cfg.model).to_dict(),
+                    run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
+                    data=dict(micro_batches=self.micro_batches), rng=ckpt_io.rng_state(),
+                    metrics=dict(best_loss=self.best_loss, window_loss=window_loss),
+                    world_size=self.env.world_size)
+
+    def describe(self) -> str:
+        cfg, w = self.cfg, self.env.world_size
+        peak, low, _ = cfg.scaled_lr(w)
+        return (f"{cfg.stage} · {self.steps} steps ({self.warmup} warmup) · device {self.env.device} × {w} · "
+                f"global batch {cfg.global_batch(w)} = {cfg.optim.batch_size} × accum {cfg.optim.accum_steps} "
+                f"× world {w} · lr {peak:.3e} (= {cfg.optim.base_lr:g} × {cfg.global_batch(w)}/256), "
+                f"min lr {low:.3e}")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, Any]:
+        self._build()
+        self._restore()
+        env = self.env
+        log = RunLogger(self.run_dir, env.is_main, self.steps, self.step, self.task.name)
+        if env.is_main:
+            (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
+            log.print(self.describe())
+            if getattr(self, "resumed_from", None):
+                log.print(f"resumed from {self.resumed_from} at step {self.step}")
+        prefetch = Prefetcher(self.task.train_batches(self.micro_batches), env.device,
+                              prepare=getattr(self.task, "prepare_batch", None))
+        try:
+            summary = self._loop(prefetch, log)
+        finally:
+            prefetch.close()
+            log.close()
+        return summary
+
+    def _loop(self, prefetch: Prefetcher, log: RunLogger) -> dict[str, Any]:
+        cfg, env = self.cfg, self.env
+        accum = cfg.optim.accum_steps
+        window = _Window()
+        bad_in_row, skipped, batch = 0, 0, None
+        self.raw_model.train()
+        while self.step < self.steps:
+            t0 = time.perf_counter()
+            self.scheduler.step_update(self.step)
+            terms_sum: dict[str, torch.Tensor] = {}
+            samples = 0
+            for micro in range(accum):
+                batch, wait = prefetch.next()
+                window.wait += wait
+                gen = reseed(step_seed(cfg.loop.seed, self.step, env.rank * accum + micro), env.device)
+                sync = micro == accum - 1 or self.ddp is None
+                with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
+                    out = self.task.train_step(self.model, batch, gen)
+                self.scaler.scale(out.loss / accum).backward()
+                for k, v in {"loss": out.loss, **out.terms}.items():
+                    terms_sum[k] = terms_sum.get(k, 0.0) + v.detach().float() / accum
+                samples += out.samples
+            self.micro_batches += accum
+            grad_norm = self._clip()
+            terms = {k: all_reduce_mean(v) for k, v in terms_sum.items()}
+            finite = bool(all_reduce_max(torch.tensor(
+                float(not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm))), device=env.device)) == 0)
+            self.step += 1
+            if finite:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                bad_in_row = 0
+            else:
+                bad_in_row, skipped = bad_in_row + 1, skipped + 1
+                log.print(f"[yellow]step {self.step}: non-finite loss or gradient — step skipped "
+                          f"({bad_in_row} in a row, {skipped} in total)[/]")
+            self.optimizer.zero_grad(set_to_none=True)
+            if bad_in_row >= cfg.loop.max_bad_steps:
+                last = ckpt_io.latest(self.run_dir)
+                raise TrainingStopped(f"{bad_in_row} consecutive non-finite steps (up to step {self.step}); "
+                                      f"stopping. Last good checkpoint: {last or 'none written yet'}")
+            window.add(terms, grad_norm, samples * env.world_size, time.perf_counter() - t0, finite)
+            self._after_step(window, log, batch, skipped)
+        return dict(steps=self.step, skipped=skipped, best_loss=self.best_loss,
+                    final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)))
+
+    def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int) -> None:
+        cfg, step, last = self.cfg, self.step, self.step == self.steps
+        if step % cfg.loop.log_every == 0 or last or step == 1:
+            log.log(window.record(step, self.optimizer, skipped))
+        if cfg.loop.recon_every and (step % cfg.loop.recon_every == 0 or last) and self.env.is_main:
+            self.raw_model.eval()
+            self.task.snapshot(self.raw_model, batch, step, self.run_dir)
+            self.raw_model.train()
+        if step % cfg.loop.ckpt_every == 0 or last:
+            loss = window.checkpoint_loss()
+            is_best = loss < self.best_loss
+            self.best_loss = min(self.best_loss, loss)
+            if self.env.is_main:
+                ckpt_io.save_step(self.run_dir, self._state(loss), cfg.loop.keep_last, is_best)
+            barrier()
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.env.device.type, dtype=self.amp_dtype)
+
+    def _clip(self) -> torch.Tensor:
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else math.inf
+        params = [p for p in self.raw_model.parameters() if p.grad is not None]
+        return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
+
+
+class _Window:
+    """Accumulates timings and losses between log lines and between checkpoints."""
+
+    def __init__(self) -> None:
+        self.wait = 0.0
+        self.time = 0.0
+        self.samples = 0
+        self.ckpt_losses: list[float] = []
+        self.last: dict[str, float] = {}
+        self.last_loss = math.nan
+        self.grad_norm = math.nan
+
+    def add(self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor, samples: int, seconds: float,
+            finite: bool) -> None:
+        self.last = {k: float(v) for k, v in terms.items()}
+        self.last_loss = self.last["loss"]
+        self.grad_norm = float(grad_norm)
+        self.samples += samples
+        self.time += seconds
+        if finite:
+            self.ckpt_losses.append(self.last_loss)
+
+    def record(self, step: int, optimizer: torch.optim.Optimizer, skipped: int) -> dict[str, Any]:
+        lr = max(g["lr"] for g in optimizer.param_groups)
+        rec = dict(step=step, **self.last, lr=lr, grad_norm=self.grad_norm,
+                   samples_per_s=self.samples / max(self.time, 1e-9),
+                   data_wait=min(1.0, self.wait / max(self.time, 1e-9)), skipped=skipped, time=time.time())
+        self.wait = self.time = 0.0
+        self.samples = 0
+        return rec
+
+    def checkpoint_loss(self) -> float:
+        loss = float(np.mean(self.ckpt_losses)) if self.ckpt_losses else math.inf
+        self.ckpt_losses = []
+        return loss

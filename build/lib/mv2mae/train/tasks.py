@@ -1,0 +1,197 @@
+"""The two things the loop trains: MV2MAE pretraining and classifier finetuning, and their data.
+
+Each task takes a batch source (anything with ``batches(start)`` and ``samples_per_epoch()``), so
+the same task runs on the shard loaders of :mod:`mv2mae.data` or on any other iterator of batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from mv2mae.config import RunConfig
+from mv2mae.model.config import ModelConfig
+from mv2mae.train.distributed import DistEnv
+from mv2mae.train.loop import StepResult, step_seed
+
+
+class BatchSource(Protocol):
+    def batches(self, start: int) -> Iterator[dict[str, Any]]: ...
+
+    def samples_per_epoch(self) -> int | None: ...
+
+
+class ShardSource:
+    """Training batches of one protocol's train split, from a preprocessed dataset directory."""
+
+    def __init__(self, cfg: RunConfig, env: DistEnv, kind: str) -> None:
+        from mv2mae.data.config import ClipGeometry, SamplingConfig
+        from mv2mae.data.datasets import ShardSplit
+
+        if not cfg.data.root:
+            raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
+        self.cfg, self.env, self.kind = cfg, env, kind
+        self.geom = ClipGeometry.from_model_config(cfg.model, stride=cfg.data.stride)
+        if cfg.data.normalize_on not in ("auto", "worker", "device"):
+            raise ValueError(f"data.normalize_on must be auto, worker or device, got {cfg.data.normalize_on!r}")
+        on_device = cfg.data.normalize_on == "device" or (cfg.data.normalize_on == "auto"
+                                                          and env.device.type == "cuda")
+        # the loader normalises with the model's declared pixel statistics (``denormalise`` undoes them)
+        self.sampling = SamplingConfig.from_data_config(cfg.data, normalize=not on_device, mean=cfg.model.pixel_mean,
+                                                        std=cfg.model.pixel_std)
+        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
+
+    @property
+    def num_classes(self) -> int:
+        return self.split.num_classes
+
+    def samples_per_epoch(self) -> int:
+        """Pretraining: one multi-view sample per group (with ``data.repeats`` = r, an epoch still counts
+        that many samples, cut from 1/r of the groups: MAE-ST's effective epochs). Finetuning: an epoch
+        is a pass over the videos (each allowed camera of a group is one; a stream sample draws one of
+        them at random)."""
+        if self.kind == "pretrain":
+            return self.split.selection.groups
+        allowed = set(self.split.selection.cameras)
+        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.split.selection.shards)
+
+    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
+        from mv2mae.data.decode import normalize_video
+
+        if batch["video"].dtype == torch.uint8:
+            batch["video"] = normalize_video(batch["video"], self.sampling.mean, self.sampling.std)
+        return batch
+
+    def batches(self, start: int) -> Iterator[dict[str, Any]]:
+        from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
+
+        seed, skip = self.cfg.loop.seed, start
+        if start and self.cfg.loop.resume_data == "reseed":
+            seed, skip = step_seed(seed, start, 0) % 2**31, 0
+        build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
+        loader = build(self.geom, self.cfg.data.root, self.cfg.data.protocol, "train",
+                       batch_size=self.cfg.optim.batch_size, workers=self.cfg.data.workers, seed=seed,
+                       rank=self.env.rank, world_size=self.env.world_size, sampling=self.sampling,
+                       pin_memory=self.env.device.type == "cuda")
+        it = iter(loader)
+        for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
+            next(it)
+        yield from it
+
+
+class _SourceTask:
+    """What both tasks do with their batch source: epoch size, the stream, on-device preparation."""
+
+    cfg: RunConfig
+    source: BatchSource
+
+    def samples_per_epoch(self) -> int | None:
+        return self.source.samples_per_epoch()
+
+    def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
+        return self.source.batches(start)
+
+    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
+        prepare = getattr(self.source, "prepare", None)
+        return prepare(batch) if prepare else batch
+
+
+class PretrainTask(_SourceTask):
+    name = "pretrain"
+
+    def __init__(self, cfg: RunConfig, source: BatchSource, init: str = "") -> None:
+        self.cfg, self.source, self.init = cfg, source, init
+
+    def build_model(self) -> nn.Module:
+        from mv2mae.model import checkpoint as mc
+        from mv2mae.model.mv2mae import MV2MAE
+
+        model = MV2MAE(self.cfg.model)
+        if self.init:  # full MV2MAE weights, or an encoder alone (e.g. converted VideoMAE) with fresh decoders;
+            # the shared loader also anchors a 1D position table where the checkpoint's was trained
+            mc.load_pretrained_into_mv2mae(model, self.init)
+        return model
+
+    def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
+        motion = batch.get("motion") if self.cfg.data.motion != "none" else None
+        out = model(batch["video"], motion, generator=generator)
+        return StepResult(out.loss, {"loss_self": out.loss_self, "loss_cross": out.loss_cross},
+                          samples=batch["video"].shape[0])
+
+    def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
+        from mv2mae.train.recon import save_reconstruction
+
+        return save_reconstruction(model, batch, run_dir / "recon" / f"step-{step:08d}.png",
+                                   title=f"step {step}", seed=self.cfg.loop.seed)
+
+
+class FinetuneTask(_SourceTask):
+    name = "finetune"
+
+    def __init__(self, cfg: RunConfig, source: BatchSource, num_classes: int) -> None:
+        from timm.data import Mixup
+        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+        self.cfg, self.source, self.num_classes = cfg, source, num_classes
+        ft = cfg.finetune
+        self.mixup = None
+        if ft.mixup > 0 or ft.cutmix > 0:
+            if cfg.optim.batch_size % 2:
+                raise ValueError(f"mixup/cutmix pair samples within a batch: optim.batch_size must be even, "
+                                 f"got {cfg.optim.batch_size}")
+            self.mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob,
+                               switch_prob=ft.switch_prob, mode="batch", label_smoothing=ft.label_smoothing,
+                               num_classes=num_classes)
+            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        elif ft.label_smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(smoothing=ft.label_smoothing)
+        else:
+            self.criterion = nn.CrossEntropyLoss()
+
+    def build_model(self) -> nn.Module:
+        from mv2mae.model.checkpoint import load_pretrained_into_classifier
+        from mv2mae.model.classifier import VideoClassifier
+
+        ft = self.cfg.finetune
+        model = VideoClassifier(self.cfg.model, self.num_classes, drop_path=ft.drop_path, head_dropout=ft.head_dropout)
+        if ft.init:
+            load_pretrained_into_classifier(model, ft.init)
+        return model
+
+    def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
+        video, label = batch["video"], batch["label"]
+        terms = {}
+        if self.mixup is not None:
+            video, target = self._mix(video, label)
+        else:
+            target = label
+        logits = model(video)
+        if self.mixup is None:
+            terms["train_acc"] = (logits.argmax(-1) == label).float().mean()
+        return StepResult(self.criterion(logits, target), terms, samples=video.shape[0])
+
+    def _mix(self, video: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # timm cuts boxes out of the last two dims: fold time into channels so a CutMix box covers
+        # the same region of every frame (on [B, C, T, H, W] it would cut along T and H instead)
+        b, c, t, h, w = video.shape
+        mixed, target = self.mixup(video.reshape(b, c * t, h, w), label)
+        return mixed.reshape(b, c, t, h, w), target
+
+    def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
+        return None
+
+
+def finetune_model_config(cfg: RunConfig, init: str | Path) -> tuple[ModelConfig, list[str]]:
+    """The classifier's ModelConfig: the run's, with the weight-tied fields taken from the pretrained
+    checkpoint (so a pretraining ``--set model.…`` carries over); returns what was changed."""
+    from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, load_checkpoint
+
+    src = config_of(load_checkpoint(init))
+    changed = {f: getattr(src, f) for f in WEIGHT_GEOMETRY if getattr(src, f) != getattr(cfg.model, f)}
+    notes = [f"model.{k}: {getattr(cfg.model, k)!r} -> {v!r} (from {init})" for k, v in changed.items()]
+    return (cfg.model.with_(**changed) if changed else cfg.model), notes

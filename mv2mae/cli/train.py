@@ -1,0 +1,248 @@
+"""``mv2mae pretrain``, ``finetune``, ``eval``, ``probe`` and ``report``: the training-side verbs.
+
+Every verb runs unchanged under ``torchrun`` (one process per GPU, or gloo processes on CPU).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+CONFIG_HELP = "Preset name (tiny, ntu60_xsub, …) or a YAML file. Optional with --resume (the run's own config)."
+SET_HELP = "Override a config key: --set steps=200 --set optim.base_lr=1e-3 (repeatable)."
+RESUME_HELP = "'auto' (newest checkpoint in --out, or a fresh start) or a checkpoint path."
+
+
+def _fail(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from mv2mae.config import ConfigError
+    from mv2mae.model.checkpoint import CheckpointError as ModelCheckpointError
+    from mv2mae.shards.schema import ContractError
+    from mv2mae.train.checkpoint import CheckpointError
+    from mv2mae.train.loop import TrainingStopped
+
+    return (ConfigError, ContractError, CheckpointError, ModelCheckpointError, TrainingStopped, ValueError,
+            FileNotFoundError)
+
+
+def _resolve_config(stage: str, config: str | None, sets: list[str], out: Path, resume: str | None):
+    """The run config: a preset/YAML, or (resuming without --config) the run's saved config."""
+    from mv2mae.config import ConfigError, load_config, resolve
+    from mv2mae.train import checkpoint as ckpt_io
+
+    if config:
+        return load_config(config, stage, sets)
+    if not resume:
+        raise ConfigError("--config is required (a preset name or a YAML file) unless resuming a run")
+    path = ckpt_io.latest(out) if resume == "auto" else Path(resume)
+    if path is None:
+        raise ConfigError(f"--resume auto: {out} holds no checkpoint to take the config from; pass --config")
+    return resolve(ckpt_io.load_run(path)["run_config"], sets)
+
+
+def _check_fresh(out: Path, resume: str | None) -> None:
+    from mv2mae.train import checkpoint as ckpt_io
+
+    if not resume and ckpt_io.latest(out) is not None:
+        raise ValueError(f"{out} already holds checkpoints of a run: pass --resume auto to continue it, "
+                         f"or choose another --out")
+
+
+def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: list[str], resume: str | None,
+         init: Path | None) -> None:
+    import dataclasses
+
+    from mv2mae.train.distributed import cleanup, setup
+    from mv2mae.train.loop import Trainer
+    from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource, finetune_model_config
+
+    env = None
+    try:
+        _check_fresh(out, resume)
+        cfg = _resolve_config(stage, config, sets, out, resume)
+        if data is not None:
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
+        notes = []
+        if stage == "finetune" and (init or cfg.finetune.init):
+            init_path = str(init or cfg.finetune.init)
+            model_cfg, notes = finetune_model_config(cfg, init_path)
+            cfg = dataclasses.replace(cfg, model=model_cfg,
+                                      finetune=dataclasses.replace(cfg.finetune, init=init_path))
+        env = setup(cfg.loop.device)
+        source = ShardSource(cfg, env, stage)
+        if stage == "pretrain":
+            task = PretrainTask(cfg, source, init=str(init) if init else "")
+        else:
+            task = FinetuneTask(cfg, source, cfg.finetune.num_classes or source.num_classes)
+        trainer = Trainer(cfg, task, out, env, resume=resume)
+        if env.is_main:
+            for note in notes:
+                typer.echo(f"note: {note}", err=True)
+        summary = trainer.fit()
+        if env.is_main:
+            typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                       f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
+    except _known_errors() as e:
+        _fail(str(e))
+    finally:
+        if env is not None:
+            cleanup()
+
+
+def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
+    @app.command()
+    def pretrain(
+        config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+        data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
+        out: Path = typer.Option(..., "--out", help="Run directory (logs, checkpoints, pictures)."),
+        sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+        resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+        init: Path = typer.Option(None, "--init", help="Start from this checkpoint's weights (e.g. a converted VideoMAE)."),
+    ) -> None:
+        """Self-supervised MV2MAE pretraining (self-view + cross-view reconstruction)."""
+        _run("pretrain", config, data, out, sets, resume, init)
+
+    @app.command()
+    def finetune(
+        config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+        data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
+        init: Path = typer.Option(None, "--init", help="Pretraining checkpoint whose encoder starts the classifier."),
+        out: Path = typer.Option(..., "--out", help="Run directory."),
+        sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+        resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+    ) -> None:
+        """Supervised finetuning of the encoder with a classification head."""
+        _run("finetune", config, data, out, sets, resume, init)
+
+    @app.command("eval")
+    def eval_(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
+        data: Path = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on)."),
+        protocol: str = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on)."),
+        split: str = typer.Option("test", "--split"),
+        out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
+        clips: int = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips)."),
+        crops: int = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops)."),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        workers: int = typer.Option(None, "--workers"),
+        device: str = typer.Option("auto", "--device"),
+    ) -> None:
+        """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
+        _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
+
+    @app.command()
+    def probe(
+        checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
+        data: Path = typer.Option(None, "--data"),
+        protocol: str = typer.Option(None, "--protocol"),
+        method: str = typer.Option("knn", "--method", help="linear | knn"),
+        out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
+        clips: int = typer.Option(None, "--clips"),
+        crops: int = typer.Option(None, "--crops"),
+        batch_size: int = typer.Option(16, "--batch-size"),
+        workers: int = typer.Option(None, "--workers"),
+        device: str = typer.Option("auto", "--device"),
+    ) -> None:
+        """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
+        _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
+
+    @app.command()
+    def report(
+        pretrain_run: Path = typer.Option(..., "--pretrain", help="Pretraining run directory."),
+        finetune_run: Path = typer.Option(..., "--finetune", help="Finetuning run directory."),
+        eval_dir: Path = typer.Option(..., "--eval", help="Directory holding results.json and confusion.png."),
+        out: Path = typer.Option(..., "--out", help="Markdown report to write (pictures go beside it)."),
+        timings: Path = typer.Option(None, "--timings", help="'stage seconds' lines (written by make demo)."),
+        probe_dir: list[Path] = typer.Option([], "--probe", help="Probe result directories to include."),
+    ) -> None:
+        """Write a Markdown report: loss curves, a reconstruction, accuracy per camera and fused."""
+        from mv2mae.eval.report import write_report
+
+        try:
+            path = write_report(pretrain_run, finetune_run, eval_dir, out, timings, probe_dir)
+        except (FileNotFoundError, ValueError, KeyError) as e:
+            _fail(f"report: {e}")
+        typer.echo(f"report written to {path}")
+
+
+def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
+          clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+    from mv2mae.eval.evaluate import load_classifier, settings_from_checkpoint, write_results
+    from mv2mae.shards.schema import read_index
+    from mv2mae.train.distributed import cleanup, setup
+
+    env = None
+    try:
+        env = setup(device)
+        model, ckpt = load_classifier(checkpoint, env.device)
+        s = settings_from_checkpoint(ckpt, str(data) if data else None, protocol, split=split, clips=clips,
+                                     crops=crops, batch_size=batch_size, workers=workers)
+        from mv2mae.eval.evaluate import evaluate
+
+        results = evaluate(model, s, env, read_index(s.root).classes)
+        if env.is_main:
+            out = out or checkpoint.parent.parent / f"eval-{s.protocol}"
+            path, png = write_results(results, out)
+            _print_results(results, f"{checkpoint} on {s.protocol}/{s.split}")
+            typer.echo(f"results: {path}  confusion matrix: {png}")
+    except _known_errors() as e:
+        _fail(str(e))
+    finally:
+        if env is not None:
+            cleanup()
+
+
+def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
+           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+    import json
+
+    from mv2mae.eval.evaluate import settings_from_checkpoint
+    from mv2mae.eval.probe import load_feature_model, run_probe
+    from mv2mae.model.checkpoint import load_checkpoint
+    from mv2mae.shards.schema import read_index
+    from mv2mae.train.distributed import cleanup, setup
+
+    env = None
+    try:
+        env = setup(device)
+        model = load_feature_model(checkpoint, env.device)
+        s = settings_from_checkpoint(load_checkpoint(checkpoint), str(data) if data else None, protocol,
+                                     clips=clips, crops=crops, batch_size=batch_size, workers=workers)
+        classes = read_index(s.root).classes
+        results = run_probe(model, s, env, method, len(classes))
+        results["classes"] = classes
+        if env.is_main:
+            out = out or checkpoint.parent.parent / f"probe-{method}-{s.protocol}"
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            _print_results(results, f"{method} probe of {checkpoint} on {s.protocol}")
+            typer.echo(f"results: {out / 'results.json'}")
+    except _known_errors() as e:
+        _fail(str(e))
+    finally:
+        if env is not None:
+            cleanup()
+
+
+def _print_results(results: dict, title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in ("videos of", "count", "top-1 %", "top-5 %"):
+        table.add_column(col, justify="right" if col != "videos of" else "left")
+    for cam, acc in results["per_camera"].items():
+        table.add_row(f"camera {cam}", str(acc["count"]), f"{100 * acc['top1']:.1f}", f"{100 * acc['top5']:.1f}")
+    table.add_row("all test videos", str(results["videos"]["count"]), f"{100 * results['videos']['top1']:.1f}",
+                  f"{100 * results['videos']['top5']:.1f}")
+    table.add_row("fused (groups)", str(results["fused"]["count"]), f"{100 * results['fused']['top1']:.1f}",
+                  f"{100 * results['fused']['top5']:.1f}")
+    table.add_row("chance", "", f"{100 * results['chance_top1']:.1f}", "")
+    Console().print(table)

@@ -1,1 +1,0 @@
-"""CLI verbs. Each module defines ``register(app, bench_app, shards_app)`` and imports heavy code lazily."""

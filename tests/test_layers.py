@@ -1,0 +1,103 @@
+"""Arrows only point down DESIGN.md's layer table: every import of ours (module level or inside a
+function) goes from a layer to one it may use, and no two layers import each other in a circle."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+ROOTS = {"mv2mae": REPO / "mv2mae", "mv2mae.preprocess": REPO / "preprocess", "mv2mae.shards": REPO / "shards",
+         "mv2mae.tools": REPO / "tools"}
+
+# layer -> the layers it may import (besides itself). Longest prefix decides a module's layer.
+ALLOWED = {
+    "mv2mae.shards": set(),
+    "mv2mae.preprocess": {"mv2mae.shards"},
+    "mv2mae.tools": {"mv2mae.shards"},
+    "mv2mae.model": set(),
+    "mv2mae.interop": {"mv2mae.model"},  # VideoMAE / Hugging Face weights in and out
+    "mv2mae.data": {"mv2mae.shards", "mv2mae.model.config"},
+    "mv2mae.config": {"mv2mae.model", "mv2mae.data"},
+    "mv2mae.train": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.shards"},
+    "mv2mae.eval": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.shards", "mv2mae.train"},
+    "mv2mae.bench": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",
+                     "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval"},
+    "mv2mae.cli": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",
+                   "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval", "mv2mae.bench"},
+    "mv2mae": set(),  # the package root holds the version and imports nothing of ours
+}
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for name, root in ROOTS.items():
+        for path in root.rglob("*.py"):
+            rel = path.relative_to(root).with_suffix("")
+            parts = [p for p in rel.parts if p != "__init__"]
+            module = ".".join([name, *parts])
+            found[module] = path
+    return found
+
+
+def _layer(module: str) -> str:
+    return max((layer for layer in ALLOWED if module == layer or module.startswith(layer + ".")), key=len)
+
+
+def _our_imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return {n for n in names if n == "mv2mae" or n.startswith("mv2mae.")}
+
+
+def _permitted(target: str, allowed: set[str]) -> bool:
+    return any(target == a or target.startswith(a + ".") for a in allowed)
+
+
+def test_every_import_points_down_the_layer_table():
+    modules = _modules()
+    wrong = set()
+    for module, path in modules.items():
+        layer = _layer(module)
+        for target in _our_imports(path):
+            if target not in modules and target.rsplit(".", 1)[0] in modules:
+                target = target.rsplit(".", 1)[0]  # ``from pkg.mod import name``: the module is what counts
+            if target not in modules:
+                continue  # ``from pkg import submodule`` already counted as pkg.submodule
+            if target == "mv2mae" or _layer(target) == layer or _permitted(target, ALLOWED[layer]):
+                continue  # the package root holds only the version: anyone may read it
+            wrong.add(f"{module} -> {target}")
+    assert not wrong, "imports against the layer table:\n" + "\n".join(sorted(wrong))
+
+
+def test_layers_import_each_other_in_no_circle():
+    modules = _modules()
+    edges: dict[str, set[str]] = {layer: set() for layer in ALLOWED}
+    for module, path in modules.items():
+        for target in _our_imports(path):
+            if target in modules and _layer(target) != _layer(module):
+                edges[_layer(module)].add(_layer(target))
+    state: dict[str, int] = {}
+
+    def visit(layer: str, trail: list[str]) -> None:
+        if state.get(layer) == 1:
+            raise AssertionError("layers import each other in a circle: " + " -> ".join(trail + [layer]))
+        if state.get(layer) == 2:
+            return
+        state[layer] = 1
+        for nxt in sorted(edges[layer]):
+            visit(nxt, trail + [layer])
+        state[layer] = 2
+
+    for layer in sorted(edges):
+        visit(layer, [])
+
+
+def test_the_command_line_is_imported_by_no_other_layer():
+    modules = _modules()
+    users = [f"{m} -> {t}" for m, p in modules.items() if _layer(m) != "mv2mae.cli"
+             for t in _our_imports(p) if t == "mv2mae.cli" or t.startswith("mv2mae.cli.")]
+    assert not users, users
