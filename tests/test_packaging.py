@@ -2,6 +2,7 @@
 ``preprocess.py`` or ``tools/`` package can neither shadow ours nor merge with it."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,9 +29,14 @@ def _expected_members() -> set[str]:
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
+    # built from a copy: setuptools leaves a build/ folder beside the pyproject.toml it builds
+    src, out = tmp_path_factory.mktemp("src"), tmp_path_factory.mktemp("wheel")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for folder in FOLDERS:
+        shutil.copytree(REPO / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--wheel-dir", str(out), str(REPO)], check=True, capture_output=True, text=True)
+                    "--wheel-dir", str(out), str(src)], check=True, capture_output=True, text=True)
     (found,) = out.glob("mv2mae-*.whl")
     return found
 

@@ -1,3 +1,0 @@
-"""MV2MAE: self-supervised pretraining on multi-camera videos with masked autoencoders."""
-
-__version__ = "0.1.0"

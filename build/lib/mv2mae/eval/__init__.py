@@ -1,1 +1,0 @@
-"""Evaluation: multi-clip × multi-crop testing, per-camera and fused accuracy, probes, the demo report."""

@@ -1,1 +1,0 @@
-"""Offline preprocessing: dataset adapters, the synthetic generator, decoding, alignment, motion, writing."""

@@ -1,1 +1,0 @@
-"""Inspection and visualisation of shards, motion caches and reconstructions."""
