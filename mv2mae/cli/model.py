@@ -161,53 +161,7 @@ def embed(
     typer.echo(f"wrote {out}: features {list(feats.shape)}")
 
 
-def _parse_overrides(items: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            _fail(f"--override {item!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
-    return out
-
-
-def bench_model(
-    json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
-    preset: str = typer.Option("vit_small", help="Model preset."),
-    batch: int = typer.Option(2, help="Samples per step on the CPU/default device."),
-    steps: int = typer.Option(5, help="Timed rounds per measurement (median reported; rounds interleave the variants)."),
-    warmup: int = typer.Option(1, help="Untimed warm-up steps per measurement."),
-    views: str = typer.Option("1,2,3,4", help="View counts to sweep."),
-    compare_hf: bool = typer.Option(True, "--hf/--no-hf", help="Time transformers' VideoMAEForPreTraining too."),
-    gpu_batch: int = typer.Option(32, help="Batch of the GPU section (bf16, MFU, memory, compile)."),
-    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
-    override: list[str] = typer.Option([], "--override", help="Model config override KEY=VALUE (repeatable)."),
-    threads: int = typer.Option(0, help="CPU threads for torch (0 = torch's default)."),
-) -> None:
-    """Pretraining step speed: vs transformers VideoMAE, vs views and sources, analytic FLOPs, GPU figures."""
-    import torch
-
-    from mv2mae.bench.model import ModelBenchSettings, print_model_bench, run_model_bench
-
-    if threads > 0:
-        torch.set_num_threads(threads)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
-    settings = ModelBenchSettings(preset=preset, batch=batch, steps=steps, warmup=warmup,
-                                  views=tuple(int(v) for v in views.split(",")), compare_hf=compare_hf,
-                                  gpu_batch=gpu_batch, overrides=_parse_overrides(override))
-    result = run_model_bench(settings, dev)
-    print_model_bench(result)
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        typer.echo(f"wrote {json_path}")
-
-
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
     app.command("convert")(convert)
     app.command("export")(export)
     app.command("embed")(embed)
-    bench_app.command("model")(bench_model)

@@ -1,4 +1,4 @@
-"""``mv2mae preprocess DATASET``, ``mv2mae shards merge`` and ``mv2mae bench preprocess``."""
+"""``mv2mae preprocess DATASET`` and ``mv2mae shards merge``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 import typer
+
+from mv2mae.cli.errors import reported
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -53,15 +55,12 @@ def preprocess(
     console = Console(stderr=True)
     if backend not in BACKENDS:
         raise typer.BadParameter(f"--backend must be one of {BACKENDS}")
-    try:
+    with reported(AdapterError, PreprocessError, ValueError, OSError):
         summary = run(dataset, root, out, size=size, fps=fps, crop=crop, motion=motion,
                       jpeg_quality=jpeg_quality, shard_size=parse_bytes(shard_size), workers=workers,
                       part=part, parts=parts, limit=limit, max_lag=max_lag,
                       drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend,
                       classes_file=str(classes) if classes else None, image_fps=image_fps, progress=progress)
-    except (AdapterError, PreprocessError, ValueError, OSError) as e:
-        console.print(f"[red]error:[/red] {e}")
-        raise typer.Exit(1) from None
     console.print(
         f"{summary.written} group(s) written, {summary.skipped} already done, {summary.failed} failed, "
         f"{summary.dropped_views} view(s) dropped; {summary.groups} groups in {summary.shards} shard(s); "
@@ -77,32 +76,11 @@ def merge(
     from mv2mae.preprocess.merge import merge as do_merge
     from mv2mae.shards.schema import ContractError
 
-    try:
+    with reported(MergeError, ContractError, OSError):
         index = do_merge(list(sources), out)
-    except (MergeError, ContractError, OSError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"merged {len(index.shards)} shard(s), {index.groups} group(s) -> {out or sources[0]}/index.json")
-
-
-def bench(
-    json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
-    groups: int = typer.Option(4, "--groups", help="Multi-view groups to render at 1080p."),
-    frames: int = typer.Option(48, "--frames", help="Frames per video."),
-    workers: int = typer.Option(2, "--workers", help="Workers of the multi-worker run."),
-    work_dir: Path = typer.Option(None, "--work-dir", help="Keep the rendered videos and outputs here."),
-    repeats: int = typer.Option(3, "--repeats", help="Runs per measurement; the best one counts."),
-) -> None:
-    """Full preprocessing vs decode-and-scale-only on 1080p H.264 multi-view videos."""
-    from mv2mae.bench.preprocess import print_table, run_bench, write_json
-
-    figures = run_bench(groups=groups, frames=frames, workers=workers, work_dir=work_dir, repeats=repeats)
-    print_table(figures)
-    if json_path:
-        write_json(figures, json_path)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
     app.command("preprocess")(preprocess)
     shards_app.command("merge")(merge)
-    bench_app.command("preprocess")(bench)

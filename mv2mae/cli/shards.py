@@ -1,36 +1,24 @@
-"""``mv2mae shards ls|stats|show|verify`` and ``mv2mae bench loader``: inspecting shard directories."""
+"""``mv2mae shards ls|stats|show|verify``: inspecting shard directories."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
+from mv2mae.cli.errors import fail, reported, write_json
+
 DIR_ARG = typer.Argument(..., help="A preprocessed dataset directory (holds index.json).")
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(1)
-
-
-def _write_json(path: Path | None, obj) -> None:
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(obj, indent=1))
+# what a damaged or mistyped shard directory raises (ContractError is a ValueError)
+DIRECTORY_ERRORS = (FileNotFoundError, ValueError, KeyError)
 
 
 def _guard(fn):
-    """Contract and file errors become one red line and exit status 1, never a traceback."""
-    from mv2mae.shards.schema import ContractError
-
-    try:
+    """Run ``fn``; a damaged or missing directory is one red line and exit status 1, never a traceback."""
+    with reported(*DIRECTORY_ERRORS):
         return fn()
-    except (ContractError, FileNotFoundError, ValueError, KeyError) as e:
-        _fail(str(e.args[0]) if isinstance(e, KeyError) else str(e))
 
 
 def ls(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json", help="Also write JSON here.")) -> None:
@@ -51,7 +39,7 @@ def ls(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json", 
     table.add_row(f"motion.zarr ({', '.join(info['motion']) or 'none'})", "", human_bytes(info["motion_bytes"]),
                   "", "", "")
     Console().print(table)
-    _write_json(json_out, info)
+    write_json(json_out, info)
 
 
 def stats(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json", help="Also write JSON here.")) -> None:
@@ -93,7 +81,7 @@ def stats(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json
     console.print(motion)
     fails = st["failures"]
     console.print(f"failures: {fails['total']}" + "".join(f"\n  {n} × {r}" for r, n in fails["reasons"].items()))
-    _write_json(json_out, st)
+    write_json(json_out, st)
 
 
 def show(
@@ -126,29 +114,8 @@ def verify(
     for p in problems:
         typer.echo(f"FAIL {p}", err=True)
     if problems:
-        _fail(f"{directory}: {len(problems)} problem(s) in {checked} shard(s)")
+        fail(f"{directory}: {len(problems)} problem(s) in {checked} shard(s)")
     typer.echo(f"ok: {checked} shard(s) verified in {directory}")
-
-
-def bench_loader(
-    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
-    work: Path = typer.Option(Path("bench-results/loader-data"), help="Scratch folder for the rendered set."),
-    workers: int = typer.Option(2, help="DataLoader workers for both loaders."),
-    seconds: float = typer.Option(20.0, help="Measured seconds per loader (after warm-up)."),
-    raw_size: str = typer.Option("1920x1080", help="Raw video size the baseline decodes (WxH)."),
-    groups: int = typer.Option(6, help="Multi-view groups rendered."),
-    gpu_samples_per_s: float = typer.Option(0.0, help="Measured ViT-S pretraining samples/s of one H100 "
-                                                      "(0 = from --model-json, else a labelled assumption)."),
-    model_json: Path = typer.Option(None, help="A `mv2mae bench model --json` file from a GPU machine."),
-) -> None:
-    """Pretraining samples/s from shards vs a raw-video (VideoMAE-style) loader; memory; workers per H100."""
-    from mv2mae.bench.loader import print_report, run_bench
-
-    w, h = (int(v) for v in raw_size.lower().split("x"))
-    result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
-                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json)
-    print_report(result)
-    _write_json(json_out, result)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
@@ -156,4 +123,3 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
     shards_app.command("stats")(stats)
     shards_app.command("show")(show)
     shards_app.command("verify")(verify)
-    bench_app.command("loader")(bench_loader)

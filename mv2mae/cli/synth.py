@@ -1,8 +1,7 @@
-"""``mv2mae synth`` (render the built-in multi-view action dataset) and ``mv2mae bench synth``."""
+"""``mv2mae synth``: render the built-in multi-view action dataset."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -49,36 +48,5 @@ def synth(
                     f"{summary['frames']} frames) in {summary['seconds']:.1f} s -> {summary['out']}")
 
 
-def bench_synth(
-    json_path: Path = typer.Option(None, "--json", help="Write the figures to this JSON file."),
-    groups: int = typer.Option(8, help="Groups (x3 cameras) rendered at the default size."),
-    hd_groups: int = typer.Option(1, help="Groups rendered at 1920x1080 (0 to skip)."),
-) -> None:
-    """Rendered frames per second per core of `mv2mae synth` (one process, CPU time incl. ffmpeg)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from mv2mae.bench.synth import benchmark
-
-    sizes, counts = [(320, 240)], [groups]
-    if hd_groups > 0:
-        sizes.append((1920, 1080))
-        counts.append(hd_groups)
-    result = benchmark(sizes, counts)
-    table = Table(title="mv2mae bench synth: frames/s per core", caption="render = drawing only; "
-                  "+encode = render, x264, skeleton files; room = one-off background ray-cast")
-    for col in ("size", "frames", "render", "+encode", "wall, 1 proc", "room ms/cam"):
-        table.add_column(col, justify="right")
-    for row in result["rows"]:
-        table.add_row(row["size"], str(row["frames"]), f"{row['render_fps_per_core']:.0f}",
-                      f"{row['end_to_end_fps_per_core']:.0f}", f"{row['end_to_end_fps_wall']:.0f}",
-                      f"{row['background_ms_per_camera']:.0f}")
-    Console().print(table)
-    if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-
-
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
     app.command("synth")(synth)
-    bench_app.command("synth")(bench_synth)

@@ -1,0 +1,125 @@
+"""``mv2mae bench synth|preprocess|loader|model``: every benchmark, each a table plus ``--json`` figures.
+
+The measurements themselves live in :mod:`mv2mae.bench`; these commands only parse options and print.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+
+from mv2mae.cli.errors import fail, write_json
+
+
+def bench_synth(
+    json_path: Path = typer.Option(None, "--json", help="Write the figures to this JSON file."),
+    groups: int = typer.Option(8, help="Groups (x3 cameras) rendered at the default size."),
+    hd_groups: int = typer.Option(1, help="Groups rendered at 1920x1080 (0 to skip)."),
+) -> None:
+    """Rendered frames per second per core of `mv2mae synth` (one process, CPU time incl. ffmpeg)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mv2mae.bench.synth import benchmark
+
+    sizes, counts = [(320, 240)], [groups]
+    if hd_groups > 0:
+        sizes.append((1920, 1080))
+        counts.append(hd_groups)
+    result = benchmark(sizes, counts)
+    table = Table(title="mv2mae bench synth: frames/s per core", caption="render = drawing only; "
+                  "+encode = render, x264, skeleton files; room = one-off background ray-cast")
+    for col in ("size", "frames", "render", "+encode", "wall, 1 proc", "room ms/cam"):
+        table.add_column(col, justify="right")
+    for row in result["rows"]:
+        table.add_row(row["size"], str(row["frames"]), f"{row['render_fps_per_core']:.0f}",
+                      f"{row['end_to_end_fps_per_core']:.0f}", f"{row['end_to_end_fps_wall']:.0f}",
+                      f"{row['background_ms_per_camera']:.0f}")
+    Console().print(table)
+    write_json(json_path, result)
+
+
+def bench_preprocess(
+    json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
+    groups: int = typer.Option(4, "--groups", help="Multi-view groups to render at 1080p."),
+    frames: int = typer.Option(48, "--frames", help="Frames per video."),
+    workers: int = typer.Option(2, "--workers", help="Workers of the multi-worker run."),
+    work_dir: Path = typer.Option(None, "--work-dir", help="Keep the rendered videos and outputs here."),
+    repeats: int = typer.Option(3, "--repeats", help="Runs per measurement; the best one counts."),
+) -> None:
+    """Full preprocessing vs decode-and-scale-only on 1080p H.264 multi-view videos."""
+    from mv2mae.bench.preprocess import print_table, run_bench
+
+    figures = run_bench(groups=groups, frames=frames, workers=workers, work_dir=work_dir, repeats=repeats)
+    print_table(figures)
+    write_json(json_path, figures)
+
+
+def bench_loader(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    work: Path = typer.Option(Path("bench-results/loader-data"), help="Scratch folder for the rendered set."),
+    workers: int = typer.Option(2, help="DataLoader workers for both loaders."),
+    seconds: float = typer.Option(20.0, help="Measured seconds per loader (after warm-up)."),
+    raw_size: str = typer.Option("1920x1080", help="Raw video size the baseline decodes (WxH)."),
+    groups: int = typer.Option(6, help="Multi-view groups rendered."),
+    gpu_samples_per_s: float = typer.Option(0.0, help="Measured ViT-S pretraining samples/s of one H100 "
+                                                      "(0 = from --model-json, else a labelled assumption)."),
+    model_json: Path = typer.Option(None, help="A `mv2mae bench model --json` file from a GPU machine."),
+) -> None:
+    """Pretraining samples/s from shards vs a raw-video (VideoMAE-style) loader; memory; workers per H100."""
+    from mv2mae.bench.loader import print_report, run_bench
+
+    w, h = (int(v) for v in raw_size.lower().split("x"))
+    result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
+                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json)
+    print_report(result)
+    write_json(json_out, result)
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"--override {item!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def bench_model(
+    json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
+    preset: str = typer.Option("vit_small", help="Model preset."),
+    batch: int = typer.Option(2, help="Samples per step on the CPU/default device."),
+    steps: int = typer.Option(5, help="Timed rounds per measurement (median reported; rounds interleave the variants)."),
+    warmup: int = typer.Option(1, help="Untimed warm-up steps per measurement."),
+    views: str = typer.Option("1,2,3,4", help="View counts to sweep."),
+    compare_hf: bool = typer.Option(True, "--hf/--no-hf", help="Time transformers' VideoMAEForPreTraining too."),
+    gpu_batch: int = typer.Option(32, help="Batch of the GPU section (bf16, MFU, memory, compile)."),
+    device: str = typer.Option("auto", help="auto (cuda if available), cpu or cuda."),
+    override: list[str] = typer.Option([], "--override", help="Model config override KEY=VALUE (repeatable)."),
+    threads: int = typer.Option(0, help="CPU threads for torch (0 = torch's default)."),
+) -> None:
+    """Pretraining step speed: vs transformers VideoMAE, vs views and sources, analytic FLOPs, GPU figures."""
+    import torch
+
+    from mv2mae.bench.model import ModelBenchSettings, print_model_bench, run_model_bench
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    settings = ModelBenchSettings(preset=preset, batch=batch, steps=steps, warmup=warmup,
+                                  views=tuple(int(v) for v in views.split(",")), compare_hf=compare_hf,
+                                  gpu_batch=gpu_batch, overrides=_parse_overrides(override))
+    result = run_model_bench(settings, dev)
+    print_model_bench(result)
+    write_json(json_path, result)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
+    bench_app.command("synth")(bench_synth)
+    bench_app.command("preprocess")(bench_preprocess)
+    bench_app.command("loader")(bench_loader)
+    bench_app.command("model")(bench_model)
