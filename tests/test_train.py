@@ -126,3 +126,23 @@ def test_a_resumed_run_follows_its_own_config_schedule_and_hyperparameters(tmp_p
         assert resumed[step] == pytest.approx(straight[step], rel=1e-9), step
     assert resumed[7] > 10 * resumed[12]  # still decaying, not parked at the minimum
     assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.2}
+
+
+def test_finetuning_takes_weight_tied_fields_and_pixel_statistics_from_the_pretrained_checkpoint(tmp_path):
+    """Encoder weights are tied to the pixel statistics they were trained on: a classifier started
+    from a checkpoint normalises as its pretraining did, and then loads strictly."""
+    import dataclasses
+
+    from mv2mae.model.checkpoint import save_model_state
+    from mv2mae.model.mv2mae import MV2MAE
+    from mv2mae.train.tasks import finetune_model_config
+
+    src = tiny_config("pretrain", "model.pixel_mean=[0.5, 0.4, 0.3]", "model.pixel_std=[0.2, 0.25, 0.3]").model
+    path = save_model_state(tmp_path / "pre.pt", MV2MAE(src), src)
+    cfg = tiny_config("finetune")
+    model_cfg, notes = finetune_model_config(cfg, path)
+    assert (model_cfg.pixel_mean, model_cfg.pixel_std) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert any(n.startswith("model.pixel_mean") for n in notes)
+    cfg = dataclasses.replace(cfg, model=model_cfg, finetune=dataclasses.replace(cfg.finetune, init=str(path)))
+    model = FinetuneTask(cfg, num_classes=3).build_model()
+    assert model.cfg.pixel_mean == (0.5, 0.4, 0.3)
