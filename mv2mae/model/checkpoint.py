@@ -114,7 +114,8 @@ def fit_config(ckpt: dict[str, Any], wanted: ModelConfig | None = None, source: 
     checkpoint's own config) with ``overrides``, its weight geometry checked against the checkpoint's
     and a 1D position table anchored where the checkpoint's was trained."""
     src = config_of(ckpt)
-    cfg = (wanted or src).with_(**overrides) if overrides else (wanted or src)
+    cfg = src if wanted is None else wanted
+    cfg = cfg.with_(**overrides) if overrides else cfg
     _check_geometry(src, cfg, source)
     return _anchor_positions(src, cfg)
 
