@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from mv2mae.model.checkpoint import CheckpointError, load_state_strict, save_model_state
 from mv2mae.model.config import ModelConfig
@@ -157,8 +158,6 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor
     for name in HF_WEIGHTS:
         if (directory / name).is_file():
             if name.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
                 return hf_cfg, load_file(directory / name)
             return hf_cfg, torch.load(directory / name, map_location="cpu", weights_only=True)
     raise CheckpointError(f"{directory}: none of {', '.join(HF_WEIGHTS)} found")
@@ -311,8 +310,6 @@ def convert(kind: str, src: Path, out: Path, frames: int = 16, image_size: int =
 
 
 def export_hf(model: MV2MAE, out_dir: Path, with_decoder: bool = False) -> Path:
-    from safetensors.torch import save_file
-
     hf_cfg, state = to_hf(model, with_decoder)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ def train(run_dir: str, accum: int, batch: int) -> None:
     cfg = tiny_config("pretrain", "steps=3", f"optim.accum_steps={accum}", f"optim.batch_size={batch}",
                       "loop.ckpt_every=100")
     source = GlobalBatchSource(cfg, rank=env.rank, world=env.world_size)
-    Trainer(cfg, PretrainTask(cfg, source), run_dir, env).fit()
+    Trainer(cfg, PretrainTask(cfg), source, run_dir, env).fit()
     cleanup()
 
 

@@ -8,11 +8,11 @@ import torch
 from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier
 from mv2mae.model.checkpoint import (
     CheckpointError,
+    init_classifier,
+    init_mv2mae,
     load_checkpoint,
     load_encoder,
     load_mv2mae,
-    load_pretrained_into_classifier,
-    load_pretrained_into_mv2mae,
     save_model_state,
 )
 from mv2mae.model.flops import classifier_step_flops, pretrain_forward_flops, pretrain_step_flops
@@ -49,7 +49,7 @@ def test_round_trip_is_exact(pretrained):
 
 def test_classifier_initialised_strictly_from_pretraining(pretrained):
     model, cfg, path = pretrained
-    clf = load_pretrained_into_classifier(VideoClassifier(cfg, num_classes=3), path)
+    clf = init_classifier(path, cfg, 3)
     for name, tensor in model.encoder.state_dict().items():
         assert torch.equal(clf.encoder.state_dict()[name], tensor), name
     video = torch.randn(2, 3, cfg.frames, cfg.image_size, cfg.image_size)
@@ -64,27 +64,29 @@ def test_missing_unexpected_and_misshaped_keys_are_named(pretrained, tmp_path):
     del state["encoder.blocks.1.mlp.fc2.weight"]
     torch.save({**ckpt, "model": state}, tmp_path / "missing.pt")
     with pytest.raises(CheckpointError, match=r"missing keys: blocks\.1\.mlp\.fc2\.weight"):
-        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "missing.pt")
+        init_classifier(tmp_path / "missing.pt", cfg, 3)
     with pytest.raises(CheckpointError, match=r"missing keys: encoder\.blocks\.1\.mlp\.fc2\.weight"):
         load_mv2mae(tmp_path / "missing.pt")
     torch.save({**ckpt, "model": {**ckpt["model"], "encoder.extra.weight": torch.zeros(2)}}, tmp_path / "extra.pt")
     with pytest.raises(CheckpointError, match=r"unexpected keys: extra\.weight"):
-        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "extra.pt")
+        init_classifier(tmp_path / "extra.pt", cfg, 3)
     torch.save({**ckpt, "model": {**ckpt["model"], "mystery.weight": torch.zeros(2)}}, tmp_path / "stray.pt")
     with pytest.raises(CheckpointError, match=r"no place in the encoder: mystery\.weight"):
-        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "stray.pt")
+        init_classifier(tmp_path / "stray.pt", cfg, 3)
     wide = dict(ckpt["model"])
     wide["encoder.norm.weight"] = torch.ones(50)
     torch.save({**ckpt, "model": wide}, tmp_path / "shape.pt")
     with pytest.raises(CheckpointError, match=r"shape mismatches: norm\.weight"):
-        load_pretrained_into_classifier(VideoClassifier(cfg, 3), tmp_path / "shape.pt")
+        init_classifier(tmp_path / "shape.pt", cfg, 3)
 
 
 def test_geometry_mismatch_fails_and_frames_adapt(pretrained):
     _, cfg, path = pretrained
     with pytest.raises(CheckpointError, match="patch: checkpoint 8 vs model 16"):
-        load_pretrained_into_classifier(VideoClassifier(cfg.with_(patch=16), 3), path)
-    longer = load_pretrained_into_classifier(VideoClassifier(cfg.with_(frames=8, image_size=48), 3), path)
+        init_classifier(path, cfg.with_(patch=16), 3)
+    with pytest.raises(CheckpointError, match="pixel_std: checkpoint"):  # weights are tied to their pixel statistics
+        init_classifier(path, cfg.with_(pixel_std=(0.5, 0.5, 0.5)), 3)
+    longer = init_classifier(path, cfg.with_(frames=8, image_size=48), 3)
     with torch.no_grad():
         assert longer(torch.randn(1, 3, 8, 48, 48)).shape == (1, 3)
 
@@ -92,9 +94,9 @@ def test_geometry_mismatch_fails_and_frames_adapt(pretrained):
 def test_videomae_positions_are_resampled_not_reindexed(tmp_path):
     cfg = tiny_cfg(pos_embed="sinusoid1d")
     path = save_model_state(tmp_path / "v.pt", MV2MAE(cfg), cfg)
-    clf = load_pretrained_into_classifier(VideoClassifier(cfg.with_(frames=8), 3), path)
+    clf = init_classifier(path, cfg.with_(frames=8), 3)
     assert clf.cfg.pos_embed_reference_grid == cfg.grid
-    same_grid = load_pretrained_into_classifier(VideoClassifier(cfg, 3), path)
+    same_grid = init_classifier(path, cfg, 3)
     assert same_grid.cfg.pos_embed_reference_grid is None
     # the time-resampled table keeps the spatial layout of the original at each time step
     orig = MV2MAE(cfg).encoder.pos_embed[0].view(*cfg.grid, -1)
@@ -129,18 +131,19 @@ def test_analytic_flops_scale_as_expected():
 
 def test_mv2mae_initialised_from_full_or_encoder_only_checkpoints(pretrained, tmp_path):
     model, cfg, path = pretrained
-    full = load_pretrained_into_mv2mae(MV2MAE(cfg), path)
+    full = init_mv2mae(path, cfg)
     assert torch.equal(full.cross_decoder.head.weight, model.cross_decoder.head.weight)
     clf = VideoClassifier(cfg, 3)
     clf_path = save_model_state(tmp_path / "clf.pt", clf, cfg)
-    fresh = MV2MAE(cfg)
-    before = fresh.self_decoder.head.weight.clone()
-    from_clf = load_pretrained_into_mv2mae(fresh, clf_path)
+    torch.manual_seed(1)
+    before = MV2MAE(cfg).self_decoder.head.weight
+    torch.manual_seed(1)
+    from_clf = init_mv2mae(clf_path, cfg)
     assert torch.equal(from_clf.encoder.blocks[0].attn.qkv.weight, clf.encoder.blocks[0].attn.qkv.weight)
     assert torch.equal(from_clf.self_decoder.head.weight, before)
     one_d = tiny_cfg(pos_embed="sinusoid1d")
     src = save_model_state(tmp_path / "1d.pt", MV2MAE(one_d), one_d)
-    longer = load_pretrained_into_mv2mae(MV2MAE(one_d.with_(frames=8)), src)
+    longer = init_mv2mae(src, one_d.with_(frames=8))
     assert longer.cfg.pos_embed_reference_grid == one_d.grid
     assert longer.cross_decoder.pos_embed.shape == (1, 4 * 4 * 4, one_d.decoder_dim)
     with torch.no_grad():

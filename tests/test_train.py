@@ -19,8 +19,8 @@ ENV = setup("cpu")
 
 
 def fit(cfg, source, run_dir, resume=None, task_cls=PretrainTask):
-    task = task_cls(cfg, source) if task_cls is PretrainTask else task_cls(cfg, source, source.classes)
-    return Trainer(cfg, task, run_dir, ENV, resume=resume).fit()
+    task = task_cls(cfg) if task_cls is PretrainTask else task_cls(cfg, source.classes)
+    return Trainer(cfg, task, source, run_dir, ENV, resume=resume).fit()
 
 
 def losses(run_dir):
@@ -104,7 +104,7 @@ def test_pretrain_init_anchors_a_1d_position_table_where_the_checkpoint_was_trai
     src = tiny_config("pretrain", "model.pos_embed=sinusoid1d", "model.frames=8").model
     path = save_model_state(tmp_path / "v.pt", MV2MAE(src), src)
     cfg = tiny_config("pretrain", "model.pos_embed=sinusoid1d")  # 4 frames: a different token grid
-    model = PretrainTask(cfg, GlobalBatchSource(cfg), init=str(path)).build_model()
+    model = PretrainTask(cfg, init=str(path)).build_model()
     assert model.cfg.pos_embed_reference_grid == src.grid
     encoder, _ = load_encoder(path, frames=4)
     assert torch.equal(model.encoder.pos_embed, encoder.pos_embed)
@@ -117,8 +117,7 @@ def test_a_resumed_run_follows_its_own_config_schedule_and_hyperparameters(tmp_p
     fit(tiny_config("pretrain", "steps=12"), GlobalBatchSource(tiny_config()), tmp_path / "straight")
     fit(tiny_config("pretrain", "steps=6"), GlobalBatchSource(tiny_config()), tmp_path / "short")
     longer = tiny_config("pretrain", "steps=12", "optim.weight_decay=0.2")
-    task = PretrainTask(longer, GlobalBatchSource(longer))
-    trainer = Trainer(longer, task, tmp_path / "short", ENV, resume="auto")
+    trainer = Trainer(longer, PretrainTask(longer), GlobalBatchSource(longer), tmp_path / "short", ENV, resume="auto")
     trainer.fit()
     straight = {r["step"]: r["lr"] for r in read_log(tmp_path / "straight")}
     resumed = {r["step"]: r["lr"] for r in read_log(tmp_path / "short")}
@@ -127,3 +126,23 @@ def test_a_resumed_run_follows_its_own_config_schedule_and_hyperparameters(tmp_p
         assert resumed[step] == pytest.approx(straight[step], rel=1e-9), step
     assert resumed[7] > 10 * resumed[12]  # still decaying, not parked at the minimum
     assert {g["weight_decay"] for g in trainer.optimizer.param_groups} == {0.0, 0.2}
+
+
+def test_finetuning_takes_weight_tied_fields_and_pixel_statistics_from_the_pretrained_checkpoint(tmp_path):
+    """Encoder weights are tied to the pixel statistics they were trained on: a classifier started
+    from a checkpoint normalises as its pretraining did, and then loads strictly."""
+    import dataclasses
+
+    from mv2mae.model.checkpoint import save_model_state
+    from mv2mae.model.mv2mae import MV2MAE
+    from mv2mae.train.tasks import finetune_model_config
+
+    src = tiny_config("pretrain", "model.pixel_mean=[0.5, 0.4, 0.3]", "model.pixel_std=[0.2, 0.25, 0.3]").model
+    path = save_model_state(tmp_path / "pre.pt", MV2MAE(src), src)
+    cfg = tiny_config("finetune")
+    model_cfg, notes = finetune_model_config(cfg, path)
+    assert (model_cfg.pixel_mean, model_cfg.pixel_std) == ((0.5, 0.4, 0.3), (0.2, 0.25, 0.3))
+    assert any(n.startswith("model.pixel_mean") for n in notes)
+    cfg = dataclasses.replace(cfg, model=model_cfg, finetune=dataclasses.replace(cfg.finetune, init=str(path)))
+    model = FinetuneTask(cfg, num_classes=3).build_model()
+    assert model.cfg.pixel_mean == (0.5, 0.4, 0.3)

@@ -23,13 +23,11 @@ def _fail(message: str) -> None:
 
 def _known_errors() -> tuple[type[BaseException], ...]:
     from mv2mae.config import ConfigError
-    from mv2mae.model.checkpoint import CheckpointError as ModelCheckpointError
+    from mv2mae.model.checkpoint import CheckpointError
     from mv2mae.shards.schema import ContractError
-    from mv2mae.train.checkpoint import CheckpointError
     from mv2mae.train.loop import TrainingStopped
 
-    return (ConfigError, ContractError, CheckpointError, ModelCheckpointError, TrainingStopped, ValueError,
-            FileNotFoundError)
+    return (ConfigError, ContractError, CheckpointError, TrainingStopped, ValueError, FileNotFoundError)
 
 
 def _resolve_config(stage: str, config: str | None, sets: list[str], out: Path, resume: str | None):
@@ -78,10 +76,10 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
         env = setup(cfg.loop.device)
         source = ShardSource(cfg, env, stage)
         if stage == "pretrain":
-            task = PretrainTask(cfg, source, init=str(init) if init else "")
+            task = PretrainTask(cfg, init=str(init) if init else "")
         else:
-            task = FinetuneTask(cfg, source, cfg.finetune.num_classes or source.num_classes)
-        trainer = Trainer(cfg, task, out, env, resume=resume)
+            task = FinetuneTask(cfg, cfg.finetune.num_classes or source.num_classes)
+        trainer = Trainer(cfg, task, source, out, env, resume=resume)
         if env.is_main:
             for note in notes:
                 typer.echo(f"note: {note}", err=True)

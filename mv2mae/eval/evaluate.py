@@ -17,6 +17,8 @@ from torch import nn
 
 from mv2mae.config import RunConfig
 from mv2mae.eval.metrics import aggregate
+from mv2mae.model.checkpoint import CheckpointError, config_of, load_checkpoint, load_state_strict
+from mv2mae.model.classifier import VideoClassifier
 from mv2mae.train.distributed import DistEnv, gather_objects
 
 RESULTS_FILE = "results.json"
@@ -37,9 +39,6 @@ class EvalSettings:
 
 def load_classifier(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     """A :class:`VideoClassifier` strictly rebuilt from a finetuning checkpoint, in eval mode."""
-    from mv2mae.model.checkpoint import CheckpointError, config_of, load_checkpoint, load_state_strict
-    from mv2mae.model.classifier import VideoClassifier
-
     ckpt = load_checkpoint(path)
     if "head.weight" not in ckpt["model"]:
         raise CheckpointError(f"{path}: not a finetuned classifier (no head.weight); evaluate a finetune "

@@ -17,6 +17,7 @@ from torch import nn
 
 from mv2mae.eval.evaluate import EvalSettings, eval_loader, gather_rows, predict
 from mv2mae.eval.metrics import aggregate
+from mv2mae.model.checkpoint import load_encoder
 from mv2mae.train.distributed import DistEnv
 
 METHODS = ("linear", "knn")
@@ -97,7 +98,5 @@ def run_probe(model: nn.Module, s: EvalSettings, env: DistEnv, method: str, num_
 
 
 def load_feature_model(path: str | Path, device: torch.device) -> PooledEncoder:
-    from mv2mae.model.checkpoint import load_encoder
-
     encoder, cfg = load_encoder(path)
     return PooledEncoder(encoder, cfg).to(device).eval()

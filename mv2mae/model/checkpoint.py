@@ -1,10 +1,14 @@
-"""Checkpoints: atomic saves, strict loads with an explicit key map and a geometry check.
+"""The one checkpoint reader: atomic saves, strict loads with an explicit key map and a geometry check.
 
 A checkpoint is a dict with at least ``model`` (a state dict) and ``config`` (``ModelConfig`` as a
-dict); trainers add optimiser state etc. It is read with ``torch.load(weights_only=True)``: no
-arbitrary pickle is ever executed. Position embeddings are fixed functions of the config and are not
-stored, so a checkpoint adapts to other frame counts and sizes by construction (a VideoMAE 1D table
-is resampled from the grid it was trained on).
+dict); trainers add optimiser state etc. (:mod:`mv2mae.train.checkpoint`). It is read with
+``torch.load(weights_only=True)``: no arbitrary pickle is ever executed. Position embeddings are fixed
+functions of the config and are not stored, so a checkpoint adapts to other frame counts and sizes by
+construction (a VideoMAE 1D table is resampled from the grid it was trained on).
+
+Loading is two steps and never mutates a built model: :func:`fit_config` answers which ModelConfig
+to build (the wanted one, geometry-checked against the checkpoint, the 1D position table anchored
+where it was trained), then the model is built from that config and loaded strictly.
 """
 
 from __future__ import annotations
@@ -16,15 +20,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
+from mv2mae.model.encoder import Encoder
+from mv2mae.model.mv2mae import MV2MAE
 
 FORMAT = "mv2mae-checkpoint"
 ENCODER_PREFIX = "encoder."
 PRETRAIN_ONLY_PREFIXES = ("self_decoder.", "cross_decoder.")
 CLASSIFIER_HEAD_PREFIXES = ("fc_norm.", "head.")
-# fields an encoder's weights are tied to; frames and image_size may differ (positions adapt)
+# fields an encoder's weights are tied to, the pixel statistics it was trained on included;
+# frames and image_size may differ (positions adapt)
 WEIGHT_GEOMETRY = ("tubelet", "patch", "channels", "embed_dim", "depth", "num_heads", "mlp_ratio",
-                   "pos_embed")
+                   "pos_embed", "pixel_mean", "pixel_std")
 
 
 class CheckpointError(ValueError):
@@ -42,12 +50,13 @@ def save_model_state(path: str | Path, model: nn.Module, cfg: ModelConfig, **ext
     return path
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a checkpoint file: the one ``torch.load`` of the project."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same one-line error
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
@@ -83,20 +92,32 @@ def load_state_strict(module: nn.Module, state: dict[str, torch.Tensor], source:
     module.load_state_dict(state, strict=True)
 
 
-def check_geometry(src: ModelConfig, dst: ModelConfig, source: str) -> None:
+def _check_geometry(src: ModelConfig, dst: ModelConfig, source: str) -> None:
     diffs = [f"{f}: checkpoint {getattr(src, f)!r} vs model {getattr(dst, f)!r}"
              for f in WEIGHT_GEOMETRY if getattr(src, f) != getattr(dst, f)]
     if diffs:
         raise CheckpointError(f"{source}: geometry mismatch — " + "; ".join(diffs))
 
 
-def adapted_config(src: ModelConfig, dst: ModelConfig) -> ModelConfig:
+def _anchor_positions(src: ModelConfig, dst: ModelConfig) -> ModelConfig:
     """``dst`` with the position table anchored where ``src``'s was (only matters for sinusoid1d)."""
     if dst.pos_embed != "sinusoid1d":
         return dst
     ref = src.pos_embed_reference_grid or src.grid
     ref = None if tuple(ref) == dst.grid else tuple(ref)
     return dst if ref == dst.pos_embed_reference_grid else dst.with_(pos_embed_reference_grid=ref)
+
+
+def fit_config(ckpt: dict[str, Any], wanted: ModelConfig | None = None, source: str = "checkpoint",
+               **overrides: Any) -> ModelConfig:
+    """The ModelConfig to build a model from so that ``ckpt``'s weights load into it: ``wanted`` (or the
+    checkpoint's own config) with ``overrides``, its weight geometry checked against the checkpoint's
+    and a 1D position table anchored where the checkpoint's was trained."""
+    src = config_of(ckpt)
+    cfg = src if wanted is None else wanted
+    cfg = cfg.with_(**overrides) if overrides else cfg
+    _check_geometry(src, cfg, source)
+    return _anchor_positions(src, cfg)
 
 
 def encoder_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -113,44 +134,27 @@ def encoder_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torc
     return out
 
 
-def _open(ckpt: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str, ModelConfig]:
-    """A checkpoint (loaded if given as a path), its name for error messages, and its model config."""
-    source = str(ckpt) if isinstance(ckpt, (str, Path)) else "checkpoint"
-    if not isinstance(ckpt, dict):
-        ckpt = load_checkpoint(ckpt)
-    return ckpt, source, config_of(ckpt)
+def _read(ckpt: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+    """A checkpoint (read if given as a path) and its name for error messages."""
+    if isinstance(ckpt, dict):
+        return ckpt, "checkpoint"
+    return load_checkpoint(ckpt), str(ckpt)
 
 
-def _open_for(ckpt: dict[str, Any] | str | Path, target: ModelConfig) -> tuple[dict[str, Any], str, ModelConfig]:
-    """Load ``ckpt`` if it is a path, check its geometry against ``target`` and return it with its name
-    for error messages and the config the target must take (``target`` itself when nothing changes)."""
-    ckpt, source, src_cfg = _open(ckpt)
-    check_geometry(src_cfg, target, source)
-    return ckpt, source, adapted_config(src_cfg, target)
+def load_mv2mae(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> MV2MAE:
+    """Rebuild an :class:`MV2MAE` from a full checkpoint, strictly (overrides: e.g. mask_ratio, tau)."""
+    ckpt, source = _read(ckpt)
+    model = MV2MAE(fit_config(ckpt, source=source, **config_overrides))
+    load_state_strict(model, ckpt["model"], source)
+    return model
 
 
-def load_pretrained_into_classifier(classifier: nn.Module, ckpt: dict[str, Any] | str | Path) -> nn.Module:
-    """Initialise ``classifier.encoder`` strictly from an MV2MAE (or classifier) checkpoint.
-
-    The head stays freshly initialised. Frames/size may differ from the checkpoint's.
-    """
-    ckpt, source, new_cfg = _open_for(ckpt, classifier.cfg)
-    if new_cfg is not classifier.cfg:
-        classifier.cfg = new_cfg
-        classifier.encoder.rebuild_pos_embed(new_cfg)
-    load_state_strict(classifier.encoder, encoder_state(ckpt["model"], source), source)
-    return classifier
-
-
-def load_pretrained_into_mv2mae(model: nn.Module, ckpt: dict[str, Any] | str | Path) -> nn.Module:
-    """Initialise an :class:`MV2MAE` (e.g. to continue pretraining at another size) strictly: a full
-    MV2MAE checkpoint fills every part; an encoder-only one (a converted VideoMAE finetune, a
-    classifier) fills the encoder and leaves the decoders freshly initialised."""
-    ckpt, source, new_cfg = _open_for(ckpt, model.cfg)
-    if new_cfg is not model.cfg:
-        model.cfg = new_cfg
-        for part in (model.encoder, model.self_decoder, model.cross_decoder):
-            part.rebuild_pos_embed(new_cfg)
+def init_mv2mae(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig) -> MV2MAE:
+    """An :class:`MV2MAE` of ``wanted``'s geometry (e.g. to continue pretraining at another size) initialised
+    strictly: a full MV2MAE checkpoint fills every part; an encoder-only one (a converted VideoMAE
+    finetune, a classifier) fills the encoder and leaves the decoders freshly initialised."""
+    ckpt, source = _read(ckpt)
+    model = MV2MAE(fit_config(ckpt, wanted, source))
     if any(k.startswith(PRETRAIN_ONLY_PREFIXES) for k in ckpt["model"]):
         load_state_strict(model, ckpt["model"], source)
     else:
@@ -158,25 +162,20 @@ def load_pretrained_into_mv2mae(model: nn.Module, ckpt: dict[str, Any] | str | P
     return model
 
 
-def load_mv2mae(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> nn.Module:
-    """Rebuild an :class:`MV2MAE` from a checkpoint, strictly (overrides: e.g. mask_ratio, tau)."""
-    from mv2mae.model.mv2mae import MV2MAE
-
-    ckpt, source, src_cfg = _open(ckpt)
-    cfg = adapted_config(src_cfg, src_cfg.with_(**config_overrides))
-    check_geometry(src_cfg, cfg, source)
-    model = MV2MAE(cfg)
-    load_state_strict(model, ckpt["model"], source)
+def init_classifier(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig, num_classes: int,
+                    **classifier_args: Any) -> VideoClassifier:
+    """A :class:`VideoClassifier` whose encoder is strictly loaded from an MV2MAE (or classifier)
+    checkpoint; the head stays freshly initialised. Frames/size may differ from the checkpoint's."""
+    ckpt, source = _read(ckpt)
+    model = VideoClassifier(fit_config(ckpt, wanted, source), num_classes, **classifier_args)
+    load_state_strict(model.encoder, encoder_state(ckpt["model"], source), source)
     return model
 
 
-def load_encoder(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> tuple[nn.Module, ModelConfig]:
+def load_encoder(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> tuple[Encoder, ModelConfig]:
     """The frozen-feature entry point: the encoder of any mv2mae checkpoint, strictly loaded."""
-    from mv2mae.model.encoder import Encoder
-
-    ckpt, source, src_cfg = _open(ckpt)
-    cfg = adapted_config(src_cfg, src_cfg.with_(**config_overrides))
-    check_geometry(src_cfg, cfg, source)
+    ckpt, source = _read(ckpt)
+    cfg = fit_config(ckpt, source=source, **config_overrides)
     encoder = Encoder(cfg)
     load_state_strict(encoder, encoder_state(ckpt["model"], source), source)
     return encoder, cfg

@@ -44,9 +44,6 @@ class SelfViewDecoder(nn.Module):
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
 
-    def rebuild_pos_embed(self, cfg: ModelConfig) -> None:
-        self.pos_embed = build_pos_embed(cfg, cfg.decoder_dim).to(self.pos_embed.device)
-
     def forward(self, encoded: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor) -> torch.Tensor:
         x = _decoder_input(self.proj(encoded), self.mask_token, self.pos_embed, ids_visible, ids_masked)
         for block in self.blocks:
@@ -108,9 +105,6 @@ class CrossViewDecoder(nn.Module):
         self.head = nn.Linear(cfg.decoder_dim, cfg.patch_dim)
         self.apply(init_weights)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-
-    def rebuild_pos_embed(self, cfg: ModelConfig) -> None:
-        self.pos_embed = build_pos_embed(cfg, cfg.decoder_dim).to(self.pos_embed.device)
 
     def forward(self, target: torch.Tensor, ids_visible: torch.Tensor, ids_masked: torch.Tensor,
                 sources: torch.Tensor, source_ids_visible: torch.Tensor) -> torch.Tensor:

@@ -51,11 +51,6 @@ class Encoder(nn.Module):
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps) if cfg.encoder_final_norm else nn.Identity()
         self.apply(init_weights)
 
-    def rebuild_pos_embed(self, cfg: ModelConfig) -> None:
-        """Adopt ``cfg``'s position-embedding settings (e.g. a 1D table's reference grid)."""
-        self.cfg = cfg
-        self.pos_embed = build_pos_embed(cfg, cfg.embed_dim).to(self.pos_embed.device)
-
     def forward(self, clip: torch.Tensor, ids_visible: torch.Tensor | None = None) -> torch.Tensor:
         x = self.patch_embed(clip, ids_visible)
         pos = self.pos_embed.to(x.dtype)

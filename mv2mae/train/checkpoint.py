@@ -1,9 +1,10 @@
 """Run checkpoints: atomic writes (temporary file, then rename), the last k kept plus the best.
 
-A checkpoint is a plain dict saved with :func:`torch.save` and read back with ``weights_only=True``
-(tensors, numbers, strings, lists and dicts only — no pickled objects). It is a superset of the model
-checkpoint of :mod:`mv2mae.model.checkpoint` (``format``, ``model``, ``config`` = the ModelConfig), so
-every model-side loader (classifier initialisation, ``embed``, probes) reads run checkpoints as is::
+A checkpoint is a plain dict saved with :func:`torch.save` and read back by the one reader,
+:func:`mv2mae.model.checkpoint.load_checkpoint` (``weights_only=True``: tensors, numbers, strings, lists
+and dicts only — no pickled objects). It is a superset of the model checkpoint (``format``, ``model``,
+``config`` = the ModelConfig), so every model-side loader (classifier initialisation, ``embed``,
+probes) reads run checkpoints as is::
 
     format, model, config, run_config (RunConfig.to_dict()), stage, step, optimizer, scheduler,
     scaler, data ({"micro_batches": n}: position in the training stream), rng, metrics
@@ -21,16 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from mv2mae.model.checkpoint import FORMAT
+from mv2mae.model.checkpoint import CheckpointError, load_checkpoint
 
 RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
 CKPT_DIR = "checkpoints"
 BEST = "best.pt"
 _NAME_RE = re.compile(r"^step-(\d{8})\.pt$")
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def step_name(step: int) -> str:
@@ -44,23 +41,9 @@ def atomic_save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which and why
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: not an mv2mae checkpoint (format {found!r})")
-    return ckpt
-
-
 def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """A checkpoint that can resume a run (model-only checkpoints cannot)."""
-    ckpt = load(path, map_location)
+    ckpt = load_checkpoint(path, map_location)
     missing = [k for k in RUN_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"{path}: a model-only checkpoint cannot resume a run (lacks {', '.join(missing)})")

@@ -49,7 +49,7 @@ class RunLogger:
         run_dir.mkdir(parents=True, exist_ok=True)
         truncate_log(run_dir, start_step)
         self.file = open(run_dir / LOG_FILE, "a")
-        try:
+        try:  # imported here: it takes seconds to load, and only the main rank writes events
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)

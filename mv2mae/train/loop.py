@@ -1,9 +1,11 @@
 """The one training loop, shared by pretraining and finetuning.
 
-A :class:`Task` says what is trained (model, batches, loss, pictures); the loop owns everything else:
-device and DDP, step-based warmup + cosine, AdamW, bf16 autocast on CUDA, gradient accumulation (DDP
-gradient sync only on the last micro-step), clipping, non-finite step skipping, a prefetching thread,
-logs, and atomic checkpoints with exact resume.
+A task (:mod:`mv2mae.train.tasks`) says what is trained (model, loss, pictures) and a data source
+where its batches come from; the loop owns everything else: device and DDP, step-based warmup +
+cosine, AdamW, bf16 autocast on CUDA, gradient accumulation (DDP gradient sync only on the last
+micro-step), clipping, non-finite step skipping, logs, and atomic checkpoints with exact resume.
+Batches come straight from the data source's iterator (a DataLoader prefetches with its workers and
+pins memory); the loop copies each to the device and lets the source finish it there (``prepare``).
 
 Every micro-step reseeds the global RNGs and the masking generator from (seed, step, micro-shard),
 where micro-shard = rank × accum_steps + micro. A step is therefore a function of the weights, the
@@ -15,14 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import queue
 import random
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,10 +31,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mv2mae.config import RunConfig
+from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
+
+if TYPE_CHECKING:  # tasks import the loop's StepResult and step_seed
+    from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource
 
 # optimiser param-group entries that come from the run config (not from a resumed checkpoint)
 _CONFIG_GROUP_KEYS = ("weight_decay", "betas", "lr_scale", "initial_lr")
@@ -49,24 +53,6 @@ class StepResult:
     loss: torch.Tensor  # scalar to back-propagate (mean over the micro-batch)
     terms: dict[str, torch.Tensor] = field(default_factory=dict)  # extra scalars to log
     samples: int = 0
-
-
-class Task(Protocol):
-    """What the loop trains. Pretraining and finetuning each implement it (``mv2mae.train.tasks``)."""
-
-    name: str
-
-    def build_model(self) -> nn.Module: ...
-
-    def samples_per_epoch(self) -> int | None: ...
-
-    def train_batches(self, start: int) -> Iterator[Any]:
-        """This rank's micro-batches, starting after ``start`` already-consumed ones."""
-
-    def train_step(self, model: nn.Module, batch: Any, generator: torch.Generator) -> StepResult: ...
-
-    def snapshot(self, model: nn.Module, batch: Any, step: int, run_dir: Path) -> Path | None:
-        """Write a picture of the model's current output (pretraining: reconstructions)."""
 
 
 def step_seed(seed: int, step: int, shard: int) -> int:
@@ -96,63 +82,14 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class Prefetcher:
-    """Pulls the next batch (and copies it to the device) on a thread while the step runs."""
-
-    _END = object()
-
-    def __init__(self, batches: Iterator[Any], device: torch.device, depth: int = 2,
-                 prepare: Callable[[Any], Any] | None = None) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-        self.prepare = prepare or (lambda batch: batch)
-        self.thread = threading.Thread(target=self._run, args=(batches, device), daemon=True)
-        self.thread.start()
-
-    def _put(self, item: Any) -> None:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.2)
-                return
-            except queue.Full:
-                continue
-
-    def _run(self, batches: Iterator[Any], device: torch.device) -> None:
-        try:
-            for batch in batches:
-                if self.stop.is_set():
-                    return
-                self._put(self.prepare(to_device(batch, device)))
-            self._put(self._END)
-        except BaseException as e:  # surfaced in the training thread by next()
-            self._put(e)
-
-    def next(self) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        item = self.queue.get()
-        wait = time.perf_counter() - t0
-        if item is self._END:
-            raise TrainingStopped("the training data stream ended before the last step "
-                                  "(training streams are meant to be infinite/resampled)")
-        if isinstance(item, BaseException):
-            raise item
-        return item, wait
-
-    def close(self) -> None:
-        self.stop.set()
-        with contextlib.suppress(queue.Empty):
-            while True:
-                self.queue.get_nowait()
-        self.thread.join(timeout=5)
-
-
 class Trainer:
-    def __init__(self, cfg: RunConfig, task: Task, run_dir: str | Path, env: DistEnv,
-                 resume: str | None = None) -> None:
-        self.cfg, self.task, self.env = cfg, task, env
+    def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
+                 env: DistEnv, resume: str | None = None) -> None:
+        self.cfg, self.task, self.data, self.env = cfg, task, data, env
         self.run_dir = Path(run_dir)
         self.resume = resume
-        self.steps, self.warmup = resolve_steps(cfg, task.samples_per_epoch(), env.world_size)
+        self.resumed_from: Path | None = None
+        self.steps, self.warmup = resolve_steps(cfg, data.samples_per_epoch(), env.world_size)
         self.amp_dtype = torch.bfloat16 if (cfg.loop.amp and env.device.type == "cuda") else None
 
     # ------------------------------------------------------------------ set-up
@@ -179,8 +116,8 @@ class Trainer:
             return
         state = ckpt_io.load_run(path, map_location=self.env.device)
         if state["stage"] != self.cfg.stage:
-            raise ckpt_io.CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
-        self.raw_model.load_state_dict(state["model"], strict=True)
+            raise CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
+        load_state_strict(self.raw_model, state["model"], str(path))
         # the checkpoint gives the optimiser its moments; the run's config keeps the hyper-parameters
         # (a resumed run may change them), and the schedule is rebuilt from the config rather than
         # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
@@ -204,8 +141,7 @@ class Trainer:
         return Path(self.resume)
 
     def _state(self, window_loss: float) -> dict[str, Any]:
-        return dict(format=ckpt_io.FORMAT, model=self.raw_model.state_dict(),
-                    config=getattr(self.raw_model, "cfg", self.cfg.model).to_dict(),
+        return dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, optimizer=self.optimizer.state_dict(),
                     scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
                     data=dict(micro_batches=self.micro_batches), rng=ckpt_io.rng_state(),
@@ -230,18 +166,14 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
-            if getattr(self, "resumed_from", None):
+            if self.resumed_from:
                 log.print(f"resumed from {self.resumed_from} at step {self.step}")
-        prefetch = Prefetcher(self.task.train_batches(self.micro_batches), env.device,
-                              prepare=getattr(self.task, "prepare_batch", None))
         try:
-            summary = self._loop(prefetch, log)
+            return self._loop(self.data.batches(self.micro_batches), log)
         finally:
-            prefetch.close()
             log.close()
-        return summary
 
-    def _loop(self, prefetch: Prefetcher, log: RunLogger) -> dict[str, Any]:
+    def _loop(self, batches: Iterator[Any], log: RunLogger) -> dict[str, Any]:
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_steps
         window = _Window()
@@ -253,8 +185,9 @@ class Trainer:
             terms_sum: dict[str, torch.Tensor] = {}
             samples = 0
             for micro in range(accum):
-                batch, wait = prefetch.next()
-                window.wait += wait
+                t_data = time.perf_counter()
+                batch = self.data.prepare(to_device(_next(batches), env.device))
+                window.wait += time.perf_counter() - t_data
                 gen = reseed(step_seed(cfg.loop.seed, self.step, env.rank * accum + micro), env.device)
                 sync = micro == accum - 1 or self.ddp is None
                 with (contextlib.nullcontext() if sync else self.ddp.no_sync()), self._autocast():
@@ -313,6 +246,14 @@ class Trainer:
         max_norm = self.cfg.optim.clip_grad if self.cfg.optim.clip_grad > 0 else math.inf
         params = [p for p in self.raw_model.parameters() if p.grad is not None]
         return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
+
+
+def _next(batches: Iterator[Any]) -> Any:
+    try:
+        return next(batches)
+    except StopIteration:
+        raise TrainingStopped("the training data stream ended before the last step "
+                              "(training streams are meant to be infinite/resampled)") from None
 
 
 class _Window:

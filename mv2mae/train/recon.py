@@ -42,7 +42,7 @@ def reconstruction_rows(model: nn.Module, batch: dict[str, Any], seed: int = 0) 
 
 def save_reconstruction(model: nn.Module, batch: dict[str, Any], path: Path, title: str = "",
                         seed: int = 0) -> Path:
-    import matplotlib
+    import matplotlib  # imported here: slow to load, and only needed when a picture is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

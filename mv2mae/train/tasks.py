@@ -1,37 +1,40 @@
-"""The two things the loop trains: MV2MAE pretraining and classifier finetuning, and their data.
+"""The two things the loop trains — MV2MAE pretraining and classifier finetuning — and their data.
 
-Each task takes a batch source (anything with ``batches(start)`` and ``samples_per_epoch()``), so
-the same task runs on the shard loaders of :mod:`mv2mae.data` or on any other iterator of batches.
+A task builds its model and turns one batch on the device into a loss (``train_step``); a
+:class:`ShardSource` is the stream of training batches of one protocol's train split. The loop
+(:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``,
+``prepare(batch)`` and ``samples_per_epoch()``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from mv2mae.config import RunConfig
+from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.decode import normalize_video
+from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
+from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
+from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
+from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.distributed import DistEnv
 from mv2mae.train.loop import StepResult, step_seed
-
-
-class BatchSource(Protocol):
-    def batches(self, start: int) -> Iterator[dict[str, Any]]: ...
-
-    def samples_per_epoch(self) -> int | None: ...
+from mv2mae.train.recon import save_reconstruction
 
 
 class ShardSource:
     """Training batches of one protocol's train split, from a preprocessed dataset directory."""
 
     def __init__(self, cfg: RunConfig, env: DistEnv, kind: str) -> None:
-        from mv2mae.data.config import ClipGeometry, SamplingConfig
-        from mv2mae.data.datasets import ShardSplit
-
         if not cfg.data.root:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
@@ -61,15 +64,12 @@ class ShardSource:
 
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
-        from mv2mae.data.decode import normalize_video
-
         if batch["video"].dtype == torch.uint8:
             batch["video"] = normalize_video(batch["video"], self.sampling.mean, self.sampling.std)
         return batch
 
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
-        from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
-
+        """This rank's micro-batches, starting after ``start`` already-consumed ones (a resumed run)."""
         seed, skip = self.cfg.loop.seed, start
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
@@ -84,38 +84,17 @@ class ShardSource:
         yield from it
 
 
-class _SourceTask:
-    """What both tasks do with their batch source: epoch size, the stream, on-device preparation."""
-
-    cfg: RunConfig
-    source: BatchSource
-
-    def samples_per_epoch(self) -> int | None:
-        return self.source.samples_per_epoch()
-
-    def train_batches(self, start: int) -> Iterator[dict[str, Any]]:
-        return self.source.batches(start)
-
-    def prepare_batch(self, batch: dict[str, Any]) -> dict[str, Any]:
-        prepare = getattr(self.source, "prepare", None)
-        return prepare(batch) if prepare else batch
-
-
-class PretrainTask(_SourceTask):
+class PretrainTask:
     name = "pretrain"
 
-    def __init__(self, cfg: RunConfig, source: BatchSource, init: str = "") -> None:
-        self.cfg, self.source, self.init = cfg, source, init
+    def __init__(self, cfg: RunConfig, init: str = "") -> None:
+        self.cfg, self.init = cfg, init
 
-    def build_model(self) -> nn.Module:
-        from mv2mae.model import checkpoint as mc
-        from mv2mae.model.mv2mae import MV2MAE
-
-        model = MV2MAE(self.cfg.model)
+    def build_model(self) -> MV2MAE:
         if self.init:  # full MV2MAE weights, or an encoder alone (e.g. converted VideoMAE) with fresh decoders;
-            # the shared loader also anchors a 1D position table where the checkpoint's was trained
-            mc.load_pretrained_into_mv2mae(model, self.init)
-        return model
+            # the reader also anchors a 1D position table where the checkpoint's was trained
+            return init_mv2mae(self.init, self.cfg.model)
+        return MV2MAE(self.cfg.model)
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         motion = batch.get("motion") if self.cfg.data.motion != "none" else None
@@ -124,20 +103,16 @@ class PretrainTask(_SourceTask):
                           samples=batch["video"].shape[0])
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
-        from mv2mae.train.recon import save_reconstruction
-
+        """A picture of the model's reconstructions of ``batch``."""
         return save_reconstruction(model, batch, run_dir / "recon" / f"step-{step:08d}.png",
                                    title=f"step {step}", seed=self.cfg.loop.seed)
 
 
-class FinetuneTask(_SourceTask):
+class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: RunConfig, source: BatchSource, num_classes: int) -> None:
-        from timm.data import Mixup
-        from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-
-        self.cfg, self.source, self.num_classes = cfg, source, num_classes
+    def __init__(self, cfg: RunConfig, num_classes: int) -> None:
+        self.cfg, self.num_classes = cfg, num_classes
         ft = cfg.finetune
         self.mixup = None
         if ft.mixup > 0 or ft.cutmix > 0:
@@ -153,15 +128,12 @@ class FinetuneTask(_SourceTask):
         else:
             self.criterion = nn.CrossEntropyLoss()
 
-    def build_model(self) -> nn.Module:
-        from mv2mae.model.checkpoint import load_pretrained_into_classifier
-        from mv2mae.model.classifier import VideoClassifier
-
+    def build_model(self) -> VideoClassifier:
         ft = self.cfg.finetune
-        model = VideoClassifier(self.cfg.model, self.num_classes, drop_path=ft.drop_path, head_dropout=ft.head_dropout)
-        if ft.init:
-            load_pretrained_into_classifier(model, ft.init)
-        return model
+        args = dict(drop_path=ft.drop_path, head_dropout=ft.head_dropout)
+        if ft.init:  # the encoder from the checkpoint, a fresh head
+            return init_classifier(ft.init, self.cfg.model, self.num_classes, **args)
+        return VideoClassifier(self.cfg.model, self.num_classes, **args)
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         video, label = batch["video"], batch["label"]
@@ -183,14 +155,13 @@ class FinetuneTask(_SourceTask):
         return mixed.reshape(b, c, t, h, w), target
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
-        return None
+        return None  # nothing to picture
 
 
 def finetune_model_config(cfg: RunConfig, init: str | Path) -> tuple[ModelConfig, list[str]]:
     """The classifier's ModelConfig: the run's, with the weight-tied fields taken from the pretrained
-    checkpoint (so a pretraining ``--set model.…`` carries over); returns what was changed."""
-    from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, load_checkpoint
-
+    checkpoint (so a pretraining ``--set model.…``, pixel statistics included, carries over); returns
+    what was changed."""
     src = config_of(load_checkpoint(init))
     changed = {f: getattr(src, f) for f in WEIGHT_GEOMETRY if getattr(src, f) != getattr(cfg.model, f)}
     notes = [f"model.{k}: {getattr(cfg.model, k)!r} -> {v!r} (from {init})" for k, v in changed.items()]
