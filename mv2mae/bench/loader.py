@@ -200,7 +200,7 @@ def decode_floor(shards: Path, frames_per_sample: int, members: int = 256, repea
     """The ceiling JPEG decoding alone puts on any loader of these shards: CPU time of ``cv2.imdecode``
     over real frame members, as samples per CPU-second (everything else a worker does comes on top)."""
     from mv2mae.data.decode import decode_jpeg_rgb
-    from mv2mae.shards.reader import iter_tar
+    from mv2mae.shards.tarindex import iter_tar
 
     shard = sorted(shards.glob("*.tar"))[0]
     with open(shard, "rb") as f:
