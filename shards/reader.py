@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch.utils.data
 import webdataset as wds
 from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
 from mv2mae.shards.tarindex import GroupTable, shard_groups
@@ -58,8 +59,6 @@ class Slot:
 
 def current_slot(rank: int = 0, world_size: int = 1) -> Slot:
     """The calling process's slot, from the explicit rank/world size and the DataLoader worker info."""
-    import torch.utils.data  # torch: only a reading process needs it; keeps the inspection tools' start-up light
-
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     info = torch.utils.data.get_worker_info()
