@@ -95,10 +95,6 @@ class Summary:
     seconds: float = 0.0
     index: str = ""
 
-    @property
-    def groups_per_s(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
-
 
 @dataclass
 class _ShardRecord:
@@ -140,7 +136,7 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
     todo = [g for g in groups if g.key not in done]
     next_seq = _next_seq(records)
     summary = Summary(dataset=dataset, out=str(out), skipped=len(groups) - len(todo))
-    cfg = _work_config(dataset, root, opts)
+    cfg = work_config(dataset, root, opts)
     sink = _ShardSink(out, opts, next_seq, records)
     loose = _write_all(todo, cfg, opts, sink, summary, executor)
     summary.index = _finish(out, scan, opts, records, loose, summary)
@@ -177,7 +173,8 @@ def _select(groups: list[GroupSpec], opts: Options) -> list[GroupSpec]:
     return [g for g in groups if g.partition in mine]
 
 
-def _work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
+def work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
+    """What every worker needs to process one group of ``dataset`` under ``opts``."""
     workers = _workers(opts)
     return WorkConfig(
         dataset=dataset, root=root if root.is_dir() else root.parent,
@@ -355,11 +352,12 @@ class _ShardSink:
         write_shard_motion(self.out, stem, arrays, attrs)
 
 
-def _results(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: Executor | None = None,
+def map_groups(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: Executor | None = None,
              fn: Callable[[GroupSpec, WorkConfig], Any] = process) -> Iterator[Any]:
     """``fn(spec, cfg)`` for every group, in ``todo`` order, on ``workers`` processes.
 
-    ``executor`` reuses a warm pool (the benchmark times work, not process start-up).
+    ``executor`` reuses a warm pool (the benchmark times work, not process start-up); ``fn`` replaces the
+    whole per-group work (the benchmark's decode-only ceiling).
     """
     if executor is not None:
         yield from _ordered(executor, fn, todo, cfg, workers)
@@ -406,7 +404,7 @@ def _write_all(todo: list[GroupSpec], cfg: WorkConfig, opts: Options, sink: _Sha
                summary: Summary, executor: Executor | None) -> list[dict[str, Any]]:
     """Process and write every group; returns failures not attached to any finished shard."""
     with _Progress(len(todo), opts.progress) as bar:
-        for res in _results(todo, cfg, min(_workers(opts), max(1, len(todo))), executor):
+        for res in map_groups(todo, cfg, min(_workers(opts), max(1, len(todo))), executor):
             sink.add(res)
             if res.failed:
                 summary.failed += 1

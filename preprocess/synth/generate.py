@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
@@ -104,15 +103,6 @@ def group_key(setup: int, subject: int, replication: int, action: int) -> str:
     return f"S{setup:03d}P{subject:03d}R{replication:03d}A{action:03d}"
 
 
-def parse_group_key(key: str) -> tuple[int, int, int, int]:
-    """``'S001P002R001A013'`` -> (setup, subject, replication, action)."""
-    m = re.fullmatch(r"S(\d{3})P(\d{3})R(\d{3})A(\d{3})", key)
-    if m is None:
-        raise ValueError(f"{key!r} is not a group key SsssPpppRrrrAaaa")
-    s, p, r, a = (int(g) for g in m.groups())
-    return s, p, r, a
-
-
 def video_stem(setup: int, camera: int, subject: int, replication: int, action: int) -> str:
     return f"S{setup:03d}C{camera:03d}P{subject:03d}R{replication:03d}A{action:03d}"
 
@@ -175,12 +165,6 @@ def render_frames(cfg: SynthConfig, plan: GroupPlan, camera: Camera, world_frame
             render.draw_shadow(frame, camera, plan.joints[t])
             render.draw_figure(frame, camera, plan.joints[t], style)
         yield render.add_noise(frame, plan.noise[camera.id][t], plan.light.noise_sigma) if noise else frame
-
-
-def render_world_frame(cfg: SynthConfig, plan: GroupPlan, camera_id: int, t: int, **flags: bool) -> np.ndarray:
-    """Re-render world frame ``t`` as camera ``camera_id`` saw it (before encoding)."""
-    camera = make_rig(cfg.cameras, cfg.size)[camera_id - 1]
-    return next(render_frames(cfg, plan, camera, [t], **flags))
 
 
 def _open_encoder(path: Path, cfg: SynthConfig):
