@@ -14,6 +14,7 @@ anything else left by a killed run (``*.partial``, stray state or motion) is cle
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
@@ -21,9 +22,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from mv2mae.preprocess.adapters import AdapterOptions, GroupSpec, Scan
 from mv2mae.preprocess.adapters import scan as scan_dataset
@@ -44,6 +47,8 @@ from mv2mae.shards.schema import (
     write_index,
 )
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 STATE_DIR = ".state"
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")
@@ -372,8 +377,6 @@ def map_groups(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: E
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    import multiprocessing as mp
-
     # spawn, not fork: the parent may hold zarr's I/O threads, which a forked child must not inherit.
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
 
@@ -395,8 +398,6 @@ def _ordered(pool: Executor, fn, todo: list[GroupSpec], cfg: WorkConfig, workers
 
 
 def _init_worker() -> None:
-    import cv2
-
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
 
 
@@ -418,16 +419,9 @@ def _write_all(todo: list[GroupSpec], cfg: WorkConfig, opts: Options, sink: _Sha
     return loose
 
 
-def _rate_column():
-    from rich.progress import TextColumn
-
-    class Rate(TextColumn):
-        def render(self, task):
-            from rich.text import Text
-
-            return Text(f"{task.speed or 0.0:.2f} groups/s")
-
-    return Rate("")
+class _Rate(TextColumn):
+    def render(self, task):
+        return Text(f"{task.speed or 0.0:.2f} groups/s")
 
 
 class _Progress:
@@ -438,10 +432,8 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.bar = Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(),
-                                _rate_column(),
+                                _Rate(""),
                                 TimeRemainingColumn(), TextColumn("failed: {task.fields[failed]}"))
             self.bar.start()
             self.task = self.bar.add_task("groups", total=self.total, failed=0)
@@ -488,8 +480,6 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"mv2mae {version('mv2mae')}"
     except PackageNotFoundError:  # running from a source tree that was never installed

@@ -7,11 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
+from matplotlib import cm, colormaps, colors
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import ContractError, DatasetIndex, read_index
 from mv2mae.tools.shardio import read_group
+from PIL import Image
 
 
 def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
@@ -33,8 +36,6 @@ def _motion(root: Path, index: DatasetIndex, group: GroupSample, source: str | N
 def overlay(rgb: np.ndarray, cells: np.ndarray, vmax: float, alpha: float = 0.85) -> np.ndarray:
     """Blend a magma heat-map of ``cells`` over ``rgb``; opacity grows with motion, so still regions
     keep their own pixels and moving ones glow."""
-    from matplotlib import colormaps
-
     h, w = rgb.shape[:2]
     level = np.clip(cells / max(vmax, 1e-6), 0, 1)
     up = cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -75,10 +76,8 @@ def _tile(group: GroupSample, motion, vmax: float, cam: int, t: int) -> np.ndarr
 
 
 def _png(group, motion, vmax, out: Path, columns: int, title: str, source: str | None) -> None:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot: only once the file-only Agg backend is chosen
 
     cams, meta = group.meta.cameras, group.meta
     times = np.unique(np.linspace(0, meta.frames - 1, min(columns, meta.frames)).round().astype(int))
@@ -98,8 +97,6 @@ def _png(group, motion, vmax, out: Path, columns: int, title: str, source: str |
                 ax.set_ylabel(f"camera {cam}", fontsize=11, fontweight="bold")
     fig.suptitle(title, fontsize=12)
     if motion:
-        from matplotlib import cm, colors
-
         mappable = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap="magma")
         bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01)
         bar.set_label(f"{source} (0-255 units)", fontsize=9)
@@ -108,8 +105,6 @@ def _png(group, motion, vmax, out: Path, columns: int, title: str, source: str |
 
 
 def _gif(group, motion, vmax, out: Path, fps: float) -> None:
-    from PIL import Image
-
     frames = []
     for t in range(group.meta.frames):
         tiles = []

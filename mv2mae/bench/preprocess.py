@@ -18,10 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mv2mae.preprocess.adapters import GroupSpec
+from rich.console import Console
+from rich.table import Table
+
+from mv2mae.preprocess.adapters import GroupSpec, scan
 from mv2mae.preprocess.decode import BACKENDS, DEFAULT_BACKEND
 from mv2mae.preprocess.group import GroupResult, WorkConfig, decode_views, probe_views
 from mv2mae.preprocess.pipeline import Options, make_pool, map_groups, run, work_config
+from mv2mae.preprocess.synth import generate
 
 BAR = 0.8  # full pipeline must reach this share of decode-only throughput
 SIZE = (1920, 1080)
@@ -35,8 +39,6 @@ def decode_only(spec: GroupSpec, cfg: WorkConfig) -> int:
 
 
 def _render(work: Path, groups: int, frames: int, workers: int) -> Path:
-    from mv2mae.preprocess.synth import generate
-
     videos = work / "videos"
     stamp = videos / "bench.json"
     want = {"groups": groups, "frames": frames, "size": list(SIZE)}
@@ -112,8 +114,6 @@ def _measure(specs, videos: Path, work: Path, w: int, repeats: int) -> dict[str,
 
 def run_bench(groups: int = 4, frames: int = 48, workers: int = 2, work_dir: Path | None = None,
               repeats: int = 3) -> dict[str, Any]:
-    from mv2mae.preprocess.adapters import scan
-
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mv2mae-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     videos = _render(work, groups, frames, workers)
@@ -132,9 +132,6 @@ def run_bench(groups: int = 4, frames: int = 48, workers: int = 2, work_dir: Pat
 
 
 def print_table(fig: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"preprocess: {fig['groups']} groups x 3 views, 1920x1080 H.264 -> short side 160")
     for col in ("workers", "decode-only groups/s", "full groups/s", "full / decode-only", "bytes/group"):
         table.add_column(col, justify="right")

@@ -16,6 +16,9 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
+import ffmpeg
+import imageio_ffmpeg
 import numpy as np
 from mv2mae.preprocess.synth import render
 from mv2mae.preprocess.synth.actions import ACTIONS, FPS, perform
@@ -28,6 +31,7 @@ from mv2mae.preprocess.synth.skeleton import (
     make_body,
     place,
 )
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 VIDEO_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"
@@ -168,9 +172,6 @@ def render_frames(cfg: SynthConfig, plan: GroupPlan, camera: Camera, world_frame
 
 
 def _open_encoder(path: Path, cfg: SynthConfig):
-    import ffmpeg
-    import imageio_ffmpeg
-
     width, height = cfg.size
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}", framerate=FPS)
     stream = stream.output(str(path), format="avi", vcodec="libx264", pix_fmt="yuv420p", r=FPS, preset=cfg.preset, crf=cfg.crf,
@@ -226,8 +227,6 @@ def skeleton_text(camera: Camera, joints: np.ndarray, body_id: int) -> str:
 
 def render_group(cfg: SynthConfig, out_dir: str, group: tuple[int, int, int, int]) -> tuple[str, dict, int]:
     """Render, encode and describe one group; returns (key, ground-truth entry, frames written)."""
-    import cv2
-
     cv2.setNumThreads(1)
     plan = plan_group(cfg, *group)
     out = Path(out_dir)
@@ -257,8 +256,6 @@ def all_groups(cfg: SynthConfig) -> list[tuple[int, int, int, int]]:
 
 
 def _run(cfg: SynthConfig, out_dir: Path, workers: int, progress: bool) -> tuple[dict, int]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     groups = all_groups(cfg)
     entries, frames = {}, 0
     columns = [TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),
