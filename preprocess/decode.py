@@ -14,6 +14,9 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+import cv2
+import ffmpeg
+import imageio_ffmpeg
 import numpy as np
 
 BACKENDS = ("ffmpeg", "opencv")
@@ -50,8 +53,6 @@ class DecodeRequest:
 
 @lru_cache(maxsize=1)
 def ffmpeg_exe() -> str:
-    import imageio_ffmpeg
-
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
@@ -65,8 +66,6 @@ def image_files(folder: Path) -> list[Path]:
 
 def probe(path: Path, image_fps: float = 30.0) -> VideoInfo:
     """Size, frame rate and frame count of a source, read with OpenCV (there is no ffprobe)."""
-    import cv2
-
     path = Path(path)
     if path.is_dir():
         files = image_files(path)
@@ -130,8 +129,6 @@ def _same_fps(a: float, b: float) -> bool:
 
 
 def _decode_ffmpeg(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarray:
-    import ffmpeg
-
     x0, y0, x1, y1 = req.box
     width, height = req.size
     stream = ffmpeg.input(str(path), threads=req.threads).video
@@ -173,8 +170,6 @@ def _resample_indices(n_src: int, src_fps: float, out_fps: float) -> list[int]:
 
 
 def _shape_frame(bgr: np.ndarray, req: DecodeRequest) -> np.ndarray:
-    import cv2
-
     x0, y0, x1, y1 = req.box
     crop = bgr[y0:y1, x0:x1]
     if crop.shape[1] != req.size[0] or crop.shape[0] != req.size[1]:
@@ -183,8 +178,6 @@ def _shape_frame(bgr: np.ndarray, req: DecodeRequest) -> np.ndarray:
 
 
 def _decode_opencv(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarray:
-    import cv2
-
     cap = cv2.VideoCapture(str(path))
     if not cap.isOpened():
         raise DecodeError("not a readable video (OpenCV could not open it)")
@@ -208,8 +201,6 @@ def _decode_opencv(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarra
 
 
 def _decode_images(folder: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarray:
-    import cv2
-
     files = image_files(folder)[req.start or 0: req.end]
     idx = _resample_indices(len(files), info.fps, req.fps)
     out = []

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from mv2mae.preprocess import align as align_mod
 from mv2mae.preprocess import motion as motion_mod
 from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
+from mv2mae.preprocess.adapters.ntu import read_skeleton_box
 from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
 from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
 from mv2mae.shards.schema import GroupMeta, frame_ext
@@ -100,8 +102,6 @@ def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResul
     if geo.crop == "none":
         return full_box(info.width, info.height)
     if geo.crop == "person":
-        from mv2mae.preprocess.adapters.ntu import read_skeleton_box
-
         joints, why = None, "no skeleton file"
         if view.skeleton is not None:
             try:
@@ -164,8 +164,6 @@ def _give_up(spec: GroupSpec, res: GroupResult, reason: str) -> None:
 
 
 def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
-    import cv2
-
     diffs = [motion_mod.pixel_framediff(f) if len(f) > 1 else None for _, _, _, f in decoded]
     signals = [align_mod.energy_signal(d) if d is not None else np.zeros(0) for d in diffs]
     try:

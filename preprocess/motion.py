@@ -6,6 +6,7 @@ frames t-1 and t, row 0 repeats row 1, cells on the right/bottom edge average on
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from mv2mae.shards.schema import motion_grid
 
@@ -24,8 +25,6 @@ def cell_means(values: np.ndarray, cell: int) -> np.ndarray:
 
 def pixel_framediff(frames: np.ndarray) -> np.ndarray:
     """Mean absolute RGB difference of consecutive frames: float32 [T-1, H, W] in 0-255 units."""
-    import cv2
-
     t, h, w = frames.shape[:3]
     if t < 2:
         return np.zeros((0, h, w), np.float32)
@@ -58,8 +57,6 @@ def framediff_grid(frames: np.ndarray, cell: int, diffs: np.ndarray | None = Non
 
 def flow_grid(frames: np.ndarray, cell: int) -> np.ndarray:
     """``flow`` rows: DIS optical-flow magnitude (stored pixels per stored frame), cell means."""
-    import cv2
-
     t, h, w = frames.shape[:3]
     if t == 1:
         return np.zeros((1, *motion_grid(w, h, cell)), np.float16)

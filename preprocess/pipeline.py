@@ -14,6 +14,7 @@ anything else left by a killed run (``*.partial``, stray state or motion) is cle
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import time
@@ -21,9 +22,11 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from mv2mae.preprocess.adapters import AdapterOptions, GroupSpec, Scan
 from mv2mae.preprocess.adapters import scan as scan_dataset
@@ -44,6 +47,8 @@ from mv2mae.shards.schema import (
     write_index,
 )
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
 
 STATE_DIR = ".state"
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")
@@ -95,10 +100,6 @@ class Summary:
     seconds: float = 0.0
     index: str = ""
 
-    @property
-    def groups_per_s(self) -> float:
-        return self.written / self.seconds if self.seconds > 0 else 0.0
-
 
 @dataclass
 class _ShardRecord:
@@ -140,7 +141,7 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
     todo = [g for g in groups if g.key not in done]
     next_seq = _next_seq(records)
     summary = Summary(dataset=dataset, out=str(out), skipped=len(groups) - len(todo))
-    cfg = _work_config(dataset, root, opts)
+    cfg = work_config(dataset, root, opts)
     sink = _ShardSink(out, opts, next_seq, records)
     loose = _write_all(todo, cfg, opts, sink, summary, executor)
     summary.index = _finish(out, scan, opts, records, loose, summary)
@@ -177,7 +178,8 @@ def _select(groups: list[GroupSpec], opts: Options) -> list[GroupSpec]:
     return [g for g in groups if g.partition in mine]
 
 
-def _work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
+def work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
+    """What every worker needs to process one group of ``dataset`` under ``opts``."""
     workers = _workers(opts)
     return WorkConfig(
         dataset=dataset, root=root if root.is_dir() else root.parent,
@@ -355,11 +357,12 @@ class _ShardSink:
         write_shard_motion(self.out, stem, arrays, attrs)
 
 
-def _results(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: Executor | None = None,
+def map_groups(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: Executor | None = None,
              fn: Callable[[GroupSpec, WorkConfig], Any] = process) -> Iterator[Any]:
     """``fn(spec, cfg)`` for every group, in ``todo`` order, on ``workers`` processes.
 
-    ``executor`` reuses a warm pool (the benchmark times work, not process start-up).
+    ``executor`` reuses a warm pool (the benchmark times work, not process start-up); ``fn`` replaces the
+    whole per-group work (the benchmark's decode-only ceiling).
     """
     if executor is not None:
         yield from _ordered(executor, fn, todo, cfg, workers)
@@ -374,8 +377,6 @@ def _results(todo: list[GroupSpec], cfg: WorkConfig, workers: int, executor: Exe
 
 
 def make_pool(workers: int) -> ProcessPoolExecutor:
-    import multiprocessing as mp
-
     # spawn, not fork: the parent may hold zarr's I/O threads, which a forked child must not inherit.
     return ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_init_worker)
 
@@ -397,8 +398,6 @@ def _ordered(pool: Executor, fn, todo: list[GroupSpec], cfg: WorkConfig, workers
 
 
 def _init_worker() -> None:
-    import cv2
-
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
 
 
@@ -406,7 +405,7 @@ def _write_all(todo: list[GroupSpec], cfg: WorkConfig, opts: Options, sink: _Sha
                summary: Summary, executor: Executor | None) -> list[dict[str, Any]]:
     """Process and write every group; returns failures not attached to any finished shard."""
     with _Progress(len(todo), opts.progress) as bar:
-        for res in _results(todo, cfg, min(_workers(opts), max(1, len(todo))), executor):
+        for res in map_groups(todo, cfg, min(_workers(opts), max(1, len(todo))), executor):
             sink.add(res)
             if res.failed:
                 summary.failed += 1
@@ -420,16 +419,9 @@ def _write_all(todo: list[GroupSpec], cfg: WorkConfig, opts: Options, sink: _Sha
     return loose
 
 
-def _rate_column():
-    from rich.progress import TextColumn
-
-    class Rate(TextColumn):
-        def render(self, task):
-            from rich.text import Text
-
-            return Text(f"{task.speed or 0.0:.2f} groups/s")
-
-    return Rate("")
+class _Rate(TextColumn):
+    def render(self, task):
+        return Text(f"{task.speed or 0.0:.2f} groups/s")
 
 
 class _Progress:
@@ -440,10 +432,8 @@ class _Progress:
 
     def __enter__(self):
         if self.enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self.bar = Progress(TextColumn("[bold]preprocess"), BarColumn(), MofNCompleteColumn(),
-                                _rate_column(),
+                                _Rate(""),
                                 TimeRemainingColumn(), TextColumn("failed: {task.fields[failed]}"))
             self.bar.start()
             self.task = self.bar.add_task("groups", total=self.total, failed=0)
@@ -490,8 +480,6 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
 
 
 def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return f"mv2mae {version('mv2mae')}"
     except PackageNotFoundError:  # running from a source tree that was never installed

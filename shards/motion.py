@@ -2,7 +2,8 @@
 
 ``motion.zarr/<shard stem>/<source>`` is a float16 array [rows, grid_h, grid_w] compressed with Blosc/zstd
 inside zarr's sharding codec (one file per array, however many rows). Rows of a group's camera are found
-through ``GroupMeta.motion_rows`` or, without the shards, through the sub-group's attributes
+through ``GroupMeta.motion_rows`` (as :class:`MotionRows`, our one reader, does) or, by a reader without
+the shards, through the sub-group's attributes
 ``{"rows": {key: {camera: first_row}}, "frames": {key: T}, "grid": {key: [gh, gw]}}`` — plain
 ``zarr.open`` is all a reader needs. When the groups of one shard were stored at different sizes, the
 arrays take the largest grid and a group's cells sit in the top-left corner (``grid`` says how many).
@@ -16,19 +17,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from mv2mae.shards.schema import MOTION_STORE
+import zarr
+from mv2mae.shards.schema import MOTION_STORE, ContractError, DatasetIndex, motion_grid
+
+if TYPE_CHECKING:  # the reader pulls in webdataset and torch, which the preprocessing processes never need
+    from mv2mae.shards.reader import GroupSample
 
 CHUNK_ROWS = 64  # rows per compressed chunk: a 16-frame clip touches one or two chunks
 TMP_DIR = ".tmp"
 
 
 def _codecs():
-    import zarr
-
     return zarr.codecs.BloscCodec(cname="zstd", clevel=5, shuffle="bitshuffle")
 
 
@@ -47,8 +51,6 @@ def ensure_store(root: str | Path) -> Path:
 def write_shard_motion(root: str | Path, stem: str, arrays: dict[str, np.ndarray],
                        attrs: dict[str, Any]) -> Path:
     """Write the motion arrays of shard ``stem`` and move them into the store in one rename."""
-    import zarr
-
     root = Path(root)
     tmp = root / TMP_DIR / f"motion-{stem}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -70,8 +72,6 @@ def write_shard_motion(root: str | Path, stem: str, arrays: dict[str, np.ndarray
 
 def open_motion(root: str | Path):
     """Open a motion store read-only: ``root`` is a dataset directory or the ``motion.zarr`` itself."""
-    import zarr
-
     path = Path(root)
     if path.name != MOTION_STORE:
         path = path / MOTION_STORE
@@ -80,27 +80,47 @@ def open_motion(root: str | Path):
     return zarr.open_group(str(path), mode="r")
 
 
-def read_motion_rows(store, shard: str, source: str, key: str, camera: int,
-                     frames: list[int] | np.ndarray | None = None) -> np.ndarray:
-    """Motion of ``camera`` in group ``key`` of ``shard``: float16 [T or len(frames), gh, gw].
+class MotionRows:
+    """The one reader of ``motion.zarr``: read-only, opened lazily in the process that reads it (a zarr
+    handle must not cross a fork).
 
-    ``store`` is what ``open_motion`` returned; ``shard`` a shard name or stem; ``frames`` selects
-    stored frame indices (default: all of the group's frames).
+    Rows are located through ``GroupMeta.motion_rows`` and the grid through the stored frame size (the
+    schema's contract). A shard's whole array is read once and kept (least recently used first out,
+    within ``budget_bytes``): the training stream walks a shard's groups in order, and every zarr read
+    is a round trip through zarr's event-loop thread that costs more than the clip's decoding on a busy
+    machine.
     """
-    stem = shard[:-4] if shard.endswith(".tar") else shard
-    if stem not in store:
-        raise KeyError(f"motion cache has no sub-group for shard {stem!r}")
-    sub = store[stem]
-    if source not in sub:
-        raise KeyError(f"motion cache of shard {stem!r} has no {source!r} array (has {sorted(sub.array_keys())})")
-    rows, n_frames, grid = sub.attrs["rows"], sub.attrs["frames"], sub.attrs["grid"]
-    if key not in rows or str(camera) not in rows[key]:
-        raise KeyError(f"motion cache of shard {stem!r} has no rows for group {key!r} camera {camera}")
-    first, total = rows[key][str(camera)], n_frames[key]
-    idx = np.arange(total) if frames is None else np.asarray(frames, dtype=np.int64)
-    if idx.size and (idx.min() < 0 or idx.max() >= total):
-        raise IndexError(f"{key} camera {camera}: frame indices outside 0..{total - 1}")
-    gh, gw = grid[key]
-    lo, hi = (first + int(idx.min()), first + int(idx.max()) + 1) if idx.size else (first, first)
-    block = sub[source][lo:hi, :gh, :gw]
-    return block[idx - (lo - first)]
+
+    def __init__(self, root: Path, source: str, index: DatasetIndex, budget_bytes: int = 256 << 20):
+        if source not in index.motion:
+            raise ContractError(f"{root}: motion source {source!r} not in the cache (has {index.motion}); "
+                                f"use another --motion or re-run preprocessing")
+        self.root, self.source, self.cell, self.budget = root, source, index.cell, budget_bytes
+        self._store = None
+        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def _array(self, stem: str) -> np.ndarray:
+        if stem in self._arrays:
+            self._arrays.move_to_end(stem)
+            return self._arrays[stem]
+        if self._store is None:
+            self._store = open_motion(self.root)
+        if stem not in self._store or self.source not in self._store[stem]:
+            raise ContractError(f"{self.root}/motion.zarr: no {self.source} rows for shard {stem}")
+        self._arrays[stem] = np.asarray(self._store[stem][self.source][...])
+        while len(self._arrays) > 1 and sum(a.nbytes for a in self._arrays.values()) > self.budget:
+            self._arrays.popitem(last=False)
+        return self._arrays[stem]
+
+    def view(self, group: GroupSample, camera: int, indices: np.ndarray) -> tuple[np.ndarray, int]:
+        """Cache rows of ``camera`` covering ``indices`` and the first frame index they start at."""
+        start = group.meta.motion_rows.get(str(camera))
+        if start is None:
+            raise ContractError(f"{group.shard}: group {group.key} has no motion rows for camera {camera}")
+        gh, gw = motion_grid(*group.meta.size, self.cell)
+        first, last = int(indices.min()), int(indices.max())
+        rows = self._array(group.stem)[start + first:start + last + 1, :gh, :gw]
+        if len(rows) != last - first + 1:
+            raise ContractError(f"{self.root}/motion.zarr/{group.stem}: rows {start + first}..{start + last} of "
+                                f"{group.key} camera {camera} are outside the array")
+        return rows, first

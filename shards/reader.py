@@ -4,21 +4,22 @@ evaluation pass, both split by rank (node) and DataLoader worker.
 The stream yields :class:`GroupSample` — one multi-view group with its metadata parsed and its frame
 members still JPEG bytes, so that the consumer decodes only the frames it samples. Nothing here opens
 the Zarr motion cache: consumers open it lazily inside each worker (a handle must not cross a fork).
+Where members lie comes from :mod:`mv2mae.shards.tarindex`.
 """
 
 from __future__ import annotations
 
 import os
 import random
-from array import array
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import torch.utils.data
 import webdataset as wds
 from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
+from mv2mae.shards.tarindex import GroupTable, shard_groups
 
 
 @dataclass
@@ -58,8 +59,6 @@ class Slot:
 
 def current_slot(rank: int = 0, world_size: int = 1) -> Slot:
     """The calling process's slot, from the explicit rank/world size and the DataLoader worker info."""
-    import torch.utils.data
-
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     info = torch.utils.data.get_worker_info()
@@ -67,151 +66,9 @@ def current_slot(rank: int = 0, world_size: int = 1) -> Slot:
     return Slot(index=rank * workers + worker, count=world_size * workers, rank=rank, worker=worker)
 
 
-_BLOCK = 512
-_REGULAR = (b"0", b"\0", b"7")
-
-
-def _octal(field: bytes, where: str) -> int:
-    if field[:1] and field[0] & 0x80:  # GNU base-256 for sizes of 8 GiB and more
-        return int.from_bytes(field[1:], "big")
-    try:
-        return int(field.strip(b"\0 ") or b"0", 8)
-    except ValueError as e:
-        raise ContractError(f"{where}: corrupt tar header ({field!r} is not octal)") from e
-
-
-def _header(block: bytes, where: str) -> tuple[bytes, int, bytes]:
-    """(name, size, type flag) of one 512-byte header, its checksum verified."""
-    stored = _octal(block[148:156], where)
-    if stored != sum(block) - sum(block[148:156]) + 8 * 32:  # the checksum field counts as spaces
-        raise ContractError(f"{where}: corrupt tar header (checksum mismatch)")
-    name = block[:100].split(b"\0", 1)[0]
-    if block[257:263] == b"ustar\0" and block[345]:  # POSIX ustar: name = prefix/name
-        name = block[345:500].split(b"\0", 1)[0] + b"/" + name
-    return name, _octal(block[124:136], where), block[156:157]
-
-
-def _pax_path(data: bytes) -> bytes | None:
-    for record in data.split(b"\n"):
-        _, _, kv = record.partition(b" ")
-        if kv.startswith(b"path="):
-            return kv[5:]
-    return None
-
-
-def scan_tar(stream, where: str) -> Iterator[tuple[str, int, int]]:
-    """(name, data offset, size) of every regular member of an uncompressed, seekable tar stream, in
-    order, reading only the headers (and the few bytes of GNU long-name / pax records).
-
-    Python's ``tarfile`` parses each header in ~0.2 ms, which, at hundreds of frame members per group,
-    costs more than decoding the JPEGs we actually sample. Handles ustar, GNU long names (``L``) and pax
-    ``path`` records; verifies every header checksum; a truncated archive is an error naming the shard."""
-    pos = stream.tell()
-    end = stream.seek(0, 2)
-    stream.seek(pos)
-    long_name = None
-    while True:
-        block = stream.read(_BLOCK)
-        if not block or block == bytes(len(block)):
-            return  # end-of-archive (two zero blocks) or end of file
-        if len(block) < _BLOCK:
-            raise ContractError(f"{where}: truncated tar (partial header)")
-        name, size, kind = _header(block, where)
-        start = pos + _BLOCK
-        if start + size > end:
-            raise ContractError(f"{where}: truncated tar (member {name.decode(errors='replace')} cut short)")
-        pos = start + size + (-size % _BLOCK)
-        if kind in _REGULAR:
-            yield (long_name or name).decode(), start, size
-            long_name = None
-        elif kind in (b"L", b"x"):
-            data = stream.read(size)
-            long_name = data.rstrip(b"\0") if kind == b"L" else _pax_path(data) or long_name
-        stream.seek(pos)
-
-
-def iter_tar(stream, where: str, want: Callable[[str], bool] | None = None) -> Iterator[tuple[str, bytes | None]]:
-    """(name, bytes) of every regular member of an uncompressed, seekable tar stream, in order (see
-    :func:`scan_tar`); members for which ``want(name)`` is false are never read and yielded with ``None``."""
-    for name, offset, size in scan_tar(stream, where):
-        if want is not None and not want(name):
-            yield name, None
-            continue
-        stream.seek(offset)
-        yield name, stream.read(size)
-
-
 # A plan looks at a group's metadata as it is read and returns the member extensions to read plus a
 # decision to carry along (e.g. the sampled views and frames), or None to skip the group.
 Plan = Callable[[GroupMeta, str], "tuple[set[str], object] | None"]
-
-
-def _split_member(name: str, where: str) -> tuple[str, str]:
-    key, dot, ext = name.rpartition("/")[2].partition(".")
-    if not dot:
-        raise ContractError(f"{where}: member {name!r} is not KEY.EXT")
-    return key, ext.lower()
-
-
-@dataclass
-class _GroupTable:
-    """Where one group's members lie in its shard: the training stream revisits every shard many times,
-    so headers are parsed once per shard and process, and each later visit reads only what a plan
-    wants with one positioned read per member."""
-
-    key: str
-    exts: tuple[str, ...]  # member extensions in tar order (one shared str object per distinct extension)
-    spans: array  # offset, size, offset, size, ... (8 bytes per number, not a Python int each)
-
-    def span(self, i: int) -> tuple[int, int]:
-        return self.spans[2 * i], self.spans[2 * i + 1]
-
-
-def _shard_table(path: str, where: str) -> list[_GroupTable]:
-    """The groups of one shard in order: consecutive members sharing a key, as ``wds.tarfile_to_samples``
-    groups them (a key that reappears later starts a new group)."""
-    groups: list[_GroupTable] = []
-    exts: list[str] = []
-    spans = array("q")
-    key = None
-    interned: dict[str, str] = {}
-    with open(path, "rb", buffering=1 << 16) as f:
-        for name, offset, size in scan_tar(f, where):
-            k, ext = _split_member(name, where)
-            if k != key:
-                if key is not None:
-                    groups.append(_GroupTable(key, tuple(exts), spans))
-                key, exts, spans = k, [], array("q")
-            exts.append(interned.setdefault(ext, ext))
-            spans.extend((offset, size))
-    if key is not None:
-        groups.append(_GroupTable(key, tuple(exts), spans))
-    return groups
-
-
-class _TableCache:
-    """Member tables of the shards this process has read, least recently used out beyond ``budget``
-    members (~20 bytes each); a shard whose size or modification time changed is re-scanned."""
-
-    def __init__(self, budget: int = 2_000_000):
-        self.budget = budget
-        self.tables: OrderedDict[tuple, list[_GroupTable]] = OrderedDict()
-
-    def get(self, path: str, where: str) -> list[_GroupTable]:
-        st = os.stat(path)
-        ident = (path, st.st_size, st.st_mtime_ns, st.st_ino)
-        if ident in self.tables:
-            self.tables.move_to_end(ident)
-            return self.tables[ident]
-        for old in [i for i in self.tables if i[0] == path]:
-            del self.tables[old]
-        self.tables[ident] = table = _shard_table(path, where)
-        while len(self.tables) > 1 and sum(len(g.exts) for t in self.tables.values() for g in t) > self.budget:
-            self.tables.popitem(last=False)
-        return table
-
-
-_TABLES = _TableCache()
 
 
 def _pread(fd: int, span: tuple[int, int], where: str, member: str) -> bytes:
@@ -222,7 +79,7 @@ def _pread(fd: int, span: tuple[int, int], where: str, member: str) -> bytes:
     return data
 
 
-def _read_group(fd: int, group: _GroupTable, url: str, where: str, plan: Plan | None) -> dict | None:
+def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | None) -> dict | None:
     """The sample dict of one group with only the members its plan wants (None if the plan skips it)."""
     sample: dict = {"__key__": group.key, "__url__": url}
     wanted = None
@@ -247,7 +104,7 @@ def tar_groups(sources: Iterable[dict], plan: Plan | None = None) -> Iterator[di
     for source in sources:
         url = source["url"]
         where = Path(url).name
-        table = _TABLES.get(url, where)
+        table = shard_groups(url, where)
         fd = os.open(url, os.O_RDONLY)
         try:
             for group in table:

@@ -17,6 +17,8 @@ Members of one sample (group key ``K``, no dots in ``K``)::
     K.json                        ``GroupMeta`` as JSON
     K.c<cam:03d>.f<t:04d>.jpg     stored frame t of camera cam (all cameras share one time base)
 
+(``split_member`` is the one reader of member names: key before the first dot, no directories.)
+
 Motion rows: in ``motion.zarr/<shard stem>/<source>``, camera ``cam`` of group ``K`` occupies the
 rows ``meta.motion_rows[str(cam)] ... + meta.frames``; row ``r`` holds the motion energy between stored
 frames t-1 and t on a grid of ``cell``x``cell`` pixel cells (grid = ceil(H/cell) x ceil(W/cell), the last
@@ -65,6 +67,16 @@ def frame_ext(camera: int, t: int) -> str:
 
 def frame_member(key: str, camera: int, t: int) -> str:
     return f"{key}.{frame_ext(camera, t)}"
+
+
+def split_member(name: str, where: str = "") -> tuple[str, str]:
+    """``KEY.c001.f0000.jpg`` -> (``KEY``, ``c001.f0000.jpg``): WebDataset's key/extension rule (the key is
+    everything before the first dot, the extension the rest, lower-cased). Keys have no dots and no
+    slashes, so a name in a directory or without a dot is not a member of ours."""
+    key, dot, ext = name.partition(".")
+    if not dot or "/" in name:
+        raise ContractError(f"{where + ': ' if where else ''}member {name!r} is not KEY.EXT")
+    return key, ext.lower()
 
 
 def parse_frame_ext(ext: str) -> tuple[int, int] | None:

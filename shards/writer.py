@@ -74,10 +74,3 @@ class ShardWriter:
     def commit(self) -> Path:
         os.replace(self.tmp, self.path)
         return self.path
-
-    def abort(self) -> None:
-        try:
-            self._tar.close()
-            self._file.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)

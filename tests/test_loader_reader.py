@@ -11,11 +11,11 @@ from mv2mae.shards.reader import (
     GroupSample,
     balanced_assignment,
     eval_groups,
-    iter_tar,
     tar_groups,
     train_groups,
 )
-from mv2mae.shards.schema import ContractError, GroupMeta, read_index
+from mv2mae.shards.schema import ContractError, GroupMeta, read_index, split_member
+from mv2mae.shards.tarindex import iter_tar
 
 from mv2mae.data.decode import crop_resize, decode_frames
 
@@ -103,3 +103,10 @@ def test_decoded_frames_are_rgb_and_cropped_to_the_box():
     assert (out[..., 2] > 240).all() and (out[..., :2] < 15).all()
     with pytest.raises(ContractError, match="s.tar: group K has no member K.c001.f0001.jpg"):
         decode_frames(group, 1, np.array([1]))
+
+
+def test_member_names_split_at_the_first_dot_and_refuse_directories():
+    assert split_member("K1.c001.f0000.JPG") == ("K1", "c001.f0000.jpg")
+    for foreign in ("K1", "dir/K1.json"):
+        with pytest.raises(ContractError, match="s.tar: member .* is not KEY.EXT"):
+            split_member(foreign, "s.tar")

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 import zarr
 from mv2mae.preprocess.pipeline import run
-from mv2mae.shards.motion import open_motion, read_motion_rows
+from mv2mae.shards.motion import MotionRows
+from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
 
 SIZE = 72  # stored short side = the rendered height: decoding does not rescale
@@ -40,6 +41,13 @@ def prepared(synth_root, tmp_path_factory) -> Path:
     summary = run("synth", synth_root, out, size=SIZE, workers=2)
     assert summary.written == 36 and summary.failed == 0
     return out
+
+
+def _motion(out: Path, shard: str, meta: GroupMeta, cam: int, frames=None) -> np.ndarray:
+    """Camera ``cam``'s framediff rows of one group (all frames, or ``frames`` in that order)."""
+    idx = np.arange(meta.frames) if frames is None else np.asarray(frames)
+    rows, first = MotionRows(out, "framediff", read_index(out)).view(GroupSample(meta, shard, {}), cam, idx)
+    return rows[idx - first]
 
 
 def _metas(out: Path) -> dict[str, tuple[str, GroupMeta, list[str]]]:
@@ -101,19 +109,18 @@ def test_offsets_match_ground_truth(prepared, synth_root):
 
 def test_motion_cache_rows_match_metadata(prepared):
     root = zarr.open(str(prepared / "motion.zarr"), mode="r")  # plain zarr is enough to read it
-    store = open_motion(prepared)
-    for key, (shard, meta, _) in list(_metas(prepared).items())[:6]:
+    for shard, meta, _ in list(_metas(prepared).values())[:6]:
         arr = root[f"{shard[:-4]}/framediff"]
         gh, gw = motion_grid(meta.size[0], meta.size[1], 8)
         assert arr.dtype == np.float16 and arr.shape[1:] == (gh, gw)
         for cam in meta.cameras:
-            rows = read_motion_rows(store, shard, "framediff", key, cam)
+            rows = _motion(prepared, shard, meta, cam)
             first = meta.motion_rows[str(cam)]
             np.testing.assert_array_equal(rows, arr[first: first + meta.frames])
             assert rows.shape == (meta.frames, gh, gw)
             np.testing.assert_array_equal(rows[0], rows[1])  # row 0 repeats row 1 (contract)
             assert 0 <= rows.min() and rows.max() <= 255 and rows.max() > 0
-            picked = read_motion_rows(store, shard, "framediff", key, cam, [5, 2])
+            picked = _motion(prepared, shard, meta, cam, [5, 2])
             np.testing.assert_array_equal(picked, rows[[5, 2]])
 
 
@@ -124,13 +131,12 @@ def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
 
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1, jpeg_quality=100)
     key, (shard, meta, _) = next(iter(_metas(tmp_path).items()))
-    store = open_motion(tmp_path)
     for cam in meta.cameras:
         with tarfile.open(tmp_path / shard) as tf:
             frames = np.stack([cv2.imdecode(np.frombuffer(tf.extractfile(f"{key}.c{cam:03d}.f{t:04d}.jpg").read(),
                                                           np.uint8), cv2.IMREAD_COLOR) for t in range(meta.frames)])
         approx = framediff_grid(frames, 8).astype(np.float32)
-        cached = read_motion_rows(store, shard, "framediff", key, cam).astype(np.float32)
+        cached = _motion(tmp_path, shard, meta, cam).astype(np.float32)
         assert np.abs(approx - cached).mean() < 0.25 and np.corrcoef(approx.ravel(), cached.ravel())[0, 1] > 0.98
 
 
@@ -215,10 +221,9 @@ def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):
     dest = tmp_path / "merged"
     merged = merge([tmp_path / "part0", tmp_path / "part1"], dest)
     assert merged.groups == 12 and sorted(p.name for p in dest.glob("*.tar")) == [s.name for s in merged.shards]
-    store = open_motion(dest)
+    metas = _metas(dest)
     for entry in merged.shards:
-        meta_key = entry.keys[0]
-        assert read_motion_rows(store, entry.name, "framediff", meta_key, 1).shape[1:] == (9, 12)
+        assert _motion(dest, entry.name, metas[entry.keys[0]][1], 1).shape[1:] == (9, 12)
 
 
 def test_flow_and_framediff_together(synth_root, tmp_path):

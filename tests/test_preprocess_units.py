@@ -10,7 +10,9 @@ import zarr
 from mv2mae.preprocess.align import align, best_lag
 from mv2mae.preprocess.crop import center_box, stored_size
 from mv2mae.preprocess.motion import cell_means, framediff_grid, pixel_framediff
-from mv2mae.shards.motion import open_motion, read_motion_rows, write_shard_motion
+from mv2mae.shards.motion import MotionRows, write_shard_motion
+from mv2mae.shards.reader import GroupSample
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta
 from mv2mae.shards.writer import FIXED_MTIME, Member, ShardWriter
 
 
@@ -83,10 +85,14 @@ def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path)
     write_shard_motion(tmp_path, "P001-000000", {"framediff": rows}, attrs)  # a re-run's rewrite
     plain = zarr.open(str(tmp_path / "motion.zarr"), mode="r")
     np.testing.assert_array_equal(plain["P001-000000/framediff"][:], rows)
-    got = read_motion_rows(open_motion(tmp_path), "P001-000000.tar", "framediff", "K", 1, [2, 0])
-    np.testing.assert_array_equal(got, rows[[2, 0]])
-    with pytest.raises(KeyError, match="camera 2"):
-        read_motion_rows(open_motion(tmp_path), "P001-000000", "framediff", "K", 2)
+    index = DatasetIndex(dataset="t", classes=["a"], fps=30.0, short_side=32, cell=8, motion=["framediff"], shards=[])
+    meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1], fps=30.0, frames=3, size=[40, 32],
+                     partition="P001", motion_rows={"1": 0})
+    group = GroupSample(meta=meta, shard="P001-000000.tar", members={})
+    got, first = MotionRows(tmp_path, "framediff", index).view(group, 1, np.array([2, 0]))
+    np.testing.assert_array_equal(got[np.array([2, 0]) - first], rows[[2, 0]])
+    with pytest.raises(ContractError, match="no motion rows for camera 2"):
+        MotionRows(tmp_path, "framediff", index).view(group, 2, np.array([0]))
     assert not list((tmp_path / ".tmp").glob("*"))
 
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from mv2mae.preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
 from mv2mae.preprocess.synth.actions import ACTIONS, perform
-from mv2mae.preprocess.synth.generate import parse_group_key, plan_group, render_world_frame
-from mv2mae.preprocess.synth.montage import read_video
+from mv2mae.preprocess.synth.cameras import make_rig
+from mv2mae.preprocess.synth.generate import plan_group, render_frames
 from mv2mae.preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
 from typer.testing import CliRunner
 
@@ -21,6 +21,30 @@ from mv2mae.cli import app
 
 NTU_NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})_rgb\.avi$")
 TINY = dict(classes=4, cameras=3, subjects=1, replications=2, setups=1, frames=(24, 32), size=(160, 120), seed=7)
+
+
+def parse_group_key(key: str) -> tuple[int, int, int, int]:
+    """``'S001P002R001A013'`` -> (setup, subject, replication, action)."""
+    s, p, r, a = (int(g) for g in re.fullmatch(r"S(\d{3})P(\d{3})R(\d{3})A(\d{3})", key).groups())
+    return s, p, r, a
+
+
+def render_world_frame(cfg: SynthConfig, plan, camera_id: int, t: int, **flags: bool) -> np.ndarray:
+    """World frame ``t`` as camera ``camera_id`` saw it, before encoding: the ground truth of its video."""
+    return next(render_frames(cfg, plan, make_rig(cfg.cameras, cfg.size)[camera_id - 1], [t], **flags))
+
+
+def read_video(path: Path) -> np.ndarray:
+    cap = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert frames, f"{path}: no frames could be decoded"
+    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")

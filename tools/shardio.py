@@ -5,16 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from mv2mae.shards.reader import GroupSample, iter_tar
-from mv2mae.shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta
-
-
-def split_member(name: str) -> tuple[str, str]:
-    """``KEY.c001.f0000.jpg`` -> (``KEY``, ``c001.f0000.jpg``) — WebDataset's key/extension rule."""
-    key, dot, ext = name.partition(".")
-    if not dot or "/" in name:
-        raise ContractError(f"member {name!r} is not KEY.EXT")
-    return key, ext
+from mv2mae.shards.reader import GroupSample
+from mv2mae.shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta, split_member
+from mv2mae.shards.tarindex import iter_tar
 
 
 def iter_members(path: Path, wanted=None) -> Iterator[tuple[str, str, bytes | None]]:
@@ -22,12 +15,12 @@ def iter_members(path: Path, wanted=None) -> Iterator[tuple[str, str, bytes | No
     (the others are skipped with a seek). Corruption is a ``ContractError`` naming the shard."""
 
     def want(name: str) -> bool:
-        return wanted is None or wanted(split_member(name)[1])
+        return wanted is None or wanted(split_member(name, path.name)[1])
 
     try:
         with open(path, "rb", buffering=1 << 16) as f:
             for name, data in iter_tar(f, path.name, want):
-                key, ext = split_member(name)
+                key, ext = split_member(name, path.name)
                 yield key, ext, data
     except OSError as e:
         raise ContractError(f"{path.name}: unreadable ({e})") from e

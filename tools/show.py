@@ -7,10 +7,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import matplotlib
 import numpy as np
+from matplotlib import cm, colormaps, colors
+from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
-from mv2mae.shards.schema import ContractError, read_index
+from mv2mae.shards.schema import ContractError, DatasetIndex, read_index
 from mv2mae.tools.shardio import read_group
+from PIL import Image
 
 
 def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
@@ -20,32 +24,24 @@ def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
     return img[..., ::-1]
 
 
-def _motion(root: Path, group: GroupSample, source: str | None) -> dict[int, np.ndarray]:
+def _motion(root: Path, index: DatasetIndex, group: GroupSample, source: str | None) -> dict[int, np.ndarray]:
+    """Every stored frame's motion cells of each camera, cropped to the group's own grid."""
     if source is None:
         return {}
-    from mv2mae.shards.motion import open_motion, read_motion_rows
-
-    store = open_motion(root)
-    return {c: np.asarray(read_motion_rows(store, group.stem, source, group.key, c), np.float32)
-            for c in group.meta.cameras}
+    rows = MotionRows(root, source, index)
+    every = np.arange(group.meta.frames)
+    return {c: np.asarray(rows.view(group, c, every)[0], np.float32) for c in group.meta.cameras}
 
 
 def overlay(rgb: np.ndarray, cells: np.ndarray, vmax: float, alpha: float = 0.85) -> np.ndarray:
     """Blend a magma heat-map of ``cells`` over ``rgb``; opacity grows with motion, so still regions
     keep their own pixels and moving ones glow."""
-    from matplotlib import colormaps
-
     h, w = rgb.shape[:2]
     level = np.clip(cells / max(vmax, 1e-6), 0, 1)
     up = cv2.resize(level, (w, h), interpolation=cv2.INTER_LINEAR)
     heat = colormaps["magma"](up)[..., :3] * 255
     a = (alpha * up ** 0.7)[..., None]
     return (rgb * (1 - a) + heat * a).astype(np.uint8)
-
-
-def _crop_grid(cells: np.ndarray, size: list[int], cell: int) -> np.ndarray:
-    gh, gw = -(-size[1] // cell), -(-size[0] // cell)
-    return cells[..., :gh, :gw]
 
 
 def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: str | None = "auto",
@@ -58,7 +54,7 @@ def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: 
     group = read_group(root, index, key)
     if source == "auto":
         source = index.motion[0] if index.motion else None
-    motion = _motion(root, group, source)
+    motion = _motion(root, index, group, source)
     vmax = max([float(np.percentile(m, 99.5)) for m in motion.values()] + [1.0])
     out.parent.mkdir(parents=True, exist_ok=True)
     label = group.meta.label_name or (index.classes[group.meta.label] if group.meta.label < len(index.classes)
@@ -66,24 +62,22 @@ def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: 
     title = (f"{key} — {label} · subject {group.meta.subject} · {group.meta.frames} frames @ {group.meta.fps:g} fps"
              + (f" · {source} motion" if source else ""))
     if out.suffix.lower() == ".gif":
-        _gif(group, motion, vmax, index.cell, out, fps or group.meta.fps)
+        _gif(group, motion, vmax, out, fps or group.meta.fps)
     else:
-        _png(group, motion, vmax, index.cell, out, columns, title, source)
+        _png(group, motion, vmax, out, columns, title, source)
     return out
 
 
-def _tile(group: GroupSample, motion, vmax: float, cell: int, cam: int, t: int) -> np.ndarray:
+def _tile(group: GroupSample, motion, vmax: float, cam: int, t: int) -> np.ndarray:
     rgb = _frame(group, cam, t)
     if cam in motion:
-        rgb = overlay(rgb, _crop_grid(motion[cam][t], group.meta.size, cell), vmax)
+        rgb = overlay(rgb, motion[cam][t], vmax)
     return rgb
 
 
-def _png(group, motion, vmax, cell, out: Path, columns: int, title: str, source: str | None) -> None:
-    import matplotlib
-
+def _png(group, motion, vmax, out: Path, columns: int, title: str, source: str | None) -> None:
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # pyplot: only once the file-only Agg backend is chosen
 
     cams, meta = group.meta.cameras, group.meta
     times = np.unique(np.linspace(0, meta.frames - 1, min(columns, meta.frames)).round().astype(int))
@@ -94,7 +88,7 @@ def _png(group, motion, vmax, cell, out: Path, columns: int, title: str, source:
     for r, cam in enumerate(cams):
         for c, t in enumerate(times):
             ax = axes[r, c]
-            ax.imshow(_tile(group, motion, vmax, cell, cam, int(t)))
+            ax.imshow(_tile(group, motion, vmax, cam, int(t)))
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -103,8 +97,6 @@ def _png(group, motion, vmax, cell, out: Path, columns: int, title: str, source:
                 ax.set_ylabel(f"camera {cam}", fontsize=11, fontweight="bold")
     fig.suptitle(title, fontsize=12)
     if motion:
-        from matplotlib import cm, colors
-
         mappable = cm.ScalarMappable(norm=colors.Normalize(0, vmax), cmap="magma")
         bar = fig.colorbar(mappable, ax=axes, fraction=0.02, pad=0.01)
         bar.set_label(f"{source} (0-255 units)", fontsize=9)
@@ -112,14 +104,12 @@ def _png(group, motion, vmax, cell, out: Path, columns: int, title: str, source:
     plt.close(fig)
 
 
-def _gif(group, motion, vmax, cell, out: Path, fps: float) -> None:
-    from PIL import Image
-
+def _gif(group, motion, vmax, out: Path, fps: float) -> None:
     frames = []
     for t in range(group.meta.frames):
         tiles = []
         for cam in group.meta.cameras:
-            tile = np.ascontiguousarray(_tile(group, motion, vmax, cell, cam, t))
+            tile = np.ascontiguousarray(_tile(group, motion, vmax, cam, t))
             cv2.putText(tile, f"cam {cam}  t={t}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1,
                         cv2.LINE_AA)
             tiles.append(tile)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import (
     META_EXT,
     ContractError,
@@ -63,8 +64,6 @@ def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[st
 
 
 def _check_motion(root: Path, entry: ShardEntry, metas: dict[str, GroupMeta], sources: list[str], cell: int):
-    from mv2mae.shards.motion import open_motion
-
     problems, stem = [], shard_stem(entry.name)
     try:
         store = open_motion(root)

@@ -24,13 +24,20 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from rich.console import Console
+from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset
 
 from mv2mae.data import ClipGeometry, SamplingConfig, build_pretrain_loader
-from mv2mae.data.decode import collate_clips, crop_resize, to_video_tensor
+from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
 from mv2mae.data.motion import online_token_motion
 from mv2mae.data.sampling import choose_views, random_resized_box, train_frame_indices
+from mv2mae.model.config import ModelConfig
+from mv2mae.model.flops import pretrain_step_flops
+from mv2mae.preprocess.pipeline import run
+from mv2mae.preprocess.synth import generate
 from mv2mae.shards.reader import current_slot
+from mv2mae.shards.tarindex import iter_tar
 
 SHORT_SIDE = 160  # stored short side (DESIGN.md default for 128-pixel crops)
 BATCH = 8
@@ -45,9 +52,6 @@ _NTU_NAME = re.compile(r"^(S\d{3})C(\d{3})(P\d{3}R\d{3}A\d{3})_rgb\.avi$")
 
 def prepare(work: Path, raw_size: tuple[int, int], groups: int, workers: int) -> dict:
     """Render ``groups`` three-camera groups at ``raw_size`` and preprocess them (cached in ``work``)."""
-    from mv2mae.preprocess.pipeline import run
-    from mv2mae.preprocess.synth import generate
-
     tag = f"{raw_size[0]}x{raw_size[1]}-g{groups}"
     raw, data = work / f"raw-{tag}", work / f"shards-{tag}"
     info_path = work / f"prepared-{tag}.json"
@@ -199,9 +203,6 @@ def measure(loader: Iterable[dict], seconds: float, workers: int) -> dict:
 def decode_floor(shards: Path, frames_per_sample: int, members: int = 256, repeats: int = 3) -> dict:
     """The ceiling JPEG decoding alone puts on any loader of these shards: CPU time of ``cv2.imdecode``
     over real frame members, as samples per CPU-second (everything else a worker does comes on top)."""
-    from mv2mae.data.decode import decode_jpeg_rgb
-    from mv2mae.shards.reader import iter_tar
-
     shard = sorted(shards.glob("*.tar"))[0]
     with open(shard, "rb") as f:
         jpegs = [d for n, d in iter_tar(f, shard.name, lambda n: n.endswith(".jpg")) if d is not None][:members]
@@ -227,9 +228,6 @@ def gpu_demand(measured: float, model_json: Path | None) -> tuple[float, str]:
         rate = gpu.get("presets", {}).get("vit_small", {}).get("samples_per_s")
         if rate:
             return float(rate), f"measured: {rate:.0f} samples/s on {gpu.get('device', 'GPU')} ({model_json})"
-    from mv2mae.model.config import ModelConfig
-    from mv2mae.model.flops import pretrain_step_flops
-
     flops = pretrain_step_flops(ModelConfig.preset("vit_small"), views=2, batch=1)
     rate = ASSUMED_MFU * H100_BF16_PEAK / flops
     return rate, (f"ASSUMPTION: {rate:.0f} samples/s = {ASSUMED_MFU:.0%} MFU × {H100_BF16_PEAK / 1e12:.0f} TFLOP/s "
@@ -286,9 +284,6 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
 
 
 def print_report(r: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     s = r["settings"]
     table = Table(title=f"pretraining loader: {s['views']} views × {s['frames']}×{s['size']}², stride {s['stride']}, "
                         f"{s['motion']} weights, {s['workers']} workers, {r['machine']['cpus']} CPUs "

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.table import Table
 
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.flops import pretrain_forward_flops, pretrain_step_flops
@@ -102,7 +104,7 @@ def ours_step(model: MV2MAE, video: torch.Tensor, seed: int, autocast: bool = Fa
 
 def hf_pretraining_model(cfg: ModelConfig, device: torch.device):
     """transformers' VideoMAEForPreTraining with our depth, widths, heads, tokens and eps."""
-    from transformers import VideoMAEConfig, VideoMAEForPreTraining
+    from transformers import VideoMAEConfig, VideoMAEForPreTraining  # optional: the `interop` extra
 
     hf_cfg = VideoMAEConfig(
         image_size=cfg.image_size, patch_size=cfg.patch, num_channels=cfg.channels, num_frames=cfg.frames,
@@ -267,9 +269,6 @@ def _load_average() -> list[float] | None:
 
 
 def print_model_bench(result: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = Console()
     s = result["settings"]
     if result.get("load_average_before"):

@@ -18,10 +18,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mv2mae.preprocess.adapters import GroupSpec
+from rich.console import Console
+from rich.table import Table
+
+from mv2mae.preprocess.adapters import GroupSpec, scan
 from mv2mae.preprocess.decode import BACKENDS, DEFAULT_BACKEND
 from mv2mae.preprocess.group import GroupResult, WorkConfig, decode_views, probe_views
-from mv2mae.preprocess.pipeline import Options, _results, _work_config, make_pool, run
+from mv2mae.preprocess.pipeline import Options, make_pool, map_groups, run, work_config
+from mv2mae.preprocess.synth import generate
 
 BAR = 0.8  # full pipeline must reach this share of decode-only throughput
 SIZE = (1920, 1080)
@@ -35,8 +39,6 @@ def decode_only(spec: GroupSpec, cfg: WorkConfig) -> int:
 
 
 def _render(work: Path, groups: int, frames: int, workers: int) -> Path:
-    from mv2mae.preprocess.synth import generate
-
     videos = work / "videos"
     stamp = videos / "bench.json"
     want = {"groups": groups, "frames": frames, "size": list(SIZE)}
@@ -55,7 +57,7 @@ def _dir_bytes(path: Path) -> int:
 
 def _time_decode(specs, cfg: WorkConfig, workers: int, pool) -> tuple[float, int]:
     t0 = time.perf_counter()
-    frames = sum(_results(specs, cfg, workers, pool, fn=decode_only))
+    frames = sum(map_groups(specs, cfg, workers, pool, fn=decode_only))
     return time.perf_counter() - t0, frames
 
 
@@ -88,7 +90,7 @@ def _backends(specs, cfg: WorkConfig) -> dict[str, Any]:
 
 def _measure(specs, videos: Path, work: Path, w: int, repeats: int) -> dict[str, Any]:
     """Best of ``repeats`` for each mode, alternating them, on one warm pool of ``w`` workers."""
-    cfg = _work_config("synth", videos, Options(workers=w))
+    cfg = work_config("synth", videos, Options(workers=w))
     pool = make_pool(w) if w > 1 else None
     dec, full = [], []
     try:
@@ -112,8 +114,6 @@ def _measure(specs, videos: Path, work: Path, w: int, repeats: int) -> dict[str,
 
 def run_bench(groups: int = 4, frames: int = 48, workers: int = 2, work_dir: Path | None = None,
               repeats: int = 3) -> dict[str, Any]:
-    from mv2mae.preprocess.adapters import scan
-
     work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="mv2mae-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     videos = _render(work, groups, frames, workers)
@@ -125,16 +125,13 @@ def run_bench(groups: int = 4, frames: int = 48, workers: int = 2, work_dir: Pat
         "cpu_count": os.cpu_count(), "repeats": repeats, "runs": runs, "workers": workers,
         "ratio": runs[str(workers)]["ratio"], "bar": BAR,
         "scaling_1_to_n": round(runs[str(workers)]["full_groups_per_s"] / runs["1"]["full_groups_per_s"], 3),
-        "backends": _backends(specs, _work_config("synth", videos, Options(workers=1))),
+        "backends": _backends(specs, work_config("synth", videos, Options(workers=1))),
         "load_average_1min": [round(load_before, 2), round(os.getloadavg()[0], 2)], "work_dir": str(work)}
     figures["passes_bar"] = figures["ratio"] >= BAR
     return figures
 
 
 def print_table(fig: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     table = Table(title=f"preprocess: {fig['groups']} groups x 3 views, 1920x1080 H.264 -> short side 160")
     for col in ("workers", "decode-only groups/s", "full groups/s", "full / decode-only", "bytes/group"):
         table.add_column(col, justify="right")

@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
+
 from mv2mae.preprocess.synth.cameras import make_rig
 from mv2mae.preprocess.synth.generate import (
     SKELETON_DIR,
@@ -63,8 +65,6 @@ def bench_size(size: tuple[int, int], groups: int, seed: int = 0) -> dict:
 
 
 def benchmark(sizes: list[tuple[int, int]], groups: list[int]) -> dict:
-    import cv2
-
     cv2.setNumThreads(1)
     rows = [bench_size(size, n) for size, n in zip(sizes, groups, strict=True)]
     return {"benchmark": "synth", "unit": "frames/s per core (CPU time incl. ffmpeg)", "rows": rows}

@@ -8,7 +8,6 @@ video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the b
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,10 @@ from mv2mae.data.sampling import (
     train_frame_indices,
 )
 from mv2mae.data.transport import RingEnds, attach
+from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.protocols import Selection, select
 from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
-from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, read_index
 
 # A stream that skips this many groups in a row cannot form samples under its protocol.
 MAX_CONSECUTIVE_SKIPS = 10_000
@@ -56,53 +56,6 @@ class ShardSplit:
     @property
     def num_classes(self) -> int:
         return len(self.index.classes)
-
-
-class MotionRows:
-    """Read-only view of ``motion.zarr``, opened lazily in the process that reads it.
-
-    Rows are located through ``GroupMeta.motion_rows`` and the grid through the stored frame size (the
-    schema's contract). A shard's whole array is read once and kept (least recently used first out,
-    within ``budget_bytes``): the training stream walks a shard's groups in order, and every zarr read
-    is a round trip through zarr's event-loop thread that costs more than the clip's decoding on a busy
-    machine (``mv2mae.shards.motion.read_motion_rows`` also re-opens the metadata per call).
-    """
-
-    def __init__(self, root: Path, source: str, index: DatasetIndex, budget_bytes: int = 256 << 20):
-        if source not in index.motion:
-            raise ContractError(f"{root}: motion source {source!r} not in the cache (has {index.motion}); "
-                                f"use another --motion or re-run preprocessing")
-        self.root, self.source, self.cell, self.budget = root, source, index.cell, budget_bytes
-        self._store = None
-        self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
-
-    def _array(self, stem: str) -> np.ndarray:
-        if stem in self._arrays:
-            self._arrays.move_to_end(stem)
-            return self._arrays[stem]
-        from mv2mae.shards.motion import open_motion
-
-        if self._store is None:
-            self._store = open_motion(self.root)
-        if stem not in self._store or self.source not in self._store[stem]:
-            raise ContractError(f"{self.root}/motion.zarr: no {self.source} rows for shard {stem}")
-        self._arrays[stem] = np.asarray(self._store[stem][self.source][...])
-        while len(self._arrays) > 1 and sum(a.nbytes for a in self._arrays.values()) > self.budget:
-            self._arrays.popitem(last=False)
-        return self._arrays[stem]
-
-    def view(self, group: GroupSample, camera: int, indices: np.ndarray) -> tuple[np.ndarray, int]:
-        """Cache rows of ``camera`` covering ``indices`` and the first frame index they start at."""
-        start = group.meta.motion_rows.get(str(camera))
-        if start is None:
-            raise ContractError(f"{group.shard}: group {group.key} has no motion rows for camera {camera}")
-        gh, gw = motion_grid(*group.meta.size, self.cell)
-        first, last = int(indices.min()), int(indices.max())
-        rows = self._array(group.stem)[start + first:start + last + 1, :gh, :gw]
-        if len(rows) != last - first + 1:
-            raise ContractError(f"{self.root}/motion.zarr/{group.stem}: rows {start + first}..{start + last} of "
-                                f"{group.key} camera {camera} are outside the array")
-        return rows, first
 
 
 # glibc's mallopt parameters: allocations below the threshold come from the heap, and up to the trim

@@ -22,7 +22,6 @@ from mv2mae.preprocess.adapters.base import (
 )
 
 NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})(?:_rgb)?\.(?:avi|mp4|mkv)$", re.IGNORECASE)
-SKELETON_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})\.skeleton$")
 
 NTU120_CLASSES = [
     "drink water", "eat meal/snack", "brushing teeth", "brushing hair", "drop", "pickup", "throw",

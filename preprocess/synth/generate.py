@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import cv2
+import ffmpeg
+import imageio_ffmpeg
 import numpy as np
 from mv2mae.preprocess.synth import render
 from mv2mae.preprocess.synth.actions import ACTIONS, FPS, perform
@@ -29,6 +31,7 @@ from mv2mae.preprocess.synth.skeleton import (
     make_body,
     place,
 )
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 VIDEO_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"
@@ -104,15 +107,6 @@ def group_key(setup: int, subject: int, replication: int, action: int) -> str:
     return f"S{setup:03d}P{subject:03d}R{replication:03d}A{action:03d}"
 
 
-def parse_group_key(key: str) -> tuple[int, int, int, int]:
-    """``'S001P002R001A013'`` -> (setup, subject, replication, action)."""
-    m = re.fullmatch(r"S(\d{3})P(\d{3})R(\d{3})A(\d{3})", key)
-    if m is None:
-        raise ValueError(f"{key!r} is not a group key SsssPpppRrrrAaaa")
-    s, p, r, a = (int(g) for g in m.groups())
-    return s, p, r, a
-
-
 def video_stem(setup: int, camera: int, subject: int, replication: int, action: int) -> str:
     return f"S{setup:03d}C{camera:03d}P{subject:03d}R{replication:03d}A{action:03d}"
 
@@ -177,16 +171,7 @@ def render_frames(cfg: SynthConfig, plan: GroupPlan, camera: Camera, world_frame
         yield render.add_noise(frame, plan.noise[camera.id][t], plan.light.noise_sigma) if noise else frame
 
 
-def render_world_frame(cfg: SynthConfig, plan: GroupPlan, camera_id: int, t: int, **flags: bool) -> np.ndarray:
-    """Re-render world frame ``t`` as camera ``camera_id`` saw it (before encoding)."""
-    camera = make_rig(cfg.cameras, cfg.size)[camera_id - 1]
-    return next(render_frames(cfg, plan, camera, [t], **flags))
-
-
 def _open_encoder(path: Path, cfg: SynthConfig):
-    import ffmpeg
-    import imageio_ffmpeg
-
     width, height = cfg.size
     stream = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="bgr24", s=f"{width}x{height}", framerate=FPS)
     stream = stream.output(str(path), format="avi", vcodec="libx264", pix_fmt="yuv420p", r=FPS, preset=cfg.preset, crf=cfg.crf,
@@ -242,8 +227,6 @@ def skeleton_text(camera: Camera, joints: np.ndarray, body_id: int) -> str:
 
 def render_group(cfg: SynthConfig, out_dir: str, group: tuple[int, int, int, int]) -> tuple[str, dict, int]:
     """Render, encode and describe one group; returns (key, ground-truth entry, frames written)."""
-    import cv2
-
     cv2.setNumThreads(1)
     plan = plan_group(cfg, *group)
     out = Path(out_dir)
@@ -273,8 +256,6 @@ def all_groups(cfg: SynthConfig) -> list[tuple[int, int, int, int]]:
 
 
 def _run(cfg: SynthConfig, out_dir: Path, workers: int, progress: bool) -> tuple[dict, int]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     groups = all_groups(cfg)
     entries, frames = {}, 0
     columns = [TextColumn("synth"), BarColumn(), MofNCompleteColumn(), TextColumn("videos"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 JOINT_NAMES = [
@@ -77,8 +78,6 @@ def _cloth(rng: np.random.Generator) -> tuple[int, int, int]:
     sat = int(rng.integers(60, 230))
     val = int(rng.integers(70, 230))
     bgr = np.array([[[hue, sat, val]]], np.uint8)
-    import cv2  # local: keeps the kinematics importable without OpenCV
-
     b, g, r = cv2.cvtColor(bgr, cv2.COLOR_HSV2BGR)[0, 0]
     return int(b), int(g), int(r)
 
