@@ -8,6 +8,7 @@ video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the b
 
 from __future__ import annotations
 
+import ctypes
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from mv2mae.data.sampling import (
     train_frame_indices,
 )
 from mv2mae.data.transport import RingEnds, attach
+from mv2mae.shards.motion import open_motion
 from mv2mae.shards.protocols import Selection, select
 from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, motion_grid, read_index
@@ -80,8 +82,6 @@ class MotionRows:
         if stem in self._arrays:
             self._arrays.move_to_end(stem)
             return self._arrays[stem]
-        from mv2mae.shards.motion import open_motion
-
         if self._store is None:
             self._store = open_motion(self.root)
         if stem not in self._store or self.source not in self._store[stem]:
@@ -116,8 +116,6 @@ def _keep_freed_memory() -> None:
     glibc may serve by mmap and unmap on free, so a two-view sample re-faulted ~270 zeroed pages (~0.5 ms
     of ~11 ms measured per sample). Served from a heap that keeps what was freed, the same pages come
     back. A no-op outside glibc."""
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
