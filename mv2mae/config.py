@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from mv2mae.data.config import DataConfig
 from mv2mae.model.config import ModelConfig
 
 STAGES = ("pretrain", "finetune")
@@ -38,32 +39,6 @@ ALIASES = {"steps": "schedule.steps", "batch_size": "optim.batch_size", "seed": 
 
 class ConfigError(ValueError):
     """A preset, override or saved config that does not describe a valid run."""
-
-
-@dataclass
-class DataConfig:
-    """Where the shards are and how clips are sampled from them (geometry itself is in ``model``)."""
-
-    root: str = ""  # preprocessed dataset directory (``--data``)
-    protocol: str = "synth_xview"
-    stride: int = 4  # temporal stride between sampled frames
-    num_sources: int = 1  # source views per pretraining sample (K)
-    source_policy: str = "random"  # random | adjacent | fixed
-    fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
-    motion: str = "framediff"  # motion cache source, or "online" (from the sampled clip)
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area range
-    shared_crop: bool = False  # one crop box for every view of a sample
-    shuffle_buffer: int = 256
-    # pretraining samples per decoded group, each with new crops (1 = off, as in the paper); epochs still
-    # count samples, so an epoch then decodes 1/repeats of the groups (MAE-ST's effective epochs)
-    repeats: int = 1
-    workers: int = 2  # loader processes per rank
-    eval_clips: int = 2  # temporal clips per test video
-    eval_crops: int = 3  # spatial crops per clip
-    # where uint8 pixels become normalised floats: "worker" (loader processes), "device" (after the
-    # copy to the GPU: a quarter of the bytes through shared memory, ~12% more samples per worker),
-    # or "auto" = device on CUDA, worker on CPU
-    normalize_on: str = "auto"
 
 
 @dataclass

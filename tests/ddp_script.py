@@ -32,13 +32,14 @@ def train(run_dir: str, accum: int, batch: int) -> None:
 
 def evaluate(data: str, out: str) -> None:
     env = setup("cpu")
-    from mv2mae.eval.evaluate import EvalSettings, eval_loader, gather_rows, predict
+    from mv2mae.data.config import DataConfig
+    from mv2mae.eval.evaluate import eval_loader, gather_rows, predict
     from mv2mae.model.classifier import VideoClassifier
 
     cfg = tiny_config("finetune")
     model = VideoClassifier(cfg.model, num_classes=3).eval()
-    s = EvalSettings(root=data, protocol="synth_xview", batch_size=4, workers=1, clips=2, crops=2, stride=2)
-    rows = gather_rows(predict(model, eval_loader(cfg.model, s, env), env))
+    d = DataConfig(root=data, protocol="synth_xview", workers=1, eval_clips=2, eval_crops=2, stride=2)
+    rows = gather_rows(predict(model, eval_loader(cfg.model, d, env, batch_size=4), env))
     if env.is_main:
         Path(out).write_text(json.dumps({k: rows[k] for k in ("video_id", "key", "camera")}))
     cleanup()

@@ -10,13 +10,19 @@ from mv2mae.shards.schema import ContractError, read_index
 
 from mv2mae.data import (
     ClipGeometry,
-    SamplingConfig,
+    DataConfig,
     build_eval_loader,
     build_finetune_loader,
     build_pretrain_loader,
 )
+from mv2mae.model.config import ModelConfig
 
-GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
+MODEL = ModelConfig(frames=8, image_size=32, tubelet=2, patch=8)
+GEOM = ClipGeometry.of(MODEL, DataConfig(stride=2))
+
+
+def data(root, protocol, workers=0, **options) -> DataConfig:
+    return DataConfig(root=root, protocol=protocol, stride=2, workers=workers, **options)
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +37,7 @@ def take(loader, n):
 
 def test_pretrain_batches_follow_the_model_contract(synth_data):
     index = read_index(synth_data)
-    (batch,) = take(build_pretrain_loader(GEOM, synth_data, "synth_xview", batch_size=4, workers=0, seed=0), 1)
+    (batch,) = take(build_pretrain_loader(MODEL, data(synth_data, "synth_xview"), batch_size=4, seed=0), 1)
     assert batch["video"].shape == (4, 2, 3, GEOM.frames, GEOM.size, GEOM.size)
     assert batch["video"].dtype == torch.float32
     assert batch["motion"].shape == (4, 2, GEOM.tokens) and (batch["motion"] >= 0).all()
@@ -40,22 +46,23 @@ def test_pretrain_batches_follow_the_model_contract(synth_data):
     assert (batch["cameras"][:, 0] != batch["cameras"][:, 1]).all()  # target and source differ
     for key, label in zip(batch["key"], batch["label"].tolist(), strict=True):
         assert index.classes[label] and int(key[-3:]) - 1 == label  # NTU action id -> 0-based label
-    mean = torch.tensor(SamplingConfig().mean).view(3, 1, 1, 1)
-    std = torch.tensor(SamplingConfig().std).view(3, 1, 1, 1)
+    mean = torch.tensor(MODEL.pixel_mean).view(3, 1, 1, 1)
+    std = torch.tensor(MODEL.pixel_std).view(3, 1, 1, 1)
     pixels = batch["video"] * std + mean
     assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
 def test_short_clips_and_default_geometry_do_not_crash(synth_data):
-    geom = ClipGeometry(size=32, patch=16)  # 16 frames at stride 4 span 61 stored frames; clips hold ~20
-    (batch,) = take(build_pretrain_loader(geom, synth_data, "all", batch_size=2, workers=0, seed=1,
-                                          sampling=SamplingConfig(num_sources=2, source_policy="adjacent")), 1)
+    model = ModelConfig(image_size=32, patch=16)  # 16 frames at stride 4 span 61 stored frames; clips hold ~20
+    options = DataConfig(root=synth_data, protocol="all", workers=0, num_sources=2, source_policy="adjacent")
+    geom = ClipGeometry.of(model, options)
+    (batch,) = take(build_pretrain_loader(model, options, batch_size=2, seed=1), 1)
     assert batch["video"].shape == (2, 3, 3, 16, 32, 32) and batch["motion"].shape == (2, 3, geom.tokens)
 
 
 def test_same_seed_same_batches_other_seed_other_batches(synth_data):
     def run(seed):
-        return take(build_pretrain_loader(GEOM, synth_data, "all", batch_size=3, workers=2, seed=seed), 3)
+        return take(build_pretrain_loader(MODEL, data(synth_data, "all", workers=2), batch_size=3, seed=seed), 3)
 
     a, b, c = run(5), run(5), run(6)
     for x, y in zip(a, b, strict=True):
@@ -66,8 +73,8 @@ def test_same_seed_same_batches_other_seed_other_batches(synth_data):
 
 def test_repeated_sampling_recrops_the_frames_it_decoded_once(synth_data):
     def run(repeats):
-        (batch,) = take(build_pretrain_loader(GEOM, synth_data, "all", batch_size=6, workers=0, seed=4,
-                                              sampling=SamplingConfig(repeats=repeats, normalize=False)), 1)
+        options = data(synth_data, "all", repeats=repeats, normalize_on="device")
+        (batch,) = take(build_pretrain_loader(MODEL, options, batch_size=6, seed=4), 1)
         return batch
 
     once, twice = run(1), run(2)
@@ -79,18 +86,17 @@ def test_repeated_sampling_recrops_the_frames_it_decoded_once(synth_data):
     assert once["key"][:3] == twice["key"][0::2]  # the same groups, in the same order
     assert torch.equal(once["video"][0], twice["video"][0])  # and the first crops as without repeats
     with pytest.raises(ValueError, match="repeats must be >= 1"):
-        SamplingConfig(repeats=0)
+        DataConfig(repeats=0)
 
 
 def test_exact_pass_covers_every_group_once_across_2_ranks_x_2_workers(synth_data):
     index = read_index(synth_data)
     selection = select(index, "synth_xsub", "test")
     assert len(selection.shards) >= 2
-    sampling = SamplingConfig(eval_clips=2, eval_crops=3)
+    options = data(synth_data, "synth_xsub", workers=2, eval_clips=2, eval_crops=3)
     seen = []
     for rank in range(2):
-        loader = build_eval_loader(GEOM, synth_data, "synth_xsub", batch_size=5, workers=2, rank=rank,
-                                   world_size=2, sampling=sampling)
+        loader = build_eval_loader(MODEL, options, batch_size=5, rank=rank, world_size=2)
         for batch in loader:
             seen += list(zip(batch["video_id"], batch["clip"].tolist(), batch["crop"].tolist(), strict=True))
     expected = {(f"{k}/c{c:03d}", clip, crop) for k in selection.keys for c in selection.cameras
@@ -100,11 +106,11 @@ def test_exact_pass_covers_every_group_once_across_2_ranks_x_2_workers(synth_dat
 
 
 def test_finetune_and_eval_use_the_protocol_cameras(synth_data):
-    (batch,) = take(build_finetune_loader(GEOM, synth_data, "synth_xview", batch_size=6, workers=0, seed=0), 1)
+    (batch,) = take(build_finetune_loader(MODEL, data(synth_data, "synth_xview"), batch_size=6, seed=0), 1)
     assert batch["video"].shape == (6, 3, GEOM.frames, GEOM.size, GEOM.size)
     assert set(batch["camera"].tolist()) <= {2, 3}
-    batches = list(build_eval_loader(GEOM, synth_data, "synth_xview", batch_size=64, workers=0,
-                                     sampling=SamplingConfig(eval_clips=1, eval_crops=3)))
+    batches = list(build_eval_loader(MODEL, data(synth_data, "synth_xview", eval_clips=1, eval_crops=3),
+                                     batch_size=64))
     cams = torch.cat([b["camera"] for b in batches])
     assert set(cams.tolist()) == {1} and len(cams) == 3 * read_index(synth_data).groups
 
@@ -113,8 +119,7 @@ def test_cache_and_online_motion_agree_in_rank(synth_data):
     from scipy.stats import spearmanr
 
     def motion(source):
-        loader = build_pretrain_loader(GEOM, synth_data, "all", batch_size=8, workers=0, seed=3,
-                                       sampling=SamplingConfig(motion=source))
+        loader = build_pretrain_loader(MODEL, data(synth_data, "all", motion=source), batch_size=8, seed=3)
         return torch.cat([b["motion"] for b in take(loader, 3)]).flatten(0, 1).numpy()
 
     cached, online = motion("framediff"), motion("online")
@@ -126,10 +131,9 @@ def test_cache_and_online_motion_agree_in_rank(synth_data):
 
 def test_bad_requests_fail_clearly(synth_data):
     with pytest.raises(ContractError, match="motion source 'flow' not in the cache"):
-        build_pretrain_loader(GEOM, synth_data, "all", batch_size=2, workers=0, seed=0,
-                              sampling=SamplingConfig(motion="flow")).dataset.__iter__().__next__()
+        build_pretrain_loader(MODEL, data(synth_data, "all", motion="flow"), batch_size=2,
+                              seed=0).dataset.__iter__().__next__()
     with pytest.raises(ContractError, match=r"allows cameras \[2, 3\]; pretraining needs 3 views"):
-        build_pretrain_loader(GEOM, synth_data, "synth_xview", batch_size=2, workers=0, seed=0,
-                              sampling=SamplingConfig(num_sources=2))
+        build_pretrain_loader(MODEL, data(synth_data, "synth_xview", num_sources=2), batch_size=2, seed=0)
     with pytest.raises(ContractError, match="protocol ntu60_xsub is for ntu60 data"):
-        build_pretrain_loader(GEOM, synth_data, "ntu60_xsub", batch_size=2, workers=0, seed=0)
+        build_pretrain_loader(MODEL, data(synth_data, "ntu60_xsub"), batch_size=2, seed=0)

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from mv2mae.preprocess.motion import framediff_grid
 
-from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.config import ConfigError, RunConfig, load_config
+from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
 from mv2mae.data.sampling import (
     choose_views,
@@ -13,8 +14,9 @@ from mv2mae.data.sampling import (
     random_resized_box,
     train_frame_indices,
 )
+from mv2mae.model.config import ModelConfig
 
-GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
+GEOM = ClipGeometry.of(ModelConfig(frames=8, image_size=32, tubelet=2, patch=8), DataConfig(stride=2))
 
 
 @pytest.mark.parametrize("num_frames", [1, 2, 5, 14, 15, 16, 40])
@@ -36,21 +38,21 @@ def test_views_follow_the_policy_and_the_allowed_cameras():
     rng = np.random.default_rng(1)
     cams = [1, 2, 3, 4, 5]
     for _ in range(50):
-        views = choose_views(cams, SamplingConfig(num_sources=2), rng)
+        views = choose_views(cams, DataConfig(num_sources=2), rng)
         assert len(set(views)) == 3 and set(views) <= set(cams)
-        target, source = choose_views(cams, SamplingConfig(source_policy="adjacent"), rng)
+        target, source = choose_views(cams, DataConfig(source_policy="adjacent"), rng)
         assert abs(target - source) == 1
-    fixed = SamplingConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
+    fixed = DataConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
     assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
-    assert choose_views([2], SamplingConfig(), rng) is None
+    assert choose_views([2], DataConfig(), rng) is None
     with pytest.raises(ValueError, match="fixed_pairs"):
-        SamplingConfig(source_policy="fixed", fixed_pairs=[[1, 2, 3]])
+        DataConfig(source_policy="fixed", fixed_pairs=[[1, 2, 3]])
 
 
 def test_crop_boxes_lie_inside_the_frame():
     rng = np.random.default_rng(2)
     for _ in range(200):
-        x0, y0, x1, y1 = random_resized_box(96, 72, SamplingConfig(crop_scale=(0.1, 1.0)), rng)
+        x0, y0, x1, y1 = random_resized_box(96, 72, DataConfig(crop_scale=(0.1, 1.0)), rng)
         assert 0 <= x0 < x1 <= 96 and 0 <= y0 < y1 <= 72
     assert eval_boxes(96, 72, 3) == [(0, 0, 72, 72), (12, 0, 84, 72), (24, 0, 96, 72)]
     assert eval_boxes(72, 96, 1) == [(0, 12, 72, 84)]
@@ -79,7 +81,7 @@ def test_moving_square_has_the_highest_weights_after_any_crop():
     clip, corners = moving_square_clip()
     rows = framediff_grid(clip, cell=8)
     rng = np.random.default_rng(3)
-    cfg = SamplingConfig(crop_scale=(0.2, 1.0))
+    cfg = DataConfig(crop_scale=(0.2, 1.0))
     checked = 0
     for _ in range(60):
         idx = train_frame_indices(len(clip), GEOM, rng)
@@ -124,15 +126,36 @@ def test_cache_and_online_motion_agree_in_rank_on_the_square():
     assert cached[np.argmax(online)] >= np.quantile(cached, 0.9)  # the most-moving token agrees
 
 
-def test_configs_come_from_the_model_and_run_configs():
-    from mv2mae.config import DataConfig
-    from mv2mae.model.config import ModelConfig
-
-    geom = ClipGeometry.from_model_config(ModelConfig(frames=8, image_size=64, tubelet=2, patch=16), stride=3)
+def test_geometry_comes_from_the_model_config_and_the_data_stride():
+    model = ModelConfig(frames=8, image_size=64, tubelet=2, patch=16)
+    geom = ClipGeometry.of(model, DataConfig(stride=3))
     assert (geom.frames, geom.stride, geom.size, geom.tubelet, geom.patch) == (8, 3, 64, 2, 16)
-    assert geom.tokens == ModelConfig(frames=8, image_size=64, tubelet=2, patch=16).num_tokens
-    data = DataConfig(num_sources=2, source_policy="adjacent", motion="online", shared_crop=True, eval_clips=4)
-    cfg = SamplingConfig.from_data_config(data)
-    assert (cfg.num_sources, cfg.source_policy, cfg.motion, cfg.shared_crop, cfg.eval_clips) == (
-        2, "adjacent", "online", True, 4)
-    assert tuple(cfg.crop_scale) == tuple(data.crop_scale)
+    assert geom.tokens == model.num_tokens
+
+
+def test_the_run_config_data_section_is_the_loaders_data_config():
+    cfg = load_config("tiny", "pretrain", ["data.num_sources=2", "data.source_policy=adjacent", "data.motion=online",
+                                           "data.shared_crop=true", "data.eval_clips=4"])
+    assert type(cfg.data) is DataConfig
+    assert (cfg.data.num_sources, cfg.data.source_policy, cfg.data.motion, cfg.data.shared_crop,
+            cfg.data.eval_clips, cfg.data.views) == (2, "adjacent", "online", True, 4, 3)
+    assert RunConfig.from_dict(cfg.to_dict()).data == cfg.data  # a checkpoint's saved run_config loads back
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("repeats", 0, "repeats must be >= 1"), ("motion", "optical", "motion 'optical' not in"),
+    ("normalize_on", "gpu", "normalize_on must be auto, worker or device"),
+    ("source_policy", "fixed", "fixed_pairs"), ("stride", 0, "stride"),
+])
+def test_invalid_data_options_are_config_errors_naming_the_section(name, value, message):
+    with pytest.raises(ConfigError, match=f"data: .*{message}"):
+        load_config("tiny", "pretrain", [f"data.{name}={value}"])
+    with pytest.raises(ValueError, match=message):  # the same check guards a DataConfig built in code
+        DataConfig(**{name: value})
+
+
+def test_normalisation_happens_in_the_workers_unless_the_device_takes_it():
+    assert DataConfig(normalize_on="auto").normalizes_in_worker("cpu")
+    assert not DataConfig(normalize_on="auto").normalizes_in_worker("cuda")
+    assert DataConfig(normalize_on="worker").normalizes_in_worker("cuda")
+    assert not DataConfig(normalize_on="device").normalizes_in_worker("cpu")

@@ -8,10 +8,11 @@ import pytest
 import torch
 from fixtures_data import session_synth_data
 
-from mv2mae.data import ClipGeometry, SamplingConfig, build_eval_loader, build_pretrain_loader
+from mv2mae.data import DataConfig, build_eval_loader, build_pretrain_loader
 from mv2mae.data.transport import BatchRing, Lease, _WorkerBuffers
+from mv2mae.model.config import ModelConfig
 
-GEOM = ClipGeometry(frames=8, stride=2, size=32, tubelet=2, patch=8)
+MODEL = ModelConfig(frames=8, image_size=32, tubelet=2, patch=8)
 TENSORS = ("video", "motion", "cameras", "label")
 
 
@@ -21,8 +22,9 @@ def synth_data(tmp_path_factory):
 
 
 def loader(synth_data, reuse, normalize=False):
-    return build_pretrain_loader(GEOM, synth_data, "all", batch_size=3, workers=2, seed=11, reuse_buffers=reuse,
-                                 sampling=SamplingConfig(normalize=normalize))
+    options = DataConfig(root=synth_data, protocol="all", stride=2, workers=2,
+                         normalize_on="worker" if normalize else "device")
+    return build_pretrain_loader(MODEL, options, batch_size=3, seed=11, reuse_buffers=reuse)
 
 
 def copies(batch):
@@ -98,7 +100,8 @@ def test_breaking_out_and_iterating_again_keeps_the_buffers_going_round(synth_da
 
 def test_the_exact_evaluation_pass_with_reused_buffers(synth_data):
     def ids(reuse):
-        batches = build_eval_loader(GEOM, synth_data, "synth_xview", batch_size=7, workers=2, reuse_buffers=reuse)
+        options = DataConfig(root=synth_data, protocol="synth_xview", stride=2, workers=2)
+        batches = build_eval_loader(MODEL, options, batch_size=7, reuse_buffers=reuse)
         out = []
         for batch in batches:  # the last batch of each worker is partial: a second buffer shape
             columns = batch["video_id"], batch["clip"].tolist(), batch["crop"].tolist(), batch["video"]
@@ -141,8 +144,8 @@ def test_a_worker_outliving_the_main_side_of_its_ring_just_stops_reading():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="page-locked memory needs CUDA")
 def test_pinning_a_lease_copies_and_releases(synth_data):
-    batches = build_pretrain_loader(GEOM, synth_data, "all", batch_size=3, workers=2, seed=11, pin_memory=True,
-                                    sampling=SamplingConfig(normalize=False))
+    options = DataConfig(root=synth_data, protocol="all", stride=2, workers=2, normalize_on="device")
+    batches = build_pretrain_loader(MODEL, options, batch_size=3, seed=11, pin_memory=True)
     seen, kept = stream(batches, 12, lambda i: i % 2 == 0)
     reference, _ = stream(loader(synth_data, reuse=False), 12, lambda i: False)
     for i, batch in kept.items():

@@ -18,6 +18,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset
 
-from mv2mae.data import ClipGeometry, SamplingConfig, build_pretrain_loader
+from mv2mae.data import ClipGeometry, DataConfig, build_pretrain_loader
 from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
 from mv2mae.data.motion import online_token_motion
 from mv2mae.data.sampling import choose_views, random_resized_box, train_frame_indices
@@ -77,7 +78,7 @@ def _bytes(folder: Path, pattern: str) -> int:
 class RawVideoClips(IterableDataset):
     """The VideoMAE-style baseline: every sample decodes its views from the raw videos."""
 
-    def __init__(self, raw: Path, geom: ClipGeometry, sampling: SamplingConfig, seed: int):
+    def __init__(self, raw: Path, geom: ClipGeometry, sampling: DataConfig, seed: int):
         super().__init__()
         groups: dict[str, dict[int, str]] = defaultdict(dict)
         for path in sorted(raw.rglob("*_rgb.avi")):
@@ -238,24 +239,25 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
               gpu_samples_per_s: float = 0.0, model_json: Path | None = None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     data = prepare(work, raw_size, groups, workers)
-    geom, sampling = ClipGeometry(), SamplingConfig()
-    shard_loader = build_pretrain_loader(geom, data["shards"], "all", batch_size=BATCH, workers=workers, seed=0,
-                                         sampling=sampling)
+    model = ModelConfig()  # the default geometry: 16 frames of 128 pixels, stride 4
+    sampling = DataConfig(root=data["shards"], protocol="all", workers=workers, normalize_on="worker")
+    geom = ClipGeometry.of(model, sampling)
+    shard_loader = build_pretrain_loader(model, sampling, batch_size=BATCH, seed=0)
     shards = measure(shard_loader, seconds, workers)
     del shard_loader
     # The same stream handing uint8 video to the device, which normalises it (``normalize_video``).
-    uint8_loader = build_pretrain_loader(geom, data["shards"], "all", batch_size=BATCH, workers=workers, seed=0,
-                                         sampling=SamplingConfig(normalize=False))
+    uint8_loader = build_pretrain_loader(model, replace(sampling, normalize_on="device"), batch_size=BATCH, seed=0)
     shards_uint8 = measure(uint8_loader, seconds, workers)
     del uint8_loader
     # Repeated sampling (``data.repeats``, off by default): two crops of every group decoded.
-    repeat_loader = build_pretrain_loader(geom, data["shards"], "all", batch_size=BATCH, workers=workers, seed=0,
-                                          sampling=SamplingConfig(normalize=False, repeats=REPEATS))
+    repeat_loader = build_pretrain_loader(model, replace(sampling, normalize_on="device", repeats=REPEATS),
+                                          batch_size=BATCH, seed=0)
     shards_repeats = measure(repeat_loader, seconds, workers)
     del repeat_loader
     raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, sampling, seed=0), batch_size=BATCH,
                             num_workers=workers, persistent_workers=workers > 0,
-                            collate_fn=partial(collate_clips, mean=sampling.mean, std=sampling.std, normalize=True))
+                            collate_fn=partial(collate_clips, mean=model.pixel_mean, std=model.pixel_std,
+                                               normalize=True))
     raw = measure(raw_loader, seconds, workers)
     del raw_loader
     floor = decode_floor(Path(data["shards"]), sampling.views * geom.frames)

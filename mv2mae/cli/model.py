@@ -78,6 +78,7 @@ def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, 
     import numpy as np
     import torch
 
+    from mv2mae.data.decode import normalize_video, to_video_tensor
     from mv2mae.model.checkpoint import load_checkpoint, load_encoder
 
     ckpt = load_checkpoint(checkpoint)
@@ -86,11 +87,9 @@ def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, 
     encoder, cfg = load_encoder(ckpt, frames=frames, image_size=size)
     encoder = encoder.to(device).eval()
     rgb = read_video_clips(video, frames, stride, size, clips)  # [clips, T, H, W, 3]
-    x = torch.from_numpy(rgb).to(device).float().div_(255).permute(0, 4, 1, 2, 3)
-    mean = torch.tensor(cfg.pixel_mean, device=device).view(1, -1, 1, 1, 1)
-    std = torch.tensor(cfg.pixel_std, device=device).view(1, -1, 1, 1, 1)
+    x = normalize_video(to_video_tensor(rgb).to(device), cfg.pixel_mean, cfg.pixel_std)  # as the loaders do
     with torch.inference_mode():
-        tokens = encoder((x - mean) / std)
+        tokens = encoder(x)
     feats = tokens.mean(dim=1) if pool else tokens
     return feats.float().cpu().numpy().astype(np.float32)
 

@@ -172,7 +172,7 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.evaluate import load_classifier, settings_from_checkpoint, write_results
+    from mv2mae.eval.evaluate import data_from_checkpoint, load_classifier, write_results
     from mv2mae.shards.schema import read_index
     from mv2mae.train.distributed import cleanup, setup
 
@@ -180,15 +180,15 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
     try:
         env = setup(device)
         model, ckpt = load_classifier(checkpoint, env.device)
-        s = settings_from_checkpoint(ckpt, str(data) if data else None, protocol, split=split, clips=clips,
-                                     crops=crops, batch_size=batch_size, workers=workers)
+        d = data_from_checkpoint(ckpt, str(data) if data else None, protocol, eval_clips=clips, eval_crops=crops,
+                                 workers=workers)
         from mv2mae.eval.evaluate import evaluate
 
-        results = evaluate(model, s, env, read_index(s.root).classes)
+        results = evaluate(model, d, env, read_index(d.root).classes, split=split, batch_size=batch_size)
         if env.is_main:
-            out = out or checkpoint.parent.parent / f"eval-{s.protocol}"
+            out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
             path, png = write_results(results, out)
-            _print_results(results, f"{checkpoint} on {s.protocol}/{s.split}")
+            _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
             typer.echo(f"results: {path}  confusion matrix: {png}")
     except _known_errors() as e:
         _fail(str(e))
@@ -201,7 +201,7 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
     import json
 
-    from mv2mae.eval.evaluate import settings_from_checkpoint
+    from mv2mae.eval.evaluate import data_from_checkpoint
     from mv2mae.eval.probe import load_feature_model, run_probe
     from mv2mae.model.checkpoint import load_checkpoint
     from mv2mae.shards.schema import read_index
@@ -211,16 +211,16 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
     try:
         env = setup(device)
         model = load_feature_model(checkpoint, env.device)
-        s = settings_from_checkpoint(load_checkpoint(checkpoint), str(data) if data else None, protocol,
-                                     clips=clips, crops=crops, batch_size=batch_size, workers=workers)
-        classes = read_index(s.root).classes
-        results = run_probe(model, s, env, method, len(classes))
+        d = data_from_checkpoint(load_checkpoint(checkpoint), str(data) if data else None, protocol,
+                                 eval_clips=clips, eval_crops=crops, workers=workers)
+        classes = read_index(d.root).classes
+        results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)
         results["classes"] = classes
         if env.is_main:
-            out = out or checkpoint.parent.parent / f"probe-{method}-{s.protocol}"
+            out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
             out.mkdir(parents=True, exist_ok=True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
-            _print_results(results, f"{method} probe of {checkpoint} on {s.protocol}")
+            _print_results(results, f"{method} probe of {checkpoint} on {d.protocol}")
             typer.echo(f"results: {out / 'results.json'}")
     except _known_errors() as e:
         _fail(str(e))

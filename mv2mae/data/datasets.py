@@ -8,6 +8,7 @@ video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the b
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
 from mv2mae.data.motion import cache_token_motion, online_token_motion
 from mv2mae.data.sampling import (
@@ -69,8 +70,6 @@ def _keep_freed_memory() -> None:
     glibc may serve by mmap and unmap on free, so a two-view sample re-faulted ~270 zeroed pages (~0.5 ms
     of ~11 ms measured per sample). Served from a heap that keeps what was freed, the same pages come
     back. A no-op outside glibc."""
-    import ctypes
-
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
@@ -80,10 +79,10 @@ def _keep_freed_memory() -> None:
 
 
 class ClipDataset(IterableDataset):
-    def __init__(self, split: ShardSplit, geom: ClipGeometry, sampling: SamplingConfig, *, seed: int = 0,
+    def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
         super().__init__()
-        self.split, self.geom, self.sampling = split, geom, sampling
+        self.split, self.geom, self.data = split, geom, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self._epoch = -1
@@ -106,7 +105,7 @@ class ClipDataset(IterableDataset):
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
                             seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
-                            shuffle_buffer=self.sampling.shuffle_buffer, plan=plan)
+                            shuffle_buffer=self.data.shuffle_buffer, plan=plan)
 
     def _planner(self, choose):
         """A reader plan from ``choose(meta) -> (cameras, frame indices) | None``; raises when a long run of
@@ -134,17 +133,17 @@ class PretrainClips(ClipDataset):
     """Infinite stream of ``{"video": [V, C, T, H, W], "motion": [V, N], "cameras": [V], "label", "key"}``
     with view 0 the target and views 1..K the sources, all at the same stored-frame indices."""
 
-    def __init__(self, split: ShardSplit, geom: ClipGeometry, sampling: SamplingConfig, **kwargs):
-        super().__init__(split, geom, sampling, **kwargs)
+    def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, **kwargs):
+        super().__init__(split, geom, data, **kwargs)
         cams = split.selection.cameras
-        if len(cams) < sampling.views:
+        if len(cams) < data.views:
             raise ContractError(f"{split.root}: protocol {split.selection.protocol} {split.selection.split} allows "
-                                f"cameras {cams}; pretraining needs {sampling.views} views (1 target + "
-                                f"{sampling.num_sources} source(s))")
+                                f"cameras {cams}; pretraining needs {data.views} views (1 target + "
+                                f"{data.num_sources} source(s))")
 
     def __iter__(self) -> Iterator[dict]:
         plan_rng, crop_rng = self._start()
-        cfg, geom, allowed = self.sampling, self.geom, self.split.selection.cameras
+        cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
         motion = None
         if cfg.motion in ("framediff", "flow"):
             motion = MotionRows(self.split.root, cfg.motion, self.split.index)
@@ -161,7 +160,7 @@ class PretrainClips(ClipDataset):
 
     def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
                 decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
-        cfg, geom = self.sampling, self.geom
+        cfg, geom = self.data, self.geom
         width, height = group.meta.size
         shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
         channels = decoded[0][int(indices[0])].shape[2]
@@ -199,7 +198,7 @@ class FinetuneClips(ClipDataset):
         for group in self._train_stream(self._planner(choose)):
             (cam,), indices = group.plan
             width, height = group.meta.size
-            box = random_resized_box(width, height, self.sampling, crop_rng)
+            box = random_resized_box(width, height, self.data, crop_rng)
             clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
             yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
 
@@ -211,7 +210,7 @@ class EvalClips(ClipDataset):
 
     def __iter__(self) -> Iterator[dict]:
         self._start()
-        cfg, geom, allowed = self.sampling, self.geom, self.split.selection.cameras
+        cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
 
         def choose(meta: GroupMeta):
             cams = [c for c in meta.cameras if c in allowed]

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mv2mae.data.config import ClipGeometry, SamplingConfig
+from mv2mae.data.config import ClipGeometry, DataConfig
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in stored-frame pixels, end exclusive
 
@@ -49,7 +49,7 @@ def eval_frame_indices(num_frames: int, geom: ClipGeometry, clips: int) -> list[
     return [_clip_at(int(round(s)), num_frames, geom) for s in starts]
 
 
-def choose_views(available: Sequence[int], cfg: SamplingConfig, rng: np.random.Generator) -> list[int] | None:
+def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Generator) -> list[int] | None:
     """``[target, *sources]`` camera ids drawn from ``available`` by the configured policy.
 
     ``available`` is already the intersection of the group's cameras and the protocol's allowed ones;
@@ -71,7 +71,7 @@ def choose_views(available: Sequence[int], cfg: SamplingConfig, rng: np.random.G
     return [target] + [others[i] for i in np.argsort(dist)[: cfg.num_sources]]
 
 
-def random_resized_box(width: int, height: int, cfg: SamplingConfig, rng: np.random.Generator) -> Box:
+def random_resized_box(width: int, height: int, cfg: DataConfig, rng: np.random.Generator) -> Box:
     """A random area/aspect crop box (torchvision's RandomResizedCrop rule), integer pixels."""
     area = width * height
     lo, hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import collections
 import math
+import multiprocessing
 import os
 import struct
 import threading
@@ -95,8 +96,6 @@ class BatchRing:
     the buffers handed out to the consumer without a copy."""
 
     def __init__(self, workers: int, slots: int):
-        import multiprocessing
-
         self.id = uuid.uuid4().hex
         pipes = [multiprocessing.Pipe(duplex=False) for _ in range(workers)]
         self.ends = RingEnds(ring=self.id, readers=tuple(r for r, _ in pipes), slots=slots)

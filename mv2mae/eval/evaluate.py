@@ -7,7 +7,7 @@ import contextlib
 import json
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +16,19 @@ import torch
 from torch import nn
 
 from mv2mae.config import RunConfig
+from mv2mae.data.config import DataConfig
+from mv2mae.data.loaders import build_eval_loader
 from mv2mae.eval.metrics import aggregate
 from mv2mae.model.checkpoint import CheckpointError, config_of, load_checkpoint, load_state_strict
 from mv2mae.model.classifier import VideoClassifier
+from mv2mae.model.config import ModelConfig
 from mv2mae.train.distributed import DistEnv, gather_objects
 
 RESULTS_FILE = "results.json"
 CONFUSION_FILE = "confusion.png"
 
 
-@dataclass
-class EvalSettings:
-    root: str
-    protocol: str
-    split: str = "test"
-    batch_size: int = 16
-    workers: int = 2
-    clips: int = 2
-    crops: int = 3
-    stride: int = 4
+EVAL_BATCH = 16  # clips per evaluation batch (``--batch-size``)
 
 
 def load_classifier(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -48,29 +42,25 @@ def load_classifier(path: str | Path, device: torch.device) -> tuple[nn.Module, 
     return model.to(device).eval(), ckpt
 
 
-def settings_from_checkpoint(ckpt: dict[str, Any], root: str | None, protocol: str | None, **overrides: Any) -> EvalSettings:
-    """Data root, protocol and test sampling default to those the checkpoint was trained with."""
-    run = RunConfig.from_dict(ckpt["run_config"]) if "run_config" in ckpt else None
-    data = run.data if run else None
-    values = dict(root=root or (data.root if data else ""), protocol=protocol or (data.protocol if data else ""))
-    if data:
-        values.update(clips=data.eval_clips, crops=data.eval_crops, stride=data.stride, workers=data.workers)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    if not values["root"] or not values["protocol"]:
+def data_from_checkpoint(ckpt: dict[str, Any], root: str | None = None, protocol: str | None = None,
+                         **overrides: Any) -> DataConfig:
+    """The checkpoint's own ``data`` section (root, protocol, stride, test clips × crops, workers), so a model
+    is tested the way it was trained; arguments that are not None override it (``eval_clips=…``)."""
+    data = RunConfig.from_dict(ckpt["run_config"]).data if "run_config" in ckpt else DataConfig(protocol="")
+    changes = {k: v for k, v in dict(root=root, protocol=protocol, **overrides).items() if v is not None}
+    data = replace(data, **changes)
+    if not data.root or not data.protocol:
         raise ValueError("the checkpoint does not name its dataset: pass --data DIR and --protocol NAME")
-    return EvalSettings(**values)
+    return data
 
 
-def eval_loader(model_cfg: Any, s: EvalSettings, env: DistEnv, split: str | None = None) -> Iterable[dict]:
-    from mv2mae.data.config import ClipGeometry, SamplingConfig
-    from mv2mae.data.loaders import build_eval_loader
-
-    geom = ClipGeometry.from_model_config(model_cfg, stride=s.stride)
-    sampling = SamplingConfig(eval_clips=s.clips, eval_crops=s.crops, motion="none", mean=model_cfg.pixel_mean,
-                              std=model_cfg.pixel_std)
-    return build_eval_loader(geom, s.root, s.protocol, split or s.split, batch_size=s.batch_size, workers=s.workers,
-                             rank=env.rank, world_size=env.world_size, sampling=sampling,
-                             pin_memory=env.device.type == "cuda")
+def eval_loader(model_cfg: ModelConfig, data: DataConfig, env: DistEnv, split: str = "test",
+                batch_size: int = EVAL_BATCH) -> Iterable[dict]:
+    """The exact pass over ``split`` (this rank's share). Whatever the run's ``normalize_on``, the workers
+    normalise: :func:`predict` feeds batches to the model as they come. Test clips need no motion weights."""
+    data = replace(data, motion="none", normalize_on="worker")
+    return build_eval_loader(model_cfg, data, split, batch_size=batch_size, rank=env.rank,
+                             world_size=env.world_size, pin_memory=env.device.type == "cuda")
 
 
 @torch.no_grad()
@@ -96,15 +86,16 @@ def gather_rows(rows: dict[str, list]) -> dict[str, list]:
     return {k: [x for p in parts for x in p[k]] for k in rows}
 
 
-def evaluate(model: nn.Module, s: EvalSettings, env: DistEnv, class_names: list[str]) -> dict[str, Any]:
+def evaluate(model: nn.Module, data: DataConfig, env: DistEnv, class_names: list[str], split: str = "test",
+             batch_size: int = EVAL_BATCH) -> dict[str, Any]:
     t0 = time.perf_counter()
-    rows = gather_rows(predict(model, eval_loader(model.cfg, s, env), env))
+    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env))
     if not rows["out"]:
-        raise ValueError(f"{s.root}: protocol {s.protocol} split {s.split} produced no test clips")
+        raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no test clips")
     results = aggregate(np.asarray(rows["out"]), rows["video_id"], rows["key"], rows["camera"], rows["label"],
                         num_classes=len(class_names))
-    results.update(protocol=s.protocol, split=s.split, data=str(s.root), clips_per_video=s.clips,
-                   crops_per_clip=s.crops, classes=class_names, world_size=env.world_size,
+    results.update(protocol=data.protocol, split=split, data=str(data.root), clips_per_video=data.eval_clips,
+                   crops_per_clip=data.eval_crops, classes=class_names, world_size=env.world_size,
                    seconds=time.perf_counter() - t0)
     return results
 
@@ -119,7 +110,7 @@ def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
 
 
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:
-    import matplotlib
+    import matplotlib  # imported here: slow to import, and only pictures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mv2mae.eval.evaluate import EvalSettings, eval_loader, gather_rows, predict
+from mv2mae.data.config import DataConfig
+from mv2mae.eval.evaluate import EVAL_BATCH, eval_loader, gather_rows, predict
 from mv2mae.eval.metrics import aggregate
 from mv2mae.model.checkpoint import load_encoder
 from mv2mae.train.distributed import DistEnv
@@ -34,10 +35,11 @@ class PooledEncoder(nn.Module):
         return self.encoder(video).mean(dim=1)
 
 
-def video_features(model: nn.Module, s: EvalSettings, env: DistEnv, split: str) -> dict[str, Any]:
-    rows = gather_rows(predict(model, eval_loader(model.cfg, s, env, split), env, features=True))
+def video_features(model: nn.Module, data: DataConfig, env: DistEnv, split: str,
+                   batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env, features=True))
     if not rows["out"]:
-        raise ValueError(f"{s.root}: protocol {s.protocol} split {split} produced no clips")
+        raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no clips")
     feats = np.asarray(rows["out"], dtype=np.float32)
     order: dict[str, list[int]] = {}
     for i, vid in enumerate(rows["video_id"]):
@@ -81,18 +83,20 @@ def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     return votes / votes.sum(dim=1, keepdim=True)
 
 
-def run_probe(model: nn.Module, s: EvalSettings, env: DistEnv, method: str, num_classes: int,
-              train_settings: EvalSettings | None = None) -> dict[str, Any]:
+def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, method: str, num_classes: int,
+              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+    """Fit on one clip and crop per train video (``eval_clips = eval_crops = 1``: features are cheap to
+    fit but slow to extract), score on the test split with the full clips × crops."""
     if method not in METHODS:
         raise ValueError(f"probe method {method!r} must be one of {METHODS}")
-    train = video_features(model, train_settings or replace(s, clips=1, crops=1), env, "train")
-    test = video_features(model, s, env, s.split)
+    train = video_features(model, replace(data, eval_clips=1, eval_crops=1), env, "train", batch_size)
+    test = video_features(model, data, env, "test", batch_size)
     tr_x, te_x = standardise(train["x"], test["x"])
     tr_y = torch.from_numpy(train["label"]).long()
     probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
              else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
     results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
-    results.update(method=method, protocol=s.protocol, train_videos=len(train["video_id"]),
+    results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
                    test_videos=len(test["video_id"]))
     return results
 

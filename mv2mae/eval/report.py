@@ -11,12 +11,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from mv2mae.config import RunConfig
 from mv2mae.train.logs import read_log
 
 
 def plot_losses(records: list[dict[str, Any]], keys: list[str], path: Path, title: str) -> Path:
-    import matplotlib
+    import matplotlib  # imported here: slow to import, and only pictures need it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -70,8 +72,6 @@ def _timings(path: Path | None) -> list[str]:
 
 
 def _run_summary(run: Path) -> tuple[RunConfig | None, list[dict[str, Any]]]:
-    import yaml
-
     cfg_path = run / "config.yaml"
     cfg = RunConfig.from_dict(yaml.safe_load(cfg_path.read_text())) if cfg_path.is_file() else None
     return cfg, read_log(run)

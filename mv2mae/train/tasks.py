@@ -9,6 +9,7 @@ A task builds its model and turns one batch on the device into a loss (``train_s
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from mv2mae.config import RunConfig
-from mv2mae.data.config import ClipGeometry, SamplingConfig
 from mv2mae.data.datasets import ShardSplit
 from mv2mae.data.decode import normalize_video
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
@@ -38,14 +38,9 @@ class ShardSource:
         if not cfg.data.root:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
-        self.geom = ClipGeometry.from_model_config(cfg.model, stride=cfg.data.stride)
-        if cfg.data.normalize_on not in ("auto", "worker", "device"):
-            raise ValueError(f"data.normalize_on must be auto, worker or device, got {cfg.data.normalize_on!r}")
-        on_device = cfg.data.normalize_on == "device" or (cfg.data.normalize_on == "auto"
-                                                          and env.device.type == "cuda")
-        # the loader normalises with the model's declared pixel statistics (``denormalise`` undoes them)
-        self.sampling = SamplingConfig.from_data_config(cfg.data, normalize=not on_device, mean=cfg.model.pixel_mean,
-                                                        std=cfg.model.pixel_std)
+        # "auto" resolved for this device: the loader's workers normalise, or leave uint8 to ``prepare``
+        worker = cfg.data.normalizes_in_worker(env.device.type)
+        self.data = replace(cfg.data, normalize_on="worker" if worker else "device")
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
 
     @property
@@ -65,7 +60,7 @@ class ShardSource:
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
         if batch["video"].dtype == torch.uint8:
-            batch["video"] = normalize_video(batch["video"], self.sampling.mean, self.sampling.std)
+            batch["video"] = normalize_video(batch["video"], self.cfg.model.pixel_mean, self.cfg.model.pixel_std)
         return batch
 
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
@@ -74,10 +69,8 @@ class ShardSource:
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
         build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
-        loader = build(self.geom, self.cfg.data.root, self.cfg.data.protocol, "train",
-                       batch_size=self.cfg.optim.batch_size, workers=self.cfg.data.workers, seed=seed,
-                       rank=self.env.rank, world_size=self.env.world_size, sampling=self.sampling,
-                       pin_memory=self.env.device.type == "cuda")
+        loader = build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
+                       rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda")
         it = iter(loader)
         for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
             next(it)
