@@ -202,7 +202,7 @@ def test_embed_matches_encoder_on_the_same_pixels(tmp_path):
     model = MV2MAE(cfg).eval()
     save_model_state(tmp_path / "ck.pt", model, cfg)
     write_video(tmp_path / "clip.avi", frames=FRAMES, size=(SIZE, SIZE))
-    from mv2mae.cli.model import embed_video, read_video_clips
+    from mv2mae.eval.embed import embed_video, read_video_clips
 
     feats = embed_video(tmp_path / "ck.pt", tmp_path / "clip.avi", None, 1, None, 1, True, "cpu")
     rgb = torch.from_numpy(read_video_clips(tmp_path / "clip.avi", FRAMES, 1, SIZE, 1)).float() / 255

@@ -59,8 +59,11 @@ def _clashing_cwd(tmp_path: Path) -> Path:
     return tmp_path
 
 
-IMPORT_ALL = ("import mv2mae.preprocess.pipeline, mv2mae.preprocess.adapters, mv2mae.shards.reader, "
-              "mv2mae.tools.verify, mv2mae.cli; import mv2mae; print(mv2mae.__file__)")
+# imports one module of each installed folder and prints where each came from, one per line
+IMPORT_ALL = ("import importlib\n"
+              "for name in ('mv2mae', 'mv2mae.preprocess.pipeline', 'mv2mae.preprocess.adapters', "
+              "'mv2mae.shards.reader', 'mv2mae.tools.verify', 'mv2mae.cli'):\n"
+              "    print(importlib.import_module(name).__file__)")
 
 
 def test_installed_wheel_imports_beside_user_folders_of_the_same_names(wheel, tmp_path):
@@ -71,13 +74,15 @@ def test_installed_wheel_imports_beside_user_folders_of_the_same_names(wheel, tm
     env = {**os.environ, "PYTHONPATH": str(target)}
     out = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=cwd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.strip()).is_relative_to(target)  # the wheel's copy, not the repository's
+    files = [Path(line) for line in out.stdout.split()]
+    assert len(files) == 6 and all(f.is_relative_to(target) for f in files), files  # the wheel's, not the repo's
 
 
 def test_editable_install_imports_beside_user_folders_of_the_same_names(tmp_path):
     cwd = _clashing_cwd(tmp_path)
     out = subprocess.run([sys.executable, "-c", IMPORT_ALL], cwd=cwd, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+    assert all(Path(line).is_relative_to(REPO) for line in out.stdout.split()), out.stdout
     help_out = subprocess.run([sys.executable, "-m", "mv2mae.cli", "preprocess", "--help"], cwd=cwd,
                               capture_output=True, text=True)
     assert help_out.returncode == 0 and "--root" in help_out.stdout, help_out.stderr

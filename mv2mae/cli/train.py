@@ -5,29 +5,44 @@ Every verb runs unchanged under ``torchrun`` (one process per GPU, or gloo proce
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
+
+from mv2mae.cli.errors import reported, write_json
+
+if TYPE_CHECKING:
+    from mv2mae.train.distributed import DistEnv
 
 CONFIG_HELP = "Preset name (tiny, ntu60_xsub, …) or a YAML file. Optional with --resume (the run's own config)."
 SET_HELP = "Override a config key: --set steps=200 --set optim.base_lr=1e-3 (repeatable)."
 RESUME_HELP = "'auto' (newest checkpoint in --out, or a fresh start) or a checkpoint path."
 
 
-def _fail(message: str) -> None:
-    from rich.console import Console
-
-    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _known_errors() -> tuple[type[BaseException], ...]:
+def _run_errors() -> tuple[type[BaseException], ...]:
+    """What a run raises that the user can act on (imported when a command runs: torch stays out of
+    ``--help``)."""
     from mv2mae.config import ConfigError
     from mv2mae.model.checkpoint import CheckpointError
     from mv2mae.shards.schema import ContractError
     from mv2mae.train.loop import TrainingStopped
 
     return (ConfigError, ContractError, CheckpointError, TrainingStopped, ValueError, FileNotFoundError)
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[DistEnv]:
+    """This process's device (and, under torchrun, its process group), torn down however the block ends."""
+    from mv2mae.train.distributed import cleanup, setup
+
+    env = setup(device)
+    try:
+        yield env
+    finally:
+        cleanup()
 
 
 def _resolve_config(stage: str, config: str | None, sets: list[str], out: Path, resume: str | None):
@@ -57,12 +72,10 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
          init: Path | None) -> None:
     import dataclasses
 
-    from mv2mae.train.distributed import cleanup, setup
     from mv2mae.train.loop import Trainer
     from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource, finetune_model_config
 
-    env = None
-    try:
+    with reported(*_run_errors()):
         _check_fresh(out, resume)
         cfg = _resolve_config(stage, config, sets, out, resume)
         if data is not None:
@@ -73,160 +86,133 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
             model_cfg, notes = finetune_model_config(cfg, init_path)
             cfg = dataclasses.replace(cfg, model=model_cfg,
                                       finetune=dataclasses.replace(cfg.finetune, init=init_path))
-        env = setup(cfg.loop.device)
-        source = ShardSource(cfg, env, stage)
-        if stage == "pretrain":
-            task = PretrainTask(cfg, init=str(init) if init else "")
-        else:
-            task = FinetuneTask(cfg, cfg.finetune.num_classes or source.num_classes)
-        trainer = Trainer(cfg, task, source, out, env, resume=resume)
-        if env.is_main:
-            for note in notes:
-                typer.echo(f"note: {note}", err=True)
-        summary = trainer.fit()
-        if env.is_main:
-            typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
-                       f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
-    except _known_errors() as e:
-        _fail(str(e))
-    finally:
-        if env is not None:
-            cleanup()
+        with _process_group(cfg.loop.device) as env:
+            source = ShardSource(cfg, env, stage)
+            if stage == "pretrain":
+                task = PretrainTask(cfg, init=str(init) if init else "")
+            else:
+                task = FinetuneTask(cfg, cfg.finetune.num_classes or source.num_classes)
+            trainer = Trainer(cfg, task, source, out, env, resume=resume)
+            if env.is_main:
+                for note in notes:
+                    typer.echo(f"note: {note}", err=True)
+            summary = trainer.fit()
+            if env.is_main:
+                typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
+                           f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
 
 
-def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
-    @app.command()
-    def pretrain(
-        config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-        data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
-        out: Path = typer.Option(..., "--out", help="Run directory (logs, checkpoints, pictures)."),
-        sets: list[str] = typer.Option([], "--set", help=SET_HELP),
-        resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-        init: Path = typer.Option(None, "--init", help="Start from this checkpoint's weights (e.g. a converted VideoMAE)."),
-    ) -> None:
-        """Self-supervised MV2MAE pretraining (self-view + cross-view reconstruction)."""
-        _run("pretrain", config, data, out, sets, resume, init)
+def pretrain(
+    config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
+    out: Path = typer.Option(..., "--out", help="Run directory (logs, checkpoints, pictures)."),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+    init: Path = typer.Option(None, "--init", help="Start from this checkpoint's weights (e.g. a converted VideoMAE)."),
+) -> None:
+    """Self-supervised MV2MAE pretraining (self-view + cross-view reconstruction)."""
+    _run("pretrain", config, data, out, sets, resume, init)
 
-    @app.command()
-    def finetune(
-        config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
-        data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
-        init: Path = typer.Option(None, "--init", help="Pretraining checkpoint whose encoder starts the classifier."),
-        out: Path = typer.Option(..., "--out", help="Run directory."),
-        sets: list[str] = typer.Option([], "--set", help=SET_HELP),
-        resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
-    ) -> None:
-        """Supervised finetuning of the encoder with a classification head."""
-        _run("finetune", config, data, out, sets, resume, init)
+def finetune(
+    config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
+    data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
+    init: Path = typer.Option(None, "--init", help="Pretraining checkpoint whose encoder starts the classifier."),
+    out: Path = typer.Option(..., "--out", help="Run directory."),
+    sets: list[str] = typer.Option([], "--set", help=SET_HELP),
+    resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+) -> None:
+    """Supervised finetuning of the encoder with a classification head."""
+    _run("finetune", config, data, out, sets, resume, init)
 
-    @app.command("eval")
-    def eval_(
-        checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
-        data: Path = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on)."),
-        protocol: str = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on)."),
-        split: str = typer.Option("test", "--split"),
-        out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
-        clips: int = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips)."),
-        crops: int = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops)."),
-        batch_size: int = typer.Option(16, "--batch-size"),
-        workers: int = typer.Option(None, "--workers"),
-        device: str = typer.Option("auto", "--device"),
-    ) -> None:
-        """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
-        _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
+def eval_(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
+    data: Path = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on)."),
+    protocol: str = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on)."),
+    split: str = typer.Option("test", "--split"),
+    out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
+    clips: int = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips)."),
+    crops: int = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops)."),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    workers: int = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
+    _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
 
-    @app.command()
-    def probe(
-        checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
-        data: Path = typer.Option(None, "--data"),
-        protocol: str = typer.Option(None, "--protocol"),
-        method: str = typer.Option("knn", "--method", help="linear | knn"),
-        out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
-        clips: int = typer.Option(None, "--clips"),
-        crops: int = typer.Option(None, "--crops"),
-        batch_size: int = typer.Option(16, "--batch-size"),
-        workers: int = typer.Option(None, "--workers"),
-        device: str = typer.Option("auto", "--device"),
-    ) -> None:
-        """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
-        _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
+def probe(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
+    data: Path = typer.Option(None, "--data"),
+    protocol: str = typer.Option(None, "--protocol"),
+    method: str = typer.Option("knn", "--method", help="linear | knn"),
+    out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
+    clips: int = typer.Option(None, "--clips"),
+    crops: int = typer.Option(None, "--crops"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    workers: int = typer.Option(None, "--workers"),
+    device: str = typer.Option("auto", "--device"),
+) -> None:
+    """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
+    _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
 
-    @app.command()
-    def report(
-        pretrain_run: Path = typer.Option(..., "--pretrain", help="Pretraining run directory."),
-        finetune_run: Path = typer.Option(..., "--finetune", help="Finetuning run directory."),
-        eval_dir: Path = typer.Option(..., "--eval", help="Directory holding results.json and confusion.png."),
-        out: Path = typer.Option(..., "--out", help="Markdown report to write (pictures go beside it)."),
-        timings: Path = typer.Option(None, "--timings", help="'stage seconds' lines (written by make demo)."),
-        probe_dir: list[Path] = typer.Option([], "--probe", help="Probe result directories to include."),
-    ) -> None:
-        """Write a Markdown report: loss curves, a reconstruction, accuracy per camera and fused."""
-        from mv2mae.eval.report import write_report
+def report(
+    pretrain_run: Path = typer.Option(..., "--pretrain", help="Pretraining run directory."),
+    finetune_run: Path = typer.Option(..., "--finetune", help="Finetuning run directory."),
+    eval_dir: Path = typer.Option(..., "--eval", help="Directory holding results.json and confusion.png."),
+    out: Path = typer.Option(..., "--out", help="Markdown report to write (pictures go beside it)."),
+    timings: Path = typer.Option(None, "--timings", help="'stage seconds' lines (written by make demo)."),
+    probe_dir: list[Path] = typer.Option([], "--probe", help="Probe result directories to include."),
+) -> None:
+    """Write a Markdown report: loss curves, a reconstruction, accuracy per camera and fused."""
+    from mv2mae.eval.report import write_report
 
-        try:
-            path = write_report(pretrain_run, finetune_run, eval_dir, out, timings, probe_dir)
-        except (FileNotFoundError, ValueError, KeyError) as e:
-            _fail(f"report: {e}")
-        typer.echo(f"report written to {path}")
+    with reported(FileNotFoundError, ValueError, KeyError):
+        path = write_report(pretrain_run, finetune_run, eval_dir, out, timings, probe_dir)
+    typer.echo(f"report written to {path}")
+
+
+def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int | None, crops: int | None,
+               workers: int | None):
+    """The checkpoint's own data settings (dataset, protocol, stride, test clips × crops), overridden by the
+    options the user gave."""
+    from mv2mae.eval.evaluate import data_from_checkpoint
+
+    return data_from_checkpoint(ckpt, str(data) if data else None, protocol, eval_clips=clips, eval_crops=crops,
+                                workers=workers)
 
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.evaluate import data_from_checkpoint, load_classifier, write_results
+    from mv2mae.eval.evaluate import evaluate, load_classifier, write_results
     from mv2mae.shards.schema import read_index
-    from mv2mae.train.distributed import cleanup, setup
 
-    env = None
-    try:
-        env = setup(device)
+    with reported(*_run_errors()), _process_group(device) as env:
         model, ckpt = load_classifier(checkpoint, env.device)
-        d = data_from_checkpoint(ckpt, str(data) if data else None, protocol, eval_clips=clips, eval_crops=crops,
-                                 workers=workers)
-        from mv2mae.eval.evaluate import evaluate
-
+        d = _test_data(ckpt, data, protocol, clips, crops, workers)
         results = evaluate(model, d, env, read_index(d.root).classes, split=split, batch_size=batch_size)
         if env.is_main:
             out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
             path, png = write_results(results, out)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
             typer.echo(f"results: {path}  confusion matrix: {png}")
-    except _known_errors() as e:
-        _fail(str(e))
-    finally:
-        if env is not None:
-            cleanup()
 
 
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    import json
-
-    from mv2mae.eval.evaluate import data_from_checkpoint
     from mv2mae.eval.probe import load_feature_model, run_probe
     from mv2mae.model.checkpoint import load_checkpoint
     from mv2mae.shards.schema import read_index
-    from mv2mae.train.distributed import cleanup, setup
 
-    env = None
-    try:
-        env = setup(device)
+    with reported(*_run_errors()), _process_group(device) as env:
         model = load_feature_model(checkpoint, env.device)
-        d = data_from_checkpoint(load_checkpoint(checkpoint), str(data) if data else None, protocol,
-                                 eval_clips=clips, eval_crops=crops, workers=workers)
+        d = _test_data(load_checkpoint(checkpoint), data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
         results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)
         results["classes"] = classes
         if env.is_main:
             out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
+            write_json(out / "results.json", results)
             _print_results(results, f"{method} probe of {checkpoint} on {d.protocol}")
             typer.echo(f"results: {out / 'results.json'}")
-    except _known_errors() as e:
-        _fail(str(e))
-    finally:
-        if env is not None:
-            cleanup()
 
 
 def _print_results(results: dict, title: str) -> None:
@@ -244,3 +230,11 @@ def _print_results(results: dict, title: str) -> None:
                   f"{100 * results['fused']['top5']:.1f}")
     table.add_row("chance", "", f"{100 * results['chance_top1']:.1f}", "")
     Console().print(table)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
+    app.command("pretrain")(pretrain)
+    app.command("finetune")(finetune)
+    app.command("eval")(eval_)
+    app.command("probe")(probe)
+    app.command("report")(report)

@@ -1,0 +1,78 @@
+"""Features of a raw video file from a frozen encoder: what ``mv2mae embed`` computes.
+
+The video is decoded with OpenCV, clips are sampled evenly over it, each frame is resized on its short
+side and centre-cropped, and pixels are normalised exactly as the loaders do
+(:func:`mv2mae.data.decode.normalize_video` with the checkpoint's statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from mv2mae.data.decode import normalize_video, to_video_tensor
+from mv2mae.model.checkpoint import load_checkpoint, load_encoder
+
+
+def clip_starts(total: int, span: int, clips: int) -> list[int]:
+    """Evenly spaced clip starts over the video (all at 0 when it is shorter than one clip)."""
+    room = max(total - span, 0)
+    if clips == 1:
+        return [room // 2]
+    return [round(i * room / (clips - 1)) for i in range(clips)]
+
+
+def read_video_clips(path: Path, frames: int, stride: int, size: int, clips: int) -> np.ndarray:
+    """Decode ``clips`` clips of ``frames`` frames (every ``stride``-th) -> uint8 [clips, T, size, size, 3] RGB,
+    short side resized to ``size`` and centre-cropped. Short videos repeat their last frame; only the
+    sampled frames are kept in memory (the others are skipped with ``grab``)."""
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError(f"{path}: cannot open video (missing file or unsupported format)")
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+    if total <= 0:
+        cap.release()
+        raise ValueError(f"{path}: the container reports no frame count; re-encode it (e.g. to mp4)")
+    span = (frames - 1) * stride + 1
+    wanted = [[min(start + i * stride, total - 1) for i in range(frames)] for start in clip_starts(total, span, clips)]
+    needed, kept = set(sum(wanted, [])), {}
+    for index in range(max(needed) + 1):
+        if not cap.grab():
+            break  # the header over-counted: later indices reuse the last decoded frame
+        if index in needed:
+            ok, image = cap.retrieve()
+            if ok:
+                kept[index] = _square(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), size)
+    cap.release()
+    if not kept:
+        raise ValueError(f"{path}: no decodable frames")
+    fallback = kept[max(kept)]
+    return np.stack([np.stack([kept.get(i, fallback) for i in clip]) for clip in wanted])
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    scale = size / min(h, w)
+    resized = cv2.resize(image, (max(size, round(w * scale)), max(size, round(h * scale))),
+                         interpolation=cv2.INTER_AREA)
+    top, left = (resized.shape[0] - size) // 2, (resized.shape[1] - size) // 2
+    return resized[top:top + size, left:left + size]
+
+
+def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, size: int | None, clips: int,
+                pool: bool, device: str) -> np.ndarray:
+    """Features of ``clips`` clips of a video from the frozen encoder: [clips, D] (or [clips, N, D])."""
+    ckpt = load_checkpoint(checkpoint)
+    saved = ckpt["config"]
+    frames, size = frames or saved["frames"], size or saved["image_size"]
+    encoder, cfg = load_encoder(ckpt, frames=frames, image_size=size)
+    encoder = encoder.to(device).eval()
+    rgb = read_video_clips(video, frames, stride, size, clips)  # [clips, T, H, W, 3]
+    x = normalize_video(to_video_tensor(rgb).to(device), cfg.pixel_mean, cfg.pixel_std)  # as the loaders do
+    with torch.inference_mode():
+        tokens = encoder(x)
+    feats = tokens.mean(dim=1) if pool else tokens
+    return feats.float().cpu().numpy().astype(np.float32)
