@@ -11,6 +11,7 @@ from mv2mae.model.checkpoint import (
     init_classifier,
     init_mv2mae,
     load_checkpoint,
+    load_classifier,
     load_encoder,
     load_mv2mae,
     save_model_state,
@@ -33,6 +34,17 @@ def pretrained(tmp_path):
     model = MV2MAE(cfg)
     path = save_model_state(tmp_path / "pre.pt", model, cfg, step=7)
     return model, cfg, path
+
+
+def test_finetuned_classifier_rebuilds_exactly_and_a_pretraining_checkpoint_is_refused_by_name(pretrained, tmp_path):
+    _, cfg, pre_path = pretrained
+    clf = VideoClassifier(cfg, num_classes=5)
+    path = save_model_state(tmp_path / "clf.pt", clf, cfg)
+    rebuilt = load_classifier(path)
+    assert rebuilt.head.weight.shape[0] == 5
+    assert all(torch.equal(v, rebuilt.state_dict()[k]) for k, v in clf.state_dict().items())
+    with pytest.raises(CheckpointError, match=rf"{pre_path}: not a finetuned classifier"):
+        load_classifier(pre_path)
 
 
 def test_round_trip_is_exact(pretrained):

@@ -182,11 +182,13 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.evaluate import evaluate, load_classifier, write_results
+    from mv2mae.eval.evaluate import evaluate, write_results
+    from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env:
-        model, ckpt = load_classifier(checkpoint, env.device)
+        ckpt = load_checkpoint(checkpoint)
+        model = load_classifier(ckpt, str(checkpoint)).to(env.device).eval()
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         results = evaluate(model, d, env, read_index(d.root).classes, split=split, batch_size=batch_size)
         if env.is_main:

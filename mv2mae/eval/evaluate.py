@@ -19,8 +19,6 @@ from mv2mae.config import RunConfig
 from mv2mae.data.config import DataConfig
 from mv2mae.data.loaders import build_eval_loader
 from mv2mae.eval.metrics import aggregate
-from mv2mae.model.checkpoint import CheckpointError, config_of, load_checkpoint, load_state_strict
-from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.train.distributed import DistEnv, gather_objects
 
@@ -29,17 +27,6 @@ CONFUSION_FILE = "confusion.png"
 
 
 EVAL_BATCH = 16  # clips per evaluation batch (``--batch-size``)
-
-
-def load_classifier(path: str | Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
-    """A :class:`VideoClassifier` strictly rebuilt from a finetuning checkpoint, in eval mode."""
-    ckpt = load_checkpoint(path)
-    if "head.weight" not in ckpt["model"]:
-        raise CheckpointError(f"{path}: not a finetuned classifier (no head.weight); evaluate a finetune "
-                              f"checkpoint, or use `mv2mae probe` on a pretraining one")
-    model = VideoClassifier(config_of(ckpt), num_classes=int(ckpt["model"]["head.weight"].shape[0]))
-    load_state_strict(model, ckpt["model"], str(path))
-    return model.to(device).eval(), ckpt
 
 
 def data_from_checkpoint(ckpt: dict[str, Any], root: str | None = None, protocol: str | None = None,

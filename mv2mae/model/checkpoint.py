@@ -134,10 +134,10 @@ def encoder_state(state: dict[str, torch.Tensor], source: str) -> dict[str, torc
     return out
 
 
-def _read(ckpt: dict[str, Any] | str | Path) -> tuple[dict[str, Any], str]:
+def _read(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint") -> tuple[dict[str, Any], str]:
     """A checkpoint (read if given as a path) and its name for error messages."""
     if isinstance(ckpt, dict):
-        return ckpt, "checkpoint"
+        return ckpt, source
     return load_checkpoint(ckpt), str(ckpt)
 
 
@@ -169,6 +169,17 @@ def init_classifier(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig, num_
     ckpt, source = _read(ckpt)
     model = VideoClassifier(fit_config(ckpt, wanted, source), num_classes, **classifier_args)
     load_state_strict(model.encoder, encoder_state(ckpt["model"], source), source)
+    return model
+
+
+def load_classifier(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint") -> VideoClassifier:
+    """Rebuild a finetuned :class:`VideoClassifier` (encoder and head) strictly from its checkpoint."""
+    ckpt, source = _read(ckpt, source)
+    if "head.weight" not in ckpt["model"]:
+        raise CheckpointError(f"{source}: not a finetuned classifier (no head.weight); evaluate a finetune "
+                              f"checkpoint, or use `mv2mae probe` on a pretraining one")
+    model = VideoClassifier(fit_config(ckpt, source=source), num_classes=int(ckpt["model"]["head.weight"].shape[0]))
+    load_state_strict(model, ckpt["model"], source)
     return model
 
 
