@@ -15,6 +15,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+
 from mv2mae.preprocess import align as align_mod
 from mv2mae.preprocess import motion as motion_mod
 from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource

@@ -28,6 +28,9 @@ from typing import Any
 
 import cv2
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
 from mv2mae.preprocess.adapters import AdapterOptions, GroupSpec, Scan
 from mv2mae.preprocess.adapters import scan as scan_dataset
 from mv2mae.preprocess.crop import Geometry
@@ -47,8 +50,6 @@ from mv2mae.shards.schema import (
     write_index,
 )
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.text import Text
 
 STATE_DIR = ".state"
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")

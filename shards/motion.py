@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
+
 from mv2mae.shards.schema import MOTION_STORE, ContractError, DatasetIndex, motion_grid
 
 if TYPE_CHECKING:  # the reader pulls in webdataset and torch, which the preprocessing processes never need

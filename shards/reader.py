@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch.utils.data
 import webdataset as wds
+
 from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
 from mv2mae.shards.tarindex import GroupTable, shard_groups
 

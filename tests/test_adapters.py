@@ -12,12 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shard_helpers import group_metas
+
 from mv2mae.preprocess.adapters import AdapterError, AdapterOptions, scan
 from mv2mae.preprocess.decode import ffmpeg_exe
 from mv2mae.preprocess.pipeline import run
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import read_index
-from shard_helpers import group_metas
 
 
 def _video(path: Path, frames: int, size: str = "64x48", seed: int = 0) -> Path:
@@ -100,6 +101,7 @@ def test_person_box_is_a_square_inside_the_frame():
 def _image_folder(folder: Path, frames: int, seed: int) -> None:
     """N-UCLA's per-frame layout: frame_NNN_tc_TTTTTT_rgb.jpg plus depth/skeleton distractors."""
     import cv2
+
     from mv2mae.preprocess.crop import full_box
     from mv2mae.preprocess.decode import DecodeRequest, decode, probe
 

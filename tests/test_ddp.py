@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from fixtures_data import session_synth_data
+
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import read_index
-
 from mv2mae.train.logs import read_log
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")

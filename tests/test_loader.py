@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 import torch
 from fixtures_data import session_synth_data
-from mv2mae.shards.protocols import select
-from mv2mae.shards.schema import ContractError, read_index
 
 from mv2mae.data import (
     ClipGeometry,
@@ -16,6 +14,8 @@ from mv2mae.data import (
     build_pretrain_loader,
 )
 from mv2mae.model.config import ModelConfig
+from mv2mae.shards.protocols import select
+from mv2mae.shards.schema import ContractError, read_index
 
 MODEL = ModelConfig(frames=8, image_size=32, tubelet=2, patch=8)
 GEOM = ClipGeometry.of(MODEL, DataConfig(stride=2))

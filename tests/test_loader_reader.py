@@ -7,6 +7,8 @@ import cv2
 import numpy as np
 import pytest
 from fixtures_data import session_synth_data
+
+from mv2mae.data.decode import crop_resize, decode_frames
 from mv2mae.shards.reader import (
     GroupSample,
     balanced_assignment,
@@ -16,8 +18,6 @@ from mv2mae.shards.reader import (
 )
 from mv2mae.shards.schema import ContractError, GroupMeta, read_index, split_member
 from mv2mae.shards.tarindex import iter_tar
-
-from mv2mae.data.decode import crop_resize, decode_frames
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-from mv2mae.preprocess.motion import framediff_grid
 
 from mv2mae.config import ConfigError, RunConfig, load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
@@ -15,6 +14,7 @@ from mv2mae.data.sampling import (
     train_frame_indices,
 )
 from mv2mae.model.config import ModelConfig
+from mv2mae.preprocess.motion import framediff_grid
 
 GEOM = ClipGeometry.of(ModelConfig(frames=8, image_size=32, tubelet=2, patch=8), DataConfig(stride=2))
 

@@ -16,7 +16,7 @@ from mv2mae.model.checkpoint import (
     load_mv2mae,
     save_model_state,
 )
-from mv2mae.model.flops import classifier_step_flops, pretrain_forward_flops, pretrain_step_flops
+from mv2mae.model.flops import pretrain_forward_flops, pretrain_step_flops
 
 torch.set_num_threads(2)
 
@@ -138,7 +138,6 @@ def test_analytic_flops_scale_as_expected():
     params = sum(p.numel() for p in MV2MAE(cfg).encoder.blocks.parameters())
     assert one["encoder"] == pytest.approx(2 * params * cfg.num_visible, rel=0.1)
     assert pretrain_step_flops(cfg, 2, 4) == 3 * 4 * two["total"]
-    assert classifier_step_flops(cfg, 1) > 3 * one["encoder"]  # all 512 tokens vs 154
 
 
 def test_mv2mae_initialised_from_full_or_encoder_only_checkpoints(pretrained, tmp_path):

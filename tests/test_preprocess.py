@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+
 from mv2mae.preprocess.pipeline import run
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
@@ -127,6 +128,7 @@ def test_motion_cache_rows_match_metadata(prepared):
 def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
     """Motion is computed from the frames before JPEG: at quality 100 it matches the decoded members."""
     import cv2
+
     from mv2mae.preprocess.motion import framediff_grid
 
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1, jpeg_quality=100)

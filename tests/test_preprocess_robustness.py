@@ -9,9 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from shard_helpers import group_metas
+
 from mv2mae.preprocess.decode import ffmpeg_exe
 from mv2mae.shards.schema import read_index
-from shard_helpers import group_metas
 
 VID = "nturgb+d_rgb"
 

@@ -7,6 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import zarr
+
 from mv2mae.preprocess.align import align, best_lag
 from mv2mae.preprocess.crop import center_box, stored_size
 from mv2mae.preprocess.motion import cell_means, framediff_grid, pixel_framediff

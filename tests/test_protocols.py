@@ -1,6 +1,7 @@
 """Protocols select whole shards and the right cameras, and fail clearly when they cannot apply."""
 
 import pytest
+
 from mv2mae.shards.protocols import NTU60_XSUB_TRAIN, NTU120_XSUB_TRAIN, PROTOCOLS, ProtocolError, select
 from mv2mae.shards.schema import DatasetIndex, ShardEntry
 

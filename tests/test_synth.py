@@ -10,14 +10,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from typer.testing import CliRunner
+
+from mv2mae.cli import app
 from mv2mae.preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
 from mv2mae.preprocess.synth.actions import ACTIONS, perform
 from mv2mae.preprocess.synth.cameras import make_rig
 from mv2mae.preprocess.synth.generate import plan_group, render_frames
 from mv2mae.preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
-from typer.testing import CliRunner
-
-from mv2mae.cli import app
 
 NTU_NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})_rgb\.avi$")
 TINY = dict(classes=4, cameras=3, subjects=1, replications=2, setups=1, frames=(24, 32), size=(160, 120), seed=7)

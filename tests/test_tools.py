@@ -6,10 +6,10 @@ import shutil
 import cv2
 import pytest
 from fixtures_data import session_synth_data
-from mv2mae.shards.schema import read_index
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.shards.schema import read_index
 
 runner = CliRunner()
 
@@ -50,8 +50,9 @@ def test_show_writes_a_montage_and_an_animation(synth_data, tmp_path):
     assert img is not None and img.shape[1] > img.shape[0] > 200  # 3 camera rows × 6 time columns
     res = invoke("show", synth_data, key, "--out", tmp_path / "m.gif")
     assert res.exit_code == 0, res.output
-    from mv2mae.tools.shardio import read_group
     from PIL import Image
+
+    from mv2mae.tools.shardio import read_group
 
     with Image.open(tmp_path / "m.gif") as gif:
         assert gif.n_frames == read_group(synth_data, index, key).meta.frames

@@ -44,9 +44,8 @@ def test_loaders_normalise_with_the_model_pixel_statistics(synth_data):
 
 
 def test_every_preset_names_a_protocol_that_exists():
-    from mv2mae.shards.protocols import PROTOCOLS
-
     from mv2mae.config import preset_names
+    from mv2mae.shards.protocols import PROTOCOLS
 
     for name in preset_names():
         stage = "finetune"  # every preset has a finetuning stage; transfer presets have no pretraining one

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import FAILURES_FILE, MOTION_STORE, read_index, shard_stem
 from mv2mae.tools.shardio import iter_metas

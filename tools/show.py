@@ -10,11 +10,12 @@ import cv2
 import matplotlib
 import numpy as np
 from matplotlib import cm, colormaps, colors
+from PIL import Image
+
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import ContractError, DatasetIndex, read_index
 from mv2mae.tools.shardio import read_group
-from PIL import Image
 
 
 def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import (
     META_EXT,

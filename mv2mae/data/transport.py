@@ -107,13 +107,11 @@ class BatchRing:
         # shared memory of a worker whose buffers were all out — or, when pinning, every pinned copy).
         self.leases: collections.Counter[tuple[int, int, int]] = collections.Counter()
         self.unleased = 0
-        self.released = 0
         self._lock = threading.Lock()
         _RINGS[self.id] = self
 
     def release(self, lease: Lease) -> None:
         with self._lock:
-            self.released += 1
             if not 0 <= lease.worker < len(self._writers):
                 return
             try:

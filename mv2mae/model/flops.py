@@ -41,10 +41,3 @@ def pretrain_forward_flops(cfg: ModelConfig, views: int) -> dict[str, float]:
 def pretrain_step_flops(cfg: ModelConfig, views: int, batch: int) -> float:
     """Forward + backward FLOPs of one pretraining step on ``batch`` multi-view samples."""
     return 3.0 * batch * pretrain_forward_flops(cfg, views)["total"]
-
-
-def classifier_step_flops(cfg: ModelConfig, batch: int) -> float:
-    """Forward + backward FLOPs of one finetuning step (all tokens, no decoders)."""
-    n = cfg.num_tokens
-    forward = 2 * n * cfg.patch_dim * cfg.embed_dim + cfg.depth * _block(n, cfg.embed_dim, cfg.mlp_ratio)
-    return 3.0 * batch * forward

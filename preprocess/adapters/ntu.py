@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+
 from mv2mae.preprocess.adapters.base import (
     AdapterError,
     AdapterOptions,

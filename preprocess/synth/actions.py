@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
 from mv2mae.preprocess.synth.skeleton import Body
 
 FPS = 30

@@ -20,6 +20,8 @@ import cv2
 import ffmpeg
 import imageio_ffmpeg
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from mv2mae.preprocess.synth import render
 from mv2mae.preprocess.synth.actions import ACTIONS, FPS, perform
 from mv2mae.preprocess.synth.cameras import Camera, facing_camera, facing_yaw, make_rig
@@ -31,7 +33,6 @@ from mv2mae.preprocess.synth.skeleton import (
     make_body,
     place,
 )
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 VIDEO_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"

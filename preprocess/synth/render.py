@@ -12,6 +12,7 @@ from functools import lru_cache
 
 import cv2
 import numpy as np
+
 from mv2mae.preprocess.synth.cameras import Camera
 from mv2mae.preprocess.synth.skeleton import BONES, JOINT_NAMES, Body
 
