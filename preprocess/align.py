@@ -16,6 +16,7 @@ import numpy as np
 
 MOVED_LEVEL = 8.0  # grey levels: a pixel "moved" when its frame difference exceeds this
 
+
 @dataclass(frozen=True)
 class Alignment:
     offsets: list[int]  # first frame used in each view (at the common fps)

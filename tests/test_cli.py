@@ -20,3 +20,11 @@ def test_console_script_help_lists_verbs():
                          check=True).stdout
     for verb in ("synth", "bench"):
         assert verb in out
+
+
+def test_an_error_message_is_printed_whole_brackets_included(tmp_path):
+    # the config error quotes "[target, 1 source(s)]", which rich would read as markup and drop
+    result = CliRunner().invoke(app, ["pretrain", "--config", "tiny", "--data", str(tmp_path), "--out",
+                                      str(tmp_path / "run"), "--set", "data.source_policy=fixed"])
+    assert result.exit_code == 1
+    assert "error:" in result.output and "fixed_pairs of [target, 1 source(s)]" in result.output

@@ -78,7 +78,7 @@ def _bytes(folder: Path, pattern: str) -> int:
 class RawVideoClips(IterableDataset):
     """The VideoMAE-style baseline: every sample decodes its views from the raw videos."""
 
-    def __init__(self, raw: Path, geom: ClipGeometry, sampling: DataConfig, seed: int):
+    def __init__(self, raw: Path, geom: ClipGeometry, data_cfg: DataConfig, seed: int):
         super().__init__()
         groups: dict[str, dict[int, str]] = defaultdict(dict)
         for path in sorted(raw.rglob("*_rgb.avi")):
@@ -86,21 +86,21 @@ class RawVideoClips(IterableDataset):
             if m:
                 groups[m.group(1) + m.group(3)][int(m.group(2))] = str(path)
         self.groups = [groups[k] for k in sorted(groups)]
-        self.geom, self.sampling, self.seed = geom, sampling, seed
+        self.geom, self.data_cfg, self.seed = geom, data_cfg, seed
 
     def __iter__(self) -> Iterator[dict]:
         cv2.setNumThreads(1)
         rng = np.random.default_rng([self.seed, current_slot().index])
         while True:
             views = self.groups[int(rng.integers(len(self.groups)))]
-            cams = choose_views(list(views), self.sampling, rng)
+            cams = choose_views(list(views), self.data_cfg, rng)
             counts = [self._count(views[c]) for c in cams]
             indices = train_frame_indices(min(counts), self.geom, rng)
             clips, motion = [], []
             for cam in cams:
                 frames = self._decode(views[cam], indices)
                 h, w = next(iter(frames.values())).shape[:2]
-                clip = crop_resize(frames, indices, random_resized_box(w, h, self.sampling, rng), self.geom.size)
+                clip = crop_resize(frames, indices, random_resized_box(w, h, self.data_cfg, rng), self.geom.size)
                 clips.append(clip)
                 motion.append(online_token_motion(clip, self.geom))
             yield {"video": to_video_tensor(np.stack(clips)),
@@ -240,34 +240,34 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
     work.mkdir(parents=True, exist_ok=True)
     data = prepare(work, raw_size, groups, workers)
     model = ModelConfig()  # the default geometry: 16 frames of 128 pixels, stride 4
-    sampling = DataConfig(root=data["shards"], protocol="all", workers=workers, normalize_on="worker")
-    geom = ClipGeometry.of(model, sampling)
-    shard_loader = build_pretrain_loader(model, sampling, batch_size=BATCH, seed=0)
+    data_cfg = DataConfig(root=data["shards"], protocol="all", workers=workers, normalize_on="worker")
+    geom = ClipGeometry.of(model, data_cfg)
+    shard_loader = build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0)
     shards = measure(shard_loader, seconds, workers)
     del shard_loader
     # The same stream handing uint8 video to the device, which normalises it (``normalize_video``).
-    uint8_loader = build_pretrain_loader(model, replace(sampling, normalize_on="device"), batch_size=BATCH, seed=0)
+    uint8_loader = build_pretrain_loader(model, replace(data_cfg, normalize_on="device"), batch_size=BATCH, seed=0)
     shards_uint8 = measure(uint8_loader, seconds, workers)
     del uint8_loader
     # Repeated sampling (``data.repeats``, off by default): two crops of every group decoded.
-    repeat_loader = build_pretrain_loader(model, replace(sampling, normalize_on="device", repeats=REPEATS),
+    repeat_loader = build_pretrain_loader(model, replace(data_cfg, normalize_on="device", repeats=REPEATS),
                                           batch_size=BATCH, seed=0)
     shards_repeats = measure(repeat_loader, seconds, workers)
     del repeat_loader
-    raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, sampling, seed=0), batch_size=BATCH,
+    raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, data_cfg, seed=0), batch_size=BATCH,
                             num_workers=workers, persistent_workers=workers > 0,
                             collate_fn=partial(collate_clips, mean=model.pixel_mean, std=model.pixel_std,
                                                normalize=True))
     raw = measure(raw_loader, seconds, workers)
     del raw_loader
-    floor = decode_floor(Path(data["shards"]), sampling.views * geom.frames)
+    floor = decode_floor(Path(data["shards"]), data_cfg.views * geom.frames)
     gpu_rate, gpu_source = gpu_demand(gpu_samples_per_s, model_json)
     per_core = shards["samples_per_cpu_s"]
     return dict(
         machine=dict(cpus=os.cpu_count(), processor=platform.processor() or platform.machine(),
                      torch=torch.__version__, opencv=cv2.__version__, load_average=list(os.getloadavg())),
-        settings=dict(workers=workers, batch=BATCH, seconds=seconds, views=sampling.views, frames=geom.frames,
-                      stride=geom.stride, size=geom.size, motion=sampling.motion, raw_size=list(raw_size),
+        settings=dict(workers=workers, batch=BATCH, seconds=seconds, views=data_cfg.views, frames=geom.frames,
+                      stride=geom.stride, size=geom.size, motion=data_cfg.motion, raw_size=list(raw_size),
                       short_side=SHORT_SIDE),
         data=data, shards=shards, shards_uint8=shards_uint8, shards_uint8_repeats=shards_repeats, raw_baseline=raw,
         jpeg_decode_floor=floor,

@@ -147,9 +147,3 @@ def print_table(fig: dict[str, Any]) -> None:
     console.print(f"best of {fig['repeats']} runs each; 1-min load average before/after: {fig['load_average_1min']}")
     console.print(f"decode + scale, 1 process: ffmpeg {b['ffmpeg']['frames_per_s']} frames/s, "
                   f"opencv {b['opencv']['frames_per_s']} frames/s -> faster: {b['faster']} (default: {b['default']})")
-
-
-def write_json(fig: dict[str, Any], path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(fig, indent=1, sort_keys=True))

@@ -113,6 +113,7 @@ def pretrain(
     """Self-supervised MV2MAE pretraining (self-view + cross-view reconstruction)."""
     _run("pretrain", config, data, out, sets, resume, init)
 
+
 def finetune(
     config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
@@ -123,6 +124,7 @@ def finetune(
 ) -> None:
     """Supervised finetuning of the encoder with a classification head."""
     _run("finetune", config, data, out, sets, resume, init)
+
 
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
@@ -139,6 +141,7 @@ def eval_(
     """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
     _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
 
+
 def probe(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
     data: Path = typer.Option(None, "--data"),
@@ -153,6 +156,7 @@ def probe(
 ) -> None:
     """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
     _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
+
 
 def report(
     pretrain_run: Path = typer.Option(..., "--pretrain", help="Pretraining run directory."),
@@ -205,8 +209,9 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env:
-        model = load_feature_model(checkpoint, env.device)
-        d = _test_data(load_checkpoint(checkpoint), data, protocol, clips, crops, workers)
+        ckpt = load_checkpoint(checkpoint)
+        model = load_feature_model(ckpt, env.device)
+        d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
         results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)
         results["classes"] = classes

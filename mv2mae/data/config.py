@@ -30,7 +30,6 @@ class DataConfig:
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
     motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range
     shared_crop: bool = False  # one crop box for every view of a sample (default: independent)
     shuffle_buffer: int = 256  # groups held by each worker's shuffle buffer
     # pretraining samples cut from each decoded group, each with new crops (and masks) of the same frames

@@ -137,6 +137,6 @@ def clip_token_motion(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Ten
 
 
 def online_token_motion(clip_uint8: np.ndarray, geom: ClipGeometry) -> np.ndarray:
-    """Paper-exact motion of one cropped clip ``[T, H, W, C]`` uint8 -> ``[N]`` (the model's definition)."""
+    """Paper-exact motion of one cropped clip ``[T, H, W, C]`` uint8 -> ``[N]`` (:func:`clip_token_motion`)."""
     clip = torch.from_numpy(np.ascontiguousarray(clip_uint8)).permute(3, 0, 1, 2).float()
     return clip_token_motion(clip, geom.tubelet, geom.patch).numpy().astype(np.float32)

@@ -13,6 +13,8 @@ import numpy as np
 
 from mv2mae.data.config import ClipGeometry, DataConfig
 
+CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range (torchvision's default)
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in stored-frame pixels, end exclusive
 
 
@@ -74,7 +76,7 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
 def random_resized_box(width: int, height: int, cfg: DataConfig, rng: np.random.Generator) -> Box:
     """A random area/aspect crop box (torchvision's RandomResizedCrop rule), integer pixels."""
     area = width * height
-    lo, hi = math.log(cfg.crop_ratio[0]), math.log(cfg.crop_ratio[1])
+    lo, hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
     for _ in range(10):
         target = area * rng.uniform(*cfg.crop_scale)
         ratio = math.exp(rng.uniform(lo, hi))

@@ -101,6 +101,6 @@ def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, method: str, num
     return results
 
 
-def load_feature_model(path: str | Path, device: torch.device) -> PooledEncoder:
-    encoder, cfg = load_encoder(path)
+def load_feature_model(ckpt: dict[str, Any] | str | Path, device: torch.device) -> PooledEncoder:
+    encoder, cfg = load_encoder(ckpt)
     return PooledEncoder(encoder, cfg).to(device).eval()

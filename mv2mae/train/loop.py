@@ -168,8 +168,10 @@ class Trainer:
             log.print(self.describe())
             if self.resumed_from:
                 log.print(f"resumed from {self.resumed_from} at step {self.step}")
+        # closing the stream ends the loader's workers, however the loop ends (an error, a stop)
         try:
-            return self._loop(self.data.batches(self.micro_batches), log)
+            with contextlib.closing(self.data.batches(self.micro_batches)) as batches:
+                return self._loop(batches, log)
         finally:
             log.close()
 
