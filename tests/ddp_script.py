@@ -15,14 +15,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import GlobalBatchSource, tiny_config  # noqa: E402
 
+from mv2mae.data.config import DataConfig  # noqa: E402
+from mv2mae.eval.evaluate import eval_loader, gather_rows, predict  # noqa: E402
+from mv2mae.model.classifier import VideoClassifier  # noqa: E402
 from mv2mae.train.distributed import cleanup, setup  # noqa: E402
+from mv2mae.train.loop import Trainer  # noqa: E402
+from mv2mae.train.tasks import PretrainTask  # noqa: E402
 
 
 def train(run_dir: str, accum: int, batch: int) -> None:
     env = setup("cpu")
-    from mv2mae.train.loop import Trainer
-    from mv2mae.train.tasks import PretrainTask
-
     cfg = tiny_config("pretrain", "steps=3", f"optim.accum_steps={accum}", f"optim.batch_size={batch}",
                       "loop.ckpt_every=100")
     source = GlobalBatchSource(cfg, rank=env.rank, world=env.world_size)
@@ -32,10 +34,6 @@ def train(run_dir: str, accum: int, batch: int) -> None:
 
 def evaluate(data: str, out: str) -> None:
     env = setup("cpu")
-    from mv2mae.data.config import DataConfig
-    from mv2mae.eval.evaluate import eval_loader, gather_rows, predict
-    from mv2mae.model.classifier import VideoClassifier
-
     cfg = tiny_config("finetune")
     model = VideoClassifier(cfg.model, num_classes=3).eval()
     d = DataConfig(root=data, protocol="synth_xview", workers=1, eval_clips=2, eval_crops=2, stride=2)

@@ -7,6 +7,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from mv2mae.preprocess.pipeline import run
+from mv2mae.preprocess.synth import generate
+
 SYNTH = dict(classes=3, cameras=3, subjects=2, replications=1, setups=2, frames=(20, 28), size=(96, 72), seed=0)
 SHORT_SIDE = 64
 
@@ -15,9 +18,6 @@ def build_synth_data(base: Path) -> Path:
     data = base / "data"
     if (data / "index.json").is_file():
         return data
-    from mv2mae.preprocess.pipeline import run
-    from mv2mae.preprocess.synth import generate
-
     raw = base / "raw"
     shutil.rmtree(raw, ignore_errors=True)
     shutil.rmtree(data, ignore_errors=True)

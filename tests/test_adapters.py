@@ -10,12 +10,15 @@ import subprocess
 import tarfile
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from shard_helpers import group_metas
 
 from mv2mae.preprocess.adapters import AdapterError, AdapterOptions, scan
-from mv2mae.preprocess.decode import ffmpeg_exe
+from mv2mae.preprocess.adapters.ntu import read_skeleton_box
+from mv2mae.preprocess.crop import full_box, person_box
+from mv2mae.preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
 from mv2mae.preprocess.pipeline import run
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import read_index
@@ -68,8 +71,6 @@ def test_ntu_naming_classes_partitions_and_skeletons(tmp_path):
 
 
 def test_ntu_skeleton_box_and_drop_missing(tmp_path):
-    from mv2mae.preprocess.adapters.ntu import read_skeleton_box
-
     for c in (1, 2, 3):
         _touch(tmp_path / "nturgb+d_rgb" / f"S001C00{c}P001R001A001_rgb.avi")
     sk = tmp_path / "nturgb+d_skeletons"
@@ -88,8 +89,6 @@ def test_ntu_skeleton_box_and_drop_missing(tmp_path):
 
 
 def test_person_box_is_a_square_inside_the_frame():
-    from mv2mae.preprocess.crop import person_box
-
     x0, y0, x1, y1 = person_box(1920, 1080, (900.0, 300.0, 1000.0, 700.0), 0.15)
     assert x1 - x0 == y1 - y0 == 520 and (x0 + x1) / 2 == 950 and (y0 + y1) / 2 == 500
     x0, y0, x1, y1 = person_box(1920, 1080, (1800.0, 0.0, 1919.0, 1079.0), 0.15)
@@ -100,11 +99,6 @@ def test_person_box_is_a_square_inside_the_frame():
 
 def _image_folder(folder: Path, frames: int, seed: int) -> None:
     """N-UCLA's per-frame layout: frame_NNN_tc_TTTTTT_rgb.jpg plus depth/skeleton distractors."""
-    import cv2
-
-    from mv2mae.preprocess.crop import full_box
-    from mv2mae.preprocess.decode import DecodeRequest, decode, probe
-
     src = _video(folder.parent / f"src{seed}.avi", frames, seed=seed)
     info = probe(src)
     rgb = decode(src, info, DecodeRequest(box=tuple(full_box(64, 48)), size=(64, 48), fps=30))
@@ -192,8 +186,6 @@ def test_pkummd2_instances_splits_end_to_end(tmp_path):
 
 def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):
     """The first stored frame of an instance is source frame ``start`` (frame-exact cutting)."""
-    import cv2
-
     _pku_tree(tmp_path)
     out = tmp_path / "out"
     run("pkummd2", tmp_path, out, size=48, workers=1, limit=2, max_lag=0, jpeg_quality=100)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ from typer.testing import CliRunner
 
 from mv2mae import interop
 from mv2mae.cli import app
+from mv2mae.eval.embed import embed_video, read_video_clips
 from mv2mae.model import MV2MAE, ModelConfig
 from mv2mae.model.checkpoint import CheckpointError, load_checkpoint, load_mv2mae, save_model_state
 
@@ -147,8 +149,6 @@ def test_convert_rejects_non_videomae_directory(tmp_path):
 
 
 def write_video(path, frames: int = 20, size: tuple[int, int] = (48, 64)) -> None:
-    import cv2
-
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (size[1], size[0]))
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (size[0], size[1], 3), dtype=np.uint8)
@@ -202,8 +202,6 @@ def test_embed_matches_encoder_on_the_same_pixels(tmp_path):
     model = MV2MAE(cfg).eval()
     save_model_state(tmp_path / "ck.pt", model, cfg)
     write_video(tmp_path / "clip.avi", frames=FRAMES, size=(SIZE, SIZE))
-    from mv2mae.eval.embed import embed_video, read_video_clips
-
     feats = embed_video(tmp_path / "ck.pt", tmp_path / "clip.avi", None, 1, None, 1, True, "cpu")
     rgb = torch.from_numpy(read_video_clips(tmp_path / "clip.avi", FRAMES, 1, SIZE, 1)).float() / 255
     x = (rgb.permute(0, 4, 1, 2, 3) - torch.tensor(cfg.pixel_mean).view(1, 3, 1, 1, 1)) / torch.tensor(

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures_data import session_synth_data
+from scipy.stats import spearmanr
 
 from mv2mae.data import (
     ClipGeometry,
@@ -116,8 +117,6 @@ def test_finetune_and_eval_use_the_protocol_cameras(synth_data):
 
 
 def test_cache_and_online_motion_agree_in_rank(synth_data):
-    from scipy.stats import spearmanr
-
     def motion(source):
         loader = build_pretrain_loader(MODEL, data(synth_data, "all", motion=source), batch_size=8, seed=3)
         return torch.cat([b["motion"] for b in take(loader, 3)]).flatten(0, 1).numpy()

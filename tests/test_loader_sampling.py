@@ -1,7 +1,9 @@
 """Pure sampling decisions and the cell-grid -> token-grid motion resampling (no shards needed)."""
 
+import cv2
 import numpy as np
 import pytest
+from scipy.stats import spearmanr
 
 from mv2mae.config import ConfigError, RunConfig, load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
@@ -108,15 +110,11 @@ def test_moving_square_has_the_highest_weights_after_any_crop():
 
 
 def test_cache_and_online_motion_agree_in_rank_on_the_square():
-    from scipy.stats import spearmanr
-
     clip, _ = moving_square_clip()
     rows = framediff_grid(clip, cell=8)
     idx = np.arange(GEOM.frames) * GEOM.stride + 3
     box = (0, 0, 96, 72)
     cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, box, (96, 72), 8, GEOM)
-    import cv2
-
     cropped = np.stack([cv2.resize(clip[i], (GEOM.size, GEOM.size), interpolation=cv2.INTER_AREA) for i in idx])
     online = online_token_motion(cropped, GEOM)
     assert online.shape == cached.shape == (GEOM.tokens,)

@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
+from timm.optim import param_groups_layer_decay
 
 from mv2mae.data.motion import clip_token_motion
 from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier, patchify, unpatchify
 from mv2mae.model.embed import build_pos_embed, sincos_3d
 from mv2mae.model.masking import sample_mask, split_indices
 from mv2mae.model.objective import (
+    denormalise,
     masked_input_clip,
     motion_weights,
     mv2mae_loss,
@@ -257,8 +259,6 @@ def test_perfect_prediction_reconstructs_the_clip():
     perfect = target.gather(2, ids_masked[..., None].expand(-1, -1, -1, cfg.patch_dim))
     clip = predictions_to_clip(perfect, ids_masked, video, cfg)
     model = MV2MAE(cfg)
-    from mv2mae.model.objective import denormalise
-
     assert torch.allclose(clip, denormalise(video, cfg).clamp(0, 1), atol=1e-4)
     wrong = predictions_to_clip(torch.zeros_like(perfect), ids_masked, video, cfg)
     assert not torch.allclose(wrong, clip, atol=1e-2)
@@ -333,8 +333,6 @@ def test_classifier_sees_every_token():
 
 
 def test_layer_decay_groups_cover_every_parameter():
-    from timm.optim import param_groups_layer_decay
-
     cfg = tiny_cfg(depth=3)
     clf = VideoClassifier(cfg, num_classes=4)
     groups = param_groups_layer_decay(clf, weight_decay=0.05, layer_decay=0.75,

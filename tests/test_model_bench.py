@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from mv2mae.bench.model import ModelBenchSettings, gpu_section, print_model_bench, run_model_bench
+from mv2mae.cli import app
 
 TINY = dict(frames=4, image_size=32, depth=1, decoder_depth=1, cross_decoder_depth=1)
 
@@ -42,8 +43,6 @@ def test_accelerator_section_runs_on_any_device():
 
 
 def test_bench_model_command_writes_json(tmp_path):
-    from mv2mae.cli import app
-
     out = tmp_path / "model.json"
     args = ["bench", "model", "--preset", "vit_tiny", "--batch", "1", "--steps", "1", "--warmup", "0",
             "--views", "1,2", "--no-hf", "--device", "cpu", "--json", str(out)]

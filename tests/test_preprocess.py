@@ -14,11 +14,17 @@ import tarfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import zarr
+from typer.testing import CliRunner
 
-from mv2mae.preprocess.pipeline import run
+from mv2mae.cli import app
+from mv2mae.preprocess.merge import MergeError, merge
+from mv2mae.preprocess.motion import framediff_grid
+from mv2mae.preprocess.pipeline import PreprocessError, run
+from mv2mae.preprocess.synth import generate
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
@@ -28,8 +34,6 @@ SIZE = 72  # stored short side = the rendered height: decoding does not rescale
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    from mv2mae.preprocess.synth import generate
-
     root = tmp_path_factory.mktemp("synth")
     generate(root, classes=3, cameras=3, subjects=3, replications=2, setups=2, frames=(40, 56), size=(96, 72),
              seed=0, workers=2, progress=False)
@@ -127,10 +131,6 @@ def test_motion_cache_rows_match_metadata(prepared):
 
 def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
     """Motion is computed from the frames before JPEG: at quality 100 it matches the decoded members."""
-    import cv2
-
-    from mv2mae.preprocess.motion import framediff_grid
-
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=1, jpeg_quality=100)
     key, (shard, meta, _) = next(iter(_metas(tmp_path).items()))
     for cam in meta.cameras:
@@ -188,8 +188,6 @@ def test_rerun_skips_finished_groups(synth_root, tmp_path):
 
 
 def test_resume_with_other_options_is_refused(synth_root, tmp_path):
-    from mv2mae.preprocess.pipeline import PreprocessError
-
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3)
     with pytest.raises(PreprocessError, match="jpeg_quality"):
         run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, jpeg_quality=50)
@@ -200,8 +198,6 @@ def test_resume_with_other_options_is_refused(synth_root, tmp_path):
 
 
 def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
-    from mv2mae.preprocess.merge import MergeError, merge
-
     whole = tmp_path / "whole"
     run("synth", synth_root, whole, size=SIZE, workers=1, limit=12)
     shared = tmp_path / "parts"
@@ -216,8 +212,6 @@ def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
 
 
 def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):
-    from mv2mae.preprocess.merge import merge
-
     for part in (0, 1):
         run("synth", synth_root, tmp_path / f"part{part}", size=SIZE, workers=1, limit=12, part=part, parts=2)
     dest = tmp_path / "merged"
@@ -267,10 +261,6 @@ def test_common_frame_rate_and_opencv_backend(synth_root, tmp_path):
 
 
 def test_cli_merge_reports_missing_parts(synth_root, tmp_path):
-    from typer.testing import CliRunner
-
-    from mv2mae.cli import app
-
     run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=6, part=0, parts=2)
     result = CliRunner().invoke(app, ["shards", "merge", str(tmp_path)])
     assert result.exit_code == 1 and "missing" in result.output
@@ -280,8 +270,6 @@ def test_cli_merge_reports_missing_parts(synth_root, tmp_path):
 
 
 def test_a_damaged_run_record_is_named(synth_root, tmp_path):
-    from mv2mae.preprocess.pipeline import PreprocessError
-
     (tmp_path / ".state").mkdir()
     (tmp_path / ".state" / "run.json").write_text("{truncated")
     with pytest.raises(PreprocessError, match=r"run\.json: unreadable run record"):

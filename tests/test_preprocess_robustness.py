@@ -12,6 +12,8 @@ import pytest
 from shard_helpers import group_metas
 
 from mv2mae.preprocess.decode import ffmpeg_exe
+from mv2mae.preprocess.pipeline import run
+from mv2mae.preprocess.synth import generate
 from mv2mae.shards.schema import read_index
 
 VID = "nturgb+d_rgb"
@@ -30,8 +32,6 @@ def _reencode(path: Path, *filters: str) -> None:
 
 @pytest.fixture(scope="module")
 def damaged(tmp_path_factory) -> Path:
-    from mv2mae.preprocess.synth import generate
-
     root = tmp_path_factory.mktemp("damaged")
     generate(root, classes=3, cameras=3, subjects=2, replications=1, setups=1, frames=(24, 30), size=(64, 48),
              seed=0, workers=2, progress=False)
@@ -78,8 +78,6 @@ def test_bad_inputs_are_recorded_and_the_run_goes_on(damaged, tmp_path):
     assert metas["S001P002R001A001"].cameras == [1, 2]
     assert metas["S001P002R001A002"].cameras == [1, 3]
     # a re-run skips what is done (the failed group included) and reports the same failures
-    from mv2mae.preprocess.pipeline import run
-
     before = (out / "failures.jsonl").read_bytes()
     again = run("synth", damaged, out, size=48, workers=1)
     assert (again.written, again.skipped, again.failed) == (0, 6, 0)

@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import zarr
 
+from mv2mae.cli.preprocess import parse_bytes
 from mv2mae.preprocess.align import align, best_lag
 from mv2mae.preprocess.crop import center_box, stored_size
+from mv2mae.preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
+from mv2mae.preprocess.group import GroupResult
+from mv2mae.preprocess.merge import MergeError, merge
 from mv2mae.preprocess.motion import cell_means, framediff_grid, pixel_framediff
+from mv2mae.preprocess.pipeline import STATE_DIR, Options, _recover, _ShardSink, done_keys
 from mv2mae.shards.motion import MotionRows, write_shard_motion
 from mv2mae.shards.reader import GroupSample
-from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, ShardEntry, frame_ext
 from mv2mae.shards.writer import FIXED_MTIME, Member, ShardWriter
 
 
@@ -98,8 +103,6 @@ def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path)
 
 
 def test_shard_size_parsing():
-    from mv2mae.cli.preprocess import parse_bytes
-
     assert parse_bytes("512MB") == 512_000_000 and parse_bytes("1GiB") == 2**30 and parse_bytes("4096") == 4096
     with pytest.raises(Exception, match="not a size"):
         parse_bytes("lots")
@@ -108,8 +111,6 @@ def test_shard_size_parsing():
 @pytest.mark.parametrize("backend", ["ffmpeg", "opencv"])
 def test_odd_crop_boxes_are_cut_exactly(tmp_path, backend):
     """A box with odd corners (person crops) is cut where it says, even from a 4:2:0 H.264 source."""
-    from mv2mae.preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
-
     w, h = 64, 48
     grey = (np.arange(w)[None, :] * 3 + np.arange(h)[:, None]).astype(np.uint8)
     path = tmp_path / "ramp.avi"
@@ -123,9 +124,6 @@ def test_odd_crop_boxes_are_cut_exactly(tmp_path, backend):
 
 
 def _written_group(key: str, failures: list[dict]):
-    from mv2mae.preprocess.group import GroupResult
-    from mv2mae.shards.schema import GroupMeta, frame_ext
-
     meta = GroupMeta(key=key, dataset="t", label=0, subject=1, cameras=[1, 2], fps=30.0, frames=2, size=[16, 16],
                      partition="P001-S1")
     frames = [(frame_ext(c, t), bytes([t]) * 3000) for c in (1, 2) for t in range(2)]
@@ -136,8 +134,6 @@ def _written_group(key: str, failures: list[dict]):
 def test_a_dropped_view_is_committed_with_the_shard_of_its_group(tmp_path):
     """The group that fills a shard opens the next one; its failure records must go there too, or a
     kill before that shard finishes would leave the group recorded as failed and skipped on resume."""
-    from mv2mae.preprocess.pipeline import STATE_DIR, Options, _recover, _ShardSink, done_keys
-
     (tmp_path / STATE_DIR).mkdir()
     records: dict = {}
     sink = _ShardSink(tmp_path, Options(shard_size=15_000), {}, records)
@@ -153,8 +149,6 @@ def test_a_dropped_view_is_committed_with_the_shard_of_its_group(tmp_path):
 
 def _part(folder, part: int, shard: str | None, fps: float):
     """A part's index as ``--part i --parts 2`` writes it, with its shard file (if any)."""
-    from mv2mae.shards.schema import DatasetIndex, ShardEntry
-
     folder.mkdir(parents=True, exist_ok=True)
     shards = []
     if shard:
@@ -167,16 +161,12 @@ def _part(folder, part: int, shard: str | None, fps: float):
 
 
 def test_merge_takes_the_frame_rate_of_a_part_that_holds_shards(tmp_path):
-    from mv2mae.preprocess.merge import merge
-
     _part(tmp_path, 0, None, 0.0)  # every group of part 0 failed: no shard, no frame rate
     _part(tmp_path, 1, "P002-S1-000000.tar", 30.0)
     assert merge([tmp_path]).fps == 30.0
 
 
 def test_a_refused_merge_moves_nothing(tmp_path):
-    from mv2mae.preprocess.merge import MergeError, merge
-
     _part(tmp_path / "a", 0, "P001-S1-000000.tar", 30.0)
     _part(tmp_path / "b", 1, "P002-S1-000000.tar", 30.0)
     (tmp_path / "dest").mkdir()

@@ -1,15 +1,18 @@
 """``mv2mae shards ls|stats|show|verify`` on real shards, through the command line."""
 
 import json
+import math
 import shutil
 
 import cv2
 import pytest
 from fixtures_data import session_synth_data
+from PIL import Image
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
 from mv2mae.shards.schema import read_index
+from mv2mae.tools.shardio import read_group
 
 runner = CliRunner()
 
@@ -50,10 +53,6 @@ def test_show_writes_a_montage_and_an_animation(synth_data, tmp_path):
     assert img is not None and img.shape[1] > img.shape[0] > 200  # 3 camera rows × 6 time columns
     res = invoke("show", synth_data, key, "--out", tmp_path / "m.gif")
     assert res.exit_code == 0, res.output
-    from PIL import Image
-
-    from mv2mae.tools.shardio import read_group
-
     with Image.open(tmp_path / "m.gif") as gif:
         assert gif.n_frames == read_group(synth_data, index, key).meta.frames
     res = invoke("show", synth_data, "S999P999R999A999", "--out", tmp_path / "x.png")
@@ -86,8 +85,6 @@ def test_verify_finds_a_missing_motion_subgroup(synth_data, tmp_path):
 
 
 def test_bench_loader_runs_end_to_end_and_writes_its_figures(tmp_path):
-    import math
-
     out = tmp_path / "loader.json"
     res = runner.invoke(app, ["bench", "loader", "--json", str(out), "--work", str(tmp_path / "work"),
                               "--raw-size", "224x160", "--groups", "1", "--seconds", "1", "--workers", "1",

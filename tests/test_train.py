@@ -1,18 +1,21 @@
 """The training loop: exact resume, non-finite step skipping, layer-decay parameter groups."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
 from train_helpers import GlobalBatchSource, SimulatedCrash, tiny_config
 
+from mv2mae.model.checkpoint import load_encoder, save_model_state
 from mv2mae.model.classifier import VideoClassifier
+from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import setup
 from mv2mae.train.logs import read_log
 from mv2mae.train.loop import Trainer, TrainingStopped
 from mv2mae.train.optim import build_optimizer, param_groups
-from mv2mae.train.tasks import FinetuneTask, PretrainTask
+from mv2mae.train.tasks import FinetuneTask, PretrainTask, finetune_model_config
 
 torch.set_num_threads(1)
 ENV = setup("cpu")
@@ -98,9 +101,6 @@ def test_layer_decay_groups_cover_every_parameter_exactly_once():
 def test_pretrain_init_anchors_a_1d_position_table_where_the_checkpoint_was_trained(tmp_path):
     """--init from a VideoMAE-style (1D table) checkpoint at another clip length resamples positions,
     as finetuning does, instead of re-indexing a table for the new grid; weights load strictly."""
-    from mv2mae.model.checkpoint import load_encoder, save_model_state
-    from mv2mae.model.mv2mae import MV2MAE
-
     src = tiny_config("pretrain", "model.pos_embed=sinusoid1d", "model.frames=8").model
     path = save_model_state(tmp_path / "v.pt", MV2MAE(src), src)
     cfg = tiny_config("pretrain", "model.pos_embed=sinusoid1d")  # 4 frames: a different token grid
@@ -131,12 +131,6 @@ def test_a_resumed_run_follows_its_own_config_schedule_and_hyperparameters(tmp_p
 def test_finetuning_takes_weight_tied_fields_and_pixel_statistics_from_the_pretrained_checkpoint(tmp_path):
     """Encoder weights are tied to the pixel statistics they were trained on: a classifier started
     from a checkpoint normalises as its pretraining did, and then loads strictly."""
-    import dataclasses
-
-    from mv2mae.model.checkpoint import save_model_state
-    from mv2mae.model.mv2mae import MV2MAE
-    from mv2mae.train.tasks import finetune_model_config
-
     src = tiny_config("pretrain", "model.pixel_mean=[0.5, 0.4, 0.3]", "model.pixel_std=[0.2, 0.25, 0.3]").model
     path = save_model_state(tmp_path / "pre.pt", MV2MAE(src), src)
     cfg = tiny_config("finetune")

@@ -6,8 +6,10 @@ import torch
 from fixtures_data import session_synth_data
 from train_helpers import TINY_MODEL
 
-from mv2mae.config import load_config
+from mv2mae.config import load_config, preset_names
 from mv2mae.eval.evaluate import eval_loader
+from mv2mae.shards.protocols import PROTOCOLS, select
+from mv2mae.shards.schema import DatasetIndex, ShardEntry, read_index
 from mv2mae.train.distributed import setup
 from mv2mae.train.tasks import ShardSource
 
@@ -44,18 +46,12 @@ def test_loaders_normalise_with_the_model_pixel_statistics(synth_data):
 
 
 def test_every_preset_names_a_protocol_that_exists():
-    from mv2mae.config import preset_names
-    from mv2mae.shards.protocols import PROTOCOLS
-
     for name in preset_names():
         stage = "finetune"  # every preset has a finetuning stage; transfer presets have no pretraining one
         assert load_config(name, stage).data.protocol in PROTOCOLS, name
 
 
 def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
-    from mv2mae.shards.protocols import select
-    from mv2mae.shards.schema import DatasetIndex, ShardEntry
-
     shards = [ShardEntry(name=f"P{s:03d}-000000.tar", partition=f"P{s:03d}", samples=2, bytes=1, sha256="0" * 64,
                          subjects=[s], setups=[], cameras=[1, 2, 3], keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
     index = DatasetIndex(dataset="manifest", classes=["a", "b"], fps=30.0, short_side=160, cell=8, motion=[],
@@ -68,9 +64,6 @@ def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
 def test_a_finetuning_epoch_is_a_pass_over_the_train_videos_not_the_groups(synth_data):
     """Finetuning draws one camera per group, so an epoch (schedule.epochs) counts every allowed camera
     of every group; a pretraining sample is a whole group."""
-    from mv2mae.shards.protocols import select
-    from mv2mae.shards.schema import read_index
-
     train = select(read_index(synth_data), "synth_xview", "train")
     assert train.cameras == [2, 3] and train.groups > 0
     finetune = load_config("tiny", "finetune", [f"data.root={synth_data}", "data.workers=0"])
