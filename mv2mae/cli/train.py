@@ -126,17 +126,27 @@ def finetune(
     _run("finetune", config, data, out, sets, resume, init)
 
 
+# the test-time options eval and probe share (defaults: what the checkpoint's run was trained with)
+TEST_DATA = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on).")
+TEST_PROTOCOL = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on).")
+TEST_CLIPS = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips).")
+TEST_CROPS = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops).")
+TEST_BATCH = typer.Option(16, "--batch-size", help="Clips per batch.")
+TEST_WORKERS = typer.Option(None, "--workers", help="Loader processes (default: data.workers).")
+TEST_DEVICE = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N.")
+
+
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
-    data: Path = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on)."),
-    protocol: str = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on)."),
+    data: Path = TEST_DATA,
+    protocol: str = TEST_PROTOCOL,
     split: str = typer.Option("test", "--split"),
     out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
-    clips: int = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips)."),
-    crops: int = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops)."),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    workers: int = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    clips: int = TEST_CLIPS,
+    crops: int = TEST_CROPS,
+    batch_size: int = TEST_BATCH,
+    workers: int = TEST_WORKERS,
+    device: str = TEST_DEVICE,
 ) -> None:
     """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
     _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
@@ -144,15 +154,15 @@ def eval_(
 
 def probe(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
-    data: Path = typer.Option(None, "--data"),
-    protocol: str = typer.Option(None, "--protocol"),
+    data: Path = TEST_DATA,
+    protocol: str = TEST_PROTOCOL,
     method: str = typer.Option("knn", "--method", help="linear | knn"),
     out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
-    clips: int = typer.Option(None, "--clips"),
-    crops: int = typer.Option(None, "--crops"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    workers: int = typer.Option(None, "--workers"),
-    device: str = typer.Option("auto", "--device"),
+    clips: int = TEST_CLIPS,
+    crops: int = TEST_CROPS,
+    batch_size: int = TEST_BATCH,
+    workers: int = TEST_WORKERS,
+    device: str = TEST_DEVICE,
 ) -> None:
     """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
     _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
