@@ -83,27 +83,24 @@ def channels_last(video: torch.Tensor) -> torch.Tensor | None:
     return inner if inner.is_contiguous() else None
 
 
-def normalize_video(video: torch.Tensor, mean, std, out: torch.Tensor | None = None) -> torch.Tensor:
+def normalize_video(video: torch.Tensor, mean, std) -> torch.Tensor:
     """uint8 ``[..., C, T, H, W]`` (on any device) -> float ``(x - 255·mean) / (255·std)``, same shape: the
-    one place pixels are normalised (the collate, on-device preparation and ``mv2mae embed`` call it; the
-    statistics are the model's ``pixel_mean``/``pixel_std``, which ``denormalise`` undoes).
+    one place pixels are normalised (on-device preparation and ``mv2mae embed`` call it, and the collate runs
+    its CPU kernel, :func:`_lut_normalize`, straight into the batch buffer; the statistics are the model's
+    ``pixel_mean``/``pixel_std``, which ``denormalise`` undoes).
 
     On the CPU a uint8 video goes through a 256-entry float table per channel (``cv2.LUT``): a single
     pass that reads bytes and writes floats, instead of a converting copy plus two in-place passes over
     ~1.5 M floats per two-view sample; the result keeps the channels-last memory order of the loader's
-    batches (a view with the requested shape), written into ``out`` when given (a contiguous float32
-    ``[..., T, H, W, C]`` CPU buffer: the collate's batch memory). Elsewhere: one converting copy into a
-    contiguous tensor, then in-place arithmetic with the same float32 values."""
+    batches (a view with the requested shape). Elsewhere: one converting copy into a contiguous tensor,
+    then in-place arithmetic with the same float32 values."""
     if video.device.type == "cpu" and video.dtype == torch.uint8 and video.dim() >= 4 and video.numel():
         src = channels_last(video)
         if src is None:
             src = video.movedim(-4, -1).contiguous()
-        if out is None:
-            out = fresh_buffer(tuple(src.shape), torch.float32)
+        out = fresh_buffer(tuple(src.shape), torch.float32)
         _lut_normalize(src, out, mean, std)
         return out.movedim(-1, -4)
-    if out is not None:
-        raise ValueError("normalize_video: out= is for uint8 videos on the CPU")
     out = torch.empty(video.shape, dtype=torch.float32, device=video.device)
     out.copy_(video)
     shape = (-1, 1, 1, 1)
@@ -155,7 +152,7 @@ def collate_clips(samples: list[dict], mean, std, normalize: bool) -> dict:
             plain.append(key)
         elif key == "video" and values[0].dtype == torch.uint8 and \
                 (sources := [channels_last(v) for v in values]) and all(src is not None for src in sources):
-            batch[key] = _collate_video(values, sources, mean, std, normalize, key)
+            batch[key] = _collate_video(sources, mean, std, normalize, key)
         elif key == "video" and normalize:
             batch[key] = normalize_video(torch.stack(values), mean, std)
         else:
@@ -168,13 +165,13 @@ def collate_clips(samples: list[dict], mean, std, normalize: bool) -> dict:
     return {k: batch[k] for k in samples[0]}
 
 
-def _collate_video(videos: list[torch.Tensor], sources: list[torch.Tensor], mean, std, normalize: bool, field: str):
-    """``videos`` ([C, T, H, W] views of the channels-last ``sources``) copied once into the batch buffer."""
+def _collate_video(sources: list[torch.Tensor], mean, std, normalize: bool, field: str):
+    """Channels-last ``sources`` copied once into the batch buffer (normalised on the way when asked)."""
     shape = (len(sources), *sources[0].shape)
     if normalize:
         out = batch_buffer(shape, torch.float32, field)
-        for video, dst in zip(videos, out, strict=True):
-            normalize_video(video, mean, std, out=dst)
+        for src, dst in zip(sources, out, strict=True):
+            _lut_normalize(src, dst, mean, std)
     else:
         out = torch.stack(sources, out=batch_buffer(shape, torch.uint8, field))
     return ship(out.movedim(-1, -4))
