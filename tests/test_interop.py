@@ -12,10 +12,21 @@ from mv2mae import interop
 from mv2mae.cli import app
 from mv2mae.eval.embed import embed_video, read_video_clips
 from mv2mae.model import MV2MAE, ModelConfig
-from mv2mae.model.checkpoint import CheckpointError, load_checkpoint, load_mv2mae, save_model_state
+from mv2mae.model.checkpoint import (
+    CheckpointError,
+    init_classifier,
+    load_checkpoint,
+    load_mv2mae,
+    save_model_state,
+)
 
 transformers = pytest.importorskip("transformers")
-from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEModel  # noqa: E402
+from transformers import (  # noqa: E402
+    VideoMAEConfig,
+    VideoMAEForPreTraining,
+    VideoMAEForVideoClassification,
+    VideoMAEModel,
+)
 
 torch.set_num_threads(2)
 FRAMES, SIZE = 4, 32
@@ -83,6 +94,28 @@ def test_hf_pretraining_parity_with_decoder(tmp_path, clip_batch):
     again = VideoMAEForPreTraining.from_pretrained(tmp_path / "back").eval()
     with torch.no_grad():
         assert torch.allclose(again(clip_batch, bool_masked_pos=mask).logits, theirs.logits, atol=1e-6)
+
+
+def test_classifier_is_transformers_mean_pooling_classifier(tmp_path, clip_batch):
+    """Finetuning starts as VideoMAE's does: a pretrained encoder (with a final norm) becomes a classifier
+    whose logits equal ``VideoMAEForVideoClassification(use_mean_pooling=True)`` on the same weights —
+    the encoder without its final norm, mean pool, ``fc_norm``, linear head."""
+    pre = random_hf(VideoMAEForPreTraining, use_mean_pooling=False)
+    pre.save_pretrained(tmp_path / "pre")
+    interop.convert("hf", tmp_path / "pre", tmp_path / "ck.pt")
+    ours = init_classifier(tmp_path / "ck.pt", load_mv2mae(tmp_path / "ck.pt").cfg, num_classes=5).eval()
+    with torch.no_grad():
+        for p in (*ours.fc_norm.parameters(), *ours.head.parameters()):
+            p.copy_(torch.randn_like(p))
+    theirs = VideoMAEForVideoClassification(hf_config(use_mean_pooling=True, num_labels=5)).eval()
+    encoder = {k.removeprefix("videomae."): v for k, v in pre.state_dict().items()
+               if k.startswith("videomae.") and not k.startswith("videomae.layernorm.")}
+    theirs.videomae.load_state_dict(encoder, strict=True)
+    theirs.fc_norm.load_state_dict(ours.fc_norm.state_dict())
+    theirs.classifier.load_state_dict(ours.head.state_dict())
+    with torch.no_grad():
+        # transformers' fc_norm uses eps 1e-5 where ours follows layer_norm_eps: tiny difference
+        assert (ours(clip_batch.transpose(1, 2)) - theirs(clip_batch).logits).abs().max() < 1e-4
 
 
 def mcg_layout(hf: VideoMAEForPreTraining) -> dict[str, torch.Tensor]:

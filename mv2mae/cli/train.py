@@ -214,13 +214,13 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
 
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.probe import load_feature_model, run_probe
-    from mv2mae.model.checkpoint import load_checkpoint
+    from mv2mae.eval.probe import run_probe
+    from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env:
         ckpt = load_checkpoint(checkpoint)
-        model = load_feature_model(ckpt, env.device)
+        model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
         results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)

@@ -2,7 +2,11 @@
 
 The video is decoded with OpenCV, clips are sampled evenly over it, each frame is resized on its short
 side and centre-cropped, and pixels are normalised exactly as the loaders do
-(:func:`mv2mae.data.decode.normalize_video` with the checkpoint's statistics).
+(:func:`mv2mae.data.decode.normalize_video` with the checkpoint's statistics). The features are
+:func:`mv2mae.model.checkpoint.load_feature_model`'s: for a pretraining (or converted) checkpoint the
+encoder's tokens with its final norm, mean-pooled; for a finetuned classifier what its head reads (the
+mean through ``fc_norm``). ``--tokens`` returns the encoder's tokens unpooled (a classifier's without
+any norm).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import numpy as np
 import torch
 
 from mv2mae.data.decode import normalize_video, to_video_tensor
-from mv2mae.model.checkpoint import load_checkpoint, load_encoder
+from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
 
 
 def clip_starts(total: int, span: int, clips: int) -> list[int]:
@@ -68,11 +72,9 @@ def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, 
     ckpt = load_checkpoint(checkpoint)
     saved = ckpt["config"]
     frames, size = frames or saved["frames"], size or saved["image_size"]
-    encoder, cfg = load_encoder(ckpt, frames=frames, image_size=size)
-    encoder = encoder.to(device).eval()
+    model = load_feature_model(ckpt, frames=frames, image_size=size).to(device).eval()
     rgb = read_video_clips(video, frames, stride, size, clips)  # [clips, T, H, W, 3]
-    x = normalize_video(to_video_tensor(rgb).to(device), cfg.pixel_mean, cfg.pixel_std)  # as the loaders do
+    x = normalize_video(to_video_tensor(rgb).to(device), model.cfg.pixel_mean, model.cfg.pixel_std)  # as the loaders do
     with torch.inference_mode():
-        tokens = encoder(x)
-    feats = tokens.mean(dim=1) if pool else tokens
+        feats = model.forward_features(x) if pool else model.forward_tokens(x)
     return feats.float().cpu().numpy().astype(np.float32)

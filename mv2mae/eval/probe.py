@@ -1,6 +1,8 @@
 """Frozen-feature probes: the quick check of view invariance between pretraining and finetuning.
 
-Features are the encoder's mean-pooled tokens (no masking), averaged over each video's clips × crops.
+Features are :func:`mv2mae.model.checkpoint.load_feature_model`'s (a pretraining checkpoint: the
+encoder's tokens with its final norm, mean-pooled; a finetuned one: its head's input), no masking,
+averaged over each video's clips × crops.
 Train features come from the protocol's train split (train cameras), test features from its test
 split (test cameras), so a probe trained on cameras 2 and 3 is scored on the unseen camera 1.
 """
@@ -8,7 +10,6 @@ split (test cameras), so a probe trained on cameras 2 and 3 is scored on the uns
 from __future__ import annotations
 
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,21 +19,9 @@ from torch import nn
 from mv2mae.data.config import DataConfig
 from mv2mae.eval.evaluate import EVAL_BATCH, eval_loader, gather_rows, predict
 from mv2mae.eval.metrics import aggregate
-from mv2mae.model.checkpoint import load_encoder
 from mv2mae.train.distributed import DistEnv
 
 METHODS = ("linear", "knn")
-
-
-class PooledEncoder(nn.Module):
-    """An encoder seen as a feature extractor: all tokens in, mean-pooled feature out."""
-
-    def __init__(self, encoder: nn.Module, cfg: Any) -> None:
-        super().__init__()
-        self.encoder, self.cfg = encoder, cfg
-
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        return self.encoder(video).mean(dim=1)
 
 
 def video_features(model: nn.Module, data: DataConfig, env: DistEnv, split: str,
@@ -100,7 +89,3 @@ def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, method: str, num
                    test_videos=len(test["video_id"]))
     return results
 
-
-def load_feature_model(ckpt: dict[str, Any] | str | Path, device: torch.device) -> PooledEncoder:
-    encoder, cfg = load_encoder(ckpt)
-    return PooledEncoder(encoder, cfg).to(device).eval()
