@@ -98,6 +98,27 @@ def test_layer_decay_groups_cover_every_parameter_exactly_once():
     assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)
 
 
+def decay_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    group_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    return {name: group_of[id(p)] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_weight_decay_skips_mask_tokens_biases_and_norms_by_name(stage):
+    """AdamW's groups as VideoMAE sets them: decay on weight matrices only — never on the decoders'
+    mask tokens, biases or norms; position tables are fixed buffers, not parameters at all."""
+    cfg = tiny_config(stage, "optim.weight_decay=0.05")
+    model = MV2MAE(cfg.model) if stage == "pretrain" else VideoClassifier(cfg.model, num_classes=5)
+    decay = decay_by_name(model, build_optimizer(model, cfg, world_size=1, device=torch.device("cpu")))
+    assert not any("pos_embed" in name for name in decay)
+    undecayed = {n for n, wd in decay.items() if wd == 0.0}
+    expected = {n for n in decay if n.endswith((".bias", "mask_token")) or ".norm" in n or "norm." in n}
+    assert undecayed == expected
+    assert {wd for n, wd in decay.items() if n not in expected} == {0.05}
+    if stage == "pretrain":
+        assert {"self_decoder.mask_token", "cross_decoder.mask_token"} <= undecayed
+
+
 def test_pretrain_init_anchors_a_1d_position_table_where_the_checkpoint_was_trained(tmp_path):
     """--init from a VideoMAE-style (1D table) checkpoint at another clip length resamples positions,
     as finetuning does, instead of re-indexing a table for the new grid; weights load strictly."""

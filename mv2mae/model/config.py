@@ -42,7 +42,7 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
-    encoder_final_norm: bool = True
+    encoder_final_norm: bool = True  # LayerNorm after the last block (VideoMAE pretraining); a classifier drops it
     # --- decoders (self-view and cross-view share width/depth)
     decoder_dim: int = 192
     decoder_depth: int = 4

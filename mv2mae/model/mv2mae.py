@@ -45,6 +45,12 @@ class MV2MAE(nn.Module):
         self.self_decoder = SelfViewDecoder(cfg)
         self.cross_decoder = CrossViewDecoder(cfg)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW does not decay besides timm's 1-D rule (biases, norms): the decoders' mask
+        tokens, as in VideoMAE. Position tables are fixed buffers, never parameters."""
+        return {name for name, _ in self.named_parameters() if name.endswith(".mask_token")}
+
     def check_input(self, video: torch.Tensor) -> None:
         c, t, h, w = self.cfg.channels, self.cfg.frames, self.cfg.image_size, self.cfg.image_size
         if video.dim() != 6 or tuple(video.shape[2:]) != (c, t, h, w):
