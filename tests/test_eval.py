@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from mv2mae.cli import app
 from mv2mae.eval.metrics import aggregate, topk_correct
 from mv2mae.eval.probe import knn_probe, linear_probe
+from mv2mae.model.checkpoint import load_checkpoint
 
 
 def test_averaging_softmax_over_clips_changes_the_answer():
@@ -75,9 +76,10 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
                            "optim.batch_size=4", "loop.log_every=1", "loop.ckpt_every=2", "loop.recon_every=2"]
             for x in ("--set", item)]
     pre, fin, ev = tmp_path / "pre", tmp_path / "fin", tmp_path / "eval"
-    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=2")
+    stats = ["--set", "model.pixel_mean=[0.5, 0.4, 0.3]", "--set", "model.pixel_std=[0.2, 0.25, 0.3]"]
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, *stats, "--set", "steps=2")
     # continuing the same run to 4 steps: --resume auto picks the step-2 checkpoint up
-    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=4",
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, *stats, "--set", "steps=4",
            "--resume", "auto")
     assert [json.loads(line)["step"] for line in (pre / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert (pre / "recon" / "step-00000004.png").is_file() and (pre / "config.yaml").is_file()
@@ -87,6 +89,9 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
 
     invoke("finetune", "--config", "tiny", "--data", synth_data, "--init", pre / "checkpoints" / "best.pt",
            "--out", fin, *sets, "--set", "steps=3", "--set", "finetune.mixup=0.8", "--set", "finetune.cutmix=1.0")
+    # finetuning normalises as the pretraining did (its pixel statistics come with the encoder)
+    finetuned = load_checkpoint(fin / "checkpoints" / "step-00000003.pt")["config"]
+    assert (finetuned["pixel_mean"], finetuned["pixel_std"]) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     out = invoke("eval", "--checkpoint", fin / "checkpoints" / "step-00000003.pt", "--out", ev, "--clips", "1",
                  "--crops", "2", "--workers", "1")
     assert "camera 1" in out and "fused" in out
