@@ -469,7 +469,7 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
         dataset=scan.dataset, classes=scan.classes, fps=float(opts.fps or (recs[0].fps if recs else 0.0)),
         short_side=opts.size, cell=opts.cell, motion=list(MOTION_CHOICES[opts.motion]),
         shards=[r.entry for r in recs], tool_version=_version(),
-        args={**_run_options(scan.dataset, opts), "meta": scan.meta})
+        args={**_run_options(scan.dataset, opts), "meta": scan.meta}, flip_classes=scan.flip_classes)
     path = out / _index_name(opts)
     if opts.parts == 1:
         write_index(out, index)

@@ -177,6 +177,19 @@ class DatasetIndex:
     args: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = FORMAT_VERSION
+    # the class-swap table of a left-right mirror: flip_classes[c] is the class a mirrored video of
+    # class c shows (c itself for symmetric actions; an involution). None: the dataset does not say,
+    # so a label-keeping flip is not known to be safe (``data.flip``).
+    flip_classes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        table = self.flip_classes
+        if table is None:
+            return
+        n = len(self.classes)
+        if sorted(table) != list(range(n)) or any(table[table[c]] != c for c in range(n)):
+            raise ContractError(f"flip_classes {table} is not a class-swap table of the {n} classes "
+                                f"(a permutation that is its own inverse)")
 
     @property
     def groups(self) -> int:
@@ -197,7 +210,7 @@ class DatasetIndex:
         try:
             obj["shards"] = [ShardEntry(**s) for s in obj["shards"]]
             return cls(**obj)
-        except (TypeError, KeyError) as e:
+        except (TypeError, KeyError, ContractError) as e:
             raise ContractError(f"{where}: malformed index ({e})") from e
 
 

@@ -1,6 +1,9 @@
 """The streaming loader on real shards: contract of the batches, determinism, the exact evaluation pass
 across 2 ranks × 2 DataLoader workers, and cache-vs-online motion agreement."""
 
+import dataclasses
+from itertools import islice
+
 import numpy as np
 import pytest
 import torch
@@ -14,6 +17,7 @@ from mv2mae.data import (
     build_finetune_loader,
     build_pretrain_loader,
 )
+from mv2mae.data.datasets import FinetuneClips, PretrainClips, ShardSplit
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import ContractError, read_index
@@ -114,6 +118,59 @@ def test_finetune_and_eval_use_the_protocol_cameras(synth_data):
                                      batch_size=64))
     cams = torch.cat([b["camera"] for b in batches])
     assert set(cams.tolist()) == {1} and len(cams) == 3 * read_index(synth_data).groups
+
+
+def stream(dataset_cls, split, options, seed, n):
+    return list(islice(iter(dataset_cls(split, GEOM, options, seed=seed)), n))
+
+
+def test_a_flipped_finetuning_clip_is_mirrored_and_takes_its_mirror_class(synth_data):
+    """With a class-swap table a finetuning clip flips (p = 0.5) and its label follows the table; the
+    crops are those of the same seed without flips."""
+    split = ShardSplit.open(synth_data, "synth_xview", "train")
+    table = [1, 0, 2]  # wave right <-> wave left; the third class is taken as symmetric
+    split = dataclasses.replace(split, index=dataclasses.replace(split.index, flip_classes=table))
+    options = data(synth_data, "synth_xview")
+    plain = stream(FinetuneClips, split, dataclasses.replace(options, flip="off"), 3, 24)
+    maybe = stream(FinetuneClips, split, options, 3, 24)  # flip=auto: on, since the index has a table
+    flipped = 0
+    for a, b in zip(plain, maybe, strict=True):
+        assert (a["key"], a["camera"]) == (b["key"], b["camera"])
+        if torch.equal(a["video"], b["video"]):
+            assert b["label"] == a["label"]
+        else:
+            assert torch.equal(b["video"], a["video"].flip(-1)) and b["label"] == table[a["label"]]
+            flipped += 1
+    assert 0 < flipped < 24 and any(a["label"] != b["label"] for a, b in zip(plain, maybe, strict=True))
+
+
+@pytest.mark.parametrize("motion", ["framediff", "online"])
+def test_pretraining_flips_every_view_together_with_its_motion(synth_data, motion):
+    """``data.flip=on``: one coin per sample mirrors every view, and each view's motion weights are
+    mirrored with its pixels (cached: through the crop; online: computed from the mirrored clip)."""
+    split = ShardSplit.open(synth_data, "synth_xview", "train")
+    options = data(synth_data, "synth_xview", motion=motion)
+    plain = stream(PretrainClips, split, options, 5, 16)
+    maybe = stream(PretrainClips, split, dataclasses.replace(options, flip="on"), 5, 16)
+    grid = (2, *GEOM.grid)
+    flipped = 0
+    for a, b in zip(plain, maybe, strict=True):
+        mirrored = not torch.equal(a["video"], b["video"])
+        assert torch.equal(b["video"], a["video"].flip(-1) if mirrored else a["video"])  # all views, or none
+        weights = a["motion"].reshape(grid)
+        assert torch.allclose(b["motion"].reshape(grid), weights.flip(-1) if mirrored else weights, atol=1e-4)
+        flipped += mirrored
+    assert 0 < flipped < 16
+
+
+def test_flipping_needs_the_class_swap_table_to_finetune(synth_data):
+    assert read_index(synth_data).flip_classes is None  # 3 synthetic classes: punch left is not one of them
+    split = ShardSplit.open(synth_data, "synth_xview", "train")
+    assert FinetuneClips(split, GEOM, data(synth_data, "synth_xview")).flip_classes is None  # auto: off
+    with pytest.raises(ContractError, match=r"data.flip=on, but its index.json records no flip_classes"):
+        build_finetune_loader(MODEL, data(synth_data, "synth_xview", flip="on"), batch_size=2, seed=0)
+    with pytest.raises(ValueError, match="flip must be auto, on or off"):
+        DataConfig(flip="yes")
 
 
 def test_cache_and_online_motion_agree_in_rank(synth_data):

@@ -9,6 +9,7 @@ import pytest
 from fixtures_data import session_synth_data
 
 from mv2mae.data.decode import crop_resize, decode_frames
+from mv2mae.data.sampling import Crop
 from mv2mae.shards.reader import (
     GroupSample,
     balanced_assignment,
@@ -98,7 +99,7 @@ def test_decoded_frames_are_rgb_and_cropped_to_the_box():
                      partition="p")
     group = GroupSample(meta=meta, shard="s.tar", members={"c001.f0000.jpg": jpeg.tobytes()})
     frames = decode_frames(group, 1, np.array([0]))
-    out = crop_resize(frames, np.array([0, 0]), (32, 0, 60, 40), 16)
+    out = crop_resize(frames, np.array([0, 0]), Crop((32, 0, 60, 40)), 16)
     assert out.shape == (2, 16, 16, 3) and out.flags.c_contiguous
     assert (out[..., 2] > 240).all() and (out[..., :2] < 15).all()
     with pytest.raises(ContractError, match="s.tar: group K has no member K.c001.f0001.jpg"):

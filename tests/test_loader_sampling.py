@@ -9,6 +9,7 @@ from mv2mae.config import ConfigError, RunConfig, load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
 from mv2mae.data.sampling import (
+    Crop,
     choose_views,
     eval_boxes,
     eval_frame_indices,
@@ -89,7 +90,7 @@ def test_moving_square_has_the_highest_weights_after_any_crop():
         idx = train_frame_indices(len(clip), GEOM, rng)
         box = random_resized_box(96, 72, cfg, rng)
         first, last = idx.min(), idx.max() + 1
-        motion = cache_token_motion(rows[first:last], int(first), idx, box, (96, 72), 8, GEOM)
+        motion = cache_token_motion(rows[first:last], int(first), idx, Crop(box), (96, 72), 8, GEOM)
         tokens = motion.reshape(GEOM.grid)
         x0, y0, x1, y1 = box
         _, gh, gw = GEOM.grid
@@ -114,7 +115,7 @@ def test_cache_and_online_motion_agree_in_rank_on_the_square():
     rows = framediff_grid(clip, cell=8)
     idx = np.arange(GEOM.frames) * GEOM.stride + 3
     box = (0, 0, 96, 72)
-    cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, box, (96, 72), 8, GEOM)
+    cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, Crop(box), (96, 72), 8, GEOM)
     cropped = np.stack([cv2.resize(clip[i], (GEOM.size, GEOM.size), interpolation=cv2.INTER_AREA) for i in idx])
     online = online_token_motion(cropped, GEOM)
     assert online.shape == cached.shape == (GEOM.tokens,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import numpy as np
@@ -82,6 +83,16 @@ def test_shards_are_byte_stable_and_gnu_tar_lists_them(tmp_path):
     assert len(listing) == 7 and all("2000-01-01" in line and "0/0" in line for line in listing)
     assert FIXED_MTIME == 946684800
     assert not list(tmp_path.glob("*.partial"))
+
+
+@pytest.mark.parametrize("table", [[0, 0], [1, 2], [1, 0, 2]])
+def test_an_index_with_a_bad_class_swap_table_is_refused_naming_the_file(tmp_path, table):
+    index = DatasetIndex(dataset="t", classes=["right", "left"], fps=30.0, short_side=32, cell=8, motion=[],
+                         shards=[], flip_classes=[1, 0])
+    obj = json.loads(index.to_json())
+    assert DatasetIndex.from_dict(obj).flip_classes == [1, 0]
+    with pytest.raises(ContractError, match=r"index.json: malformed index \(flip_classes .* not a class-swap table"):
+        DatasetIndex.from_dict({**obj, "flip_classes": table}, where=str(tmp_path / "index.json"))
 
 
 def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path):

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from mv2mae.data import ClipGeometry, DataConfig, build_pretrain_loader
 from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
 from mv2mae.data.motion import online_token_motion
-from mv2mae.data.sampling import choose_views, random_resized_box, train_frame_indices
+from mv2mae.data.sampling import Crop, choose_views, random_resized_box, train_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.flops import pretrain_step_flops
 from mv2mae.preprocess.pipeline import run
@@ -100,7 +100,7 @@ class RawVideoClips(IterableDataset):
             for cam in cams:
                 frames = self._decode(views[cam], indices)
                 h, w = next(iter(frames.values())).shape[:2]
-                clip = crop_resize(frames, indices, random_resized_box(w, h, self.data_cfg, rng), self.geom.size)
+                clip = crop_resize(frames, indices, Crop(random_resized_box(w, h, self.data_cfg, rng)), self.geom.size)
                 clips.append(clip)
                 motion.append(online_token_motion(clip, self.geom))
             yield {"video": to_video_tensor(np.stack(clips)),

@@ -16,6 +16,7 @@ from mv2mae.model.config import ModelConfig
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
 MOTION_OPTIONS = ("framediff", "flow", "online", "none")
 NORMALIZE_ON = ("auto", "worker", "device")
+FLIP_OPTIONS = ("auto", "on", "off")
 
 
 @dataclass
@@ -31,6 +32,11 @@ class DataConfig:
     motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
     shared_crop: bool = False  # one crop box for every view of a sample (default: independent)
+    # horizontal flip, p = 0.5, decided with each crop (mv2mae.data.sampling.Crop): "auto" flips finetuning
+    # clips when the dataset records a class-swap table (index.json ``flip_classes``: a flipped clip takes
+    # its mirror class) and never flips pretraining; "on" flips in both stages (finetuning then needs the
+    # table; pretraining flips every view of a sample together); "off" never flips
+    flip: str = "auto"
     shuffle_buffer: int = 256  # groups held by each worker's shuffle buffer
     # pretraining samples cut from each decoded group, each with new crops (and masks) of the same frames
     # and views (MAE-ST's repeated sampling; 1 = off, as in VideoMAE and the paper). Epochs still count
@@ -55,6 +61,8 @@ class DataConfig:
             problems.append(f"source_policy {self.source_policy!r} not in {SOURCE_POLICIES}")
         if self.motion not in MOTION_OPTIONS:
             problems.append(f"motion {self.motion!r} not in {MOTION_OPTIONS}")
+        if self.flip not in FLIP_OPTIONS:
+            problems.append(f"flip must be auto, on or off, got {self.flip!r}")
         if self.normalize_on not in NORMALIZE_ON:
             problems.append(f"normalize_on must be auto, worker or device, got {self.normalize_on!r}")
         if self.repeats < 1:

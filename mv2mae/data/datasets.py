@@ -22,7 +22,9 @@ from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
 from mv2mae.data.motion import cache_token_motion, online_token_motion
 from mv2mae.data.sampling import (
+    Crop,
     choose_views,
+    draw_flip,
     eval_boxes,
     eval_frame_indices,
     random_resized_box,
@@ -58,6 +60,14 @@ class ShardSplit:
     def num_classes(self) -> int:
         return len(self.index.classes)
 
+    def label_flips(self, flip: str) -> list[int] | None:
+        """The class-swap table finetuning flips with under ``data.flip`` (None: no flipping)."""
+        table = self.index.flip_classes
+        if flip == "on" and table is None:
+            raise ContractError(f"{self.root}: data.flip=on, but its index.json records no flip_classes (which "
+                                f"class a mirrored video shows); without it a flip could teach a wrong label")
+        return None if flip == "off" else table
+
 
 # glibc's mallopt parameters: allocations below the threshold come from the heap, and up to the trim
 # threshold of freed heap is kept rather than given back to the kernel.
@@ -87,8 +97,9 @@ class ClipDataset(IterableDataset):
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self._epoch = -1
 
-    def _start(self) -> tuple[np.random.Generator, np.random.Generator]:
-        """(plan RNG: views and frames as groups are read; crop RNG: boxes as samples are built)."""
+    def _start(self) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
+        """(plan RNG: views and frames as groups are read; crop RNG: boxes as samples are built; flip RNG:
+        its own stream, so that turning flips on leaves every box as it was)."""
         cv2.setNumThreads(1)  # parallelism comes from the workers, not from OpenCV
         if torch.utils.data.get_worker_info() is not None:
             _keep_freed_memory()
@@ -96,8 +107,7 @@ class ClipDataset(IterableDataset):
         self._epoch += 1
         slot = current_slot(self.rank, self.world_size)
         root = np.random.SeedSequence([self.seed, slot.index, slot.count, self._epoch])
-        plan_seed, crop_seed = root.spawn(2)
-        return np.random.default_rng(plan_seed), np.random.default_rng(crop_seed)
+        return tuple(np.random.default_rng(seed) for seed in root.spawn(3))
 
     def _video(self, clips: np.ndarray) -> torch.Tensor:
         return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
@@ -142,7 +152,7 @@ class PretrainClips(ClipDataset):
                                 f"{data.num_sources} source(s))")
 
     def __iter__(self) -> Iterator[dict]:
-        plan_rng, crop_rng = self._start()
+        plan_rng, crop_rng, flip_rng = self._start()
         cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
         motion = None
         if cfg.motion in ("framediff", "flow"):
@@ -156,10 +166,13 @@ class PretrainClips(ClipDataset):
             views, indices = group.plan
             frames = [decode_frames(group, cam, indices) for cam in views]
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
-                yield self._sample(group, views, indices, frames, crop_rng, motion)
+                # every view flips together, or none does (mv2mae.data.sampling: a consistent mirrored scene)
+                flip = draw_flip(cfg.flip == "on", flip_rng)
+                yield self._sample(group, views, indices, frames, crop_rng, flip, motion)
 
     def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
-                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
+                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, flip: bool,
+                motion: MotionRows | None) -> dict:
         cfg, geom = self.data, self.geom
         width, height = group.meta.size
         shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
@@ -168,13 +181,13 @@ class PretrainClips(ClipDataset):
         clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
         weights = []
         for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
-            box = shared or random_resized_box(width, height, cfg, rng)
-            clip = crop_resize(frames, indices, box, geom.size, out=clips[v])
+            crop = Crop(shared or random_resized_box(width, height, cfg, rng), flip)
+            clip = crop_resize(frames, indices, crop, geom.size, out=clips[v])
             if motion is not None:
                 rows, first = motion.view(group, cam, indices)
-                weights.append(cache_token_motion(rows, first, indices, box, (width, height), motion.cell, geom))
+                weights.append(cache_token_motion(rows, first, indices, crop, (width, height), motion.cell, geom))
             elif cfg.motion == "online":
-                weights.append(online_token_motion(clip, geom))
+                weights.append(online_token_motion(clip, geom))  # from the cropped, flipped pixels
             else:
                 weights.append(np.zeros(geom.tokens, np.float32))
         return {"video": self._video(clips), "motion": torch.from_numpy(np.stack(weights)),
@@ -183,11 +196,15 @@ class PretrainClips(ClipDataset):
 
 class FinetuneClips(ClipDataset):
     """Infinite stream of single-camera clips ``{"video": [C, T, H, W], "label", "camera", "key"}`` from
-    one random allowed camera per drawn group."""
+    one random allowed camera per drawn group; a flipped clip (``data.flip``) carries its mirror class."""
+
+    def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, **kwargs):
+        super().__init__(split, geom, data, **kwargs)
+        self.flip_classes = split.label_flips(data.flip)
 
     def __iter__(self) -> Iterator[dict]:
-        plan_rng, crop_rng = self._start()
-        allowed = self.split.selection.cameras
+        plan_rng, crop_rng, flip_rng = self._start()
+        allowed, table = self.split.selection.cameras, self.flip_classes
 
         def choose(meta: GroupMeta):
             cams = [c for c in meta.cameras if c in allowed]
@@ -198,9 +215,10 @@ class FinetuneClips(ClipDataset):
         for group in self._train_stream(self._planner(choose)):
             (cam,), indices = group.plan
             width, height = group.meta.size
-            box = random_resized_box(width, height, self.data, crop_rng)
-            clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
-            yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
+            crop = Crop(random_resized_box(width, height, self.data, crop_rng), draw_flip(table is not None, flip_rng))
+            clip = crop_resize(decode_frames(group, cam, indices), indices, crop, self.geom.size)
+            label = table[group.meta.label] if crop.flip else group.meta.label
+            yield {"video": self._video(clip), "label": label, "camera": cam, "key": group.key}
 
 
 class EvalClips(ClipDataset):
@@ -225,6 +243,6 @@ class EvalClips(ClipDataset):
                 for c, indices in enumerate(eval_frame_indices(group.meta.frames, geom, cfg.eval_clips)):
                     frames = decode_frames(group, cam, indices)
                     for k, box in enumerate(boxes):
-                        yield {"video": self._video(crop_resize(frames, indices, box, geom.size)),
+                        yield {"video": self._video(crop_resize(frames, indices, Crop(box), geom.size)),
                                "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
                                "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}

@@ -6,8 +6,9 @@ paper's online signal for sampled frame ``k`` is the difference between frames `
 (``k = 0`` reuses ``k = 1``). The cache equivalent is the energy accumulated over the same interval,
 ``sum(rows i_{k-1}+1 .. i_k)`` — the path length of the change, which equals the endpoint difference
 for small monotone changes and never ranks a static region above a moving one. Space is then
-area-resampled from the cell grid onto the token grid through the crop box, and time is averaged over
-each tubelet, giving ``N = T'·H'·W'`` weights in t-major, h, w order (the model's token order).
+area-resampled from the cell grid onto the token grid through the crop box (columns reversed when the
+crop is flipped, as the clip's pixels are), and time is averaged over each tubelet, giving
+``N = T'·H'·W'`` weights in t-major, h, w order (the model's token order).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from mv2mae.data.config import ClipGeometry
-from mv2mae.data.sampling import Box
+from mv2mae.data.sampling import Crop
 
 
 def _local_rows(rows: np.ndarray, first_row: int, indices: np.ndarray) -> np.ndarray:
@@ -80,31 +81,34 @@ def area_matrix(lo: float, hi: float, bins: int, cell: int, extent: int) -> np.n
     return overlap / overlap.sum(axis=1, keepdims=True)
 
 
-def _crop_area(box: Box, frame_size: tuple[int, int], cell: int, geom: ClipGeometry,
+def _crop_area(crop: Crop, frame_size: tuple[int, int], cell: int, geom: ClipGeometry,
                cells: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """float32 area-resampling matrices (rows ``[H', gh]``, columns ``[W', gw]``) of crop ``box``."""
+    """float32 area-resampling matrices (rows ``[H', gh]``, columns ``[W', gw]``) of ``crop``: its box,
+    and the token columns in mirrored order when it flips."""
     width, height = frame_size
-    x0, y0, x1, y1 = box
+    x0, y0, x1, y1 = crop.box
     _, gh, gw = geom.grid
     ay = area_matrix(y0, y1, gh, cell, height)
     ax = area_matrix(x0, x1, gw, cell, width)
     if tuple(cells) != (ay.shape[1], ax.shape[1]):
         raise ValueError(f"motion grid {tuple(cells)} does not match a {width}x{height} frame "
                          f"with {cell}-px cells ({ay.shape[1]}x{ax.shape[1]})")
+    if crop.flip:
+        ax = ax[::-1]
     return ay.astype(np.float32), ax.astype(np.float32)
 
 
-def cells_to_tokens(energy: np.ndarray, box: Box, frame_size: tuple[int, int], cell: int,
+def cells_to_tokens(energy: np.ndarray, crop: Crop, frame_size: tuple[int, int], cell: int,
                     geom: ClipGeometry) -> np.ndarray:
-    """``[T, gh, gw]`` per-frame cell energy -> ``[N]`` per-token motion through crop ``box``."""
-    ay, ax = _crop_area(box, frame_size, cell, geom, energy.shape[1:])
+    """``[T, gh, gw]`` per-frame cell energy -> ``[N]`` per-token motion through ``crop``."""
+    ay, ax = _crop_area(crop, frame_size, cell, geom, energy.shape[1:])
     _, gh, gw = geom.grid
     per_frame = ay @ energy @ ax.T  # [T, H', W']
     per_tubelet = per_frame.reshape(geom.frames // geom.tubelet, geom.tubelet, gh, gw).mean(axis=1)
     return per_tubelet.reshape(-1).astype(np.float32)
 
 
-def cache_token_motion(rows: np.ndarray, first_row: int, indices: np.ndarray, box: Box,
+def cache_token_motion(rows: np.ndarray, first_row: int, indices: np.ndarray, crop: Crop,
                        frame_size: tuple[int, int], cell: int, geom: ClipGeometry) -> np.ndarray:
     """The whole path: cache rows of one view -> ``[N]`` token weights in 0-255 units.
 
@@ -114,8 +118,8 @@ def cache_token_motion(rows: np.ndarray, first_row: int, indices: np.ndarray, bo
     ``frame_interval_energy``, up to float rounding)."""
     local = _local_rows(rows, first_row, indices)
     if not _monotone(local) or len(local) != geom.frames:
-        return cells_to_tokens(frame_interval_energy(rows, first_row, indices), box, frame_size, cell, geom)
-    ay, ax = _crop_area(box, frame_size, cell, geom, rows.shape[1:])
+        return cells_to_tokens(frame_interval_energy(rows, first_row, indices), crop, frame_size, cell, geom)
+    ay, ax = _crop_area(crop, frame_size, cell, geom, rows.shape[1:])
     tubelets = geom.frames // geom.tubelet
     span = _float_rows(rows, int(local[-1]) + 1)
     per_tubelet = _interval_weights(local, len(span)).reshape(tubelets, geom.tubelet, -1).mean(axis=1)

@@ -1,21 +1,57 @@
-"""Pure sampling decisions: which frames, which cameras, which crop box. No I/O, numpy RNG only.
+"""Pure sampling decisions: which frames, which cameras, which crop. No I/O, numpy RNG only.
 
-Every decision is a plain value (index array, camera list, integer box) so that the same decision
+Every decision is a plain value (index array, camera list, :class:`Crop`) so that the same decision
 drives the pixels and the motion weights — the two can never disagree about what was sampled.
+
+Augmentation, and where it departs from VideoMAE's recipes [ours]:
+
+- Pretraining: a random resized crop (area ``data.crop_scale``, aspect 3/4-4/3) drawn for each view
+  independently (VideoMAE's pretraining crops and nothing else; METHOD.md). The views come from
+  different cameras, so one box would not cut matching content from them anyway; independent boxes
+  give each view its own scale and framing, as separate VideoMAE samples would have.
+  ``data.shared_crop`` cuts one box from every view. No flip unless ``data.flip=on``, and then every
+  view of a sample flips together: a mirrored scene filmed by mirrored cameras is still one
+  consistent multi-view recording, while flipping a subset would ask the cross-view decoder to
+  reconstruct a view of the mirror-image scene from the other.
+- Finetuning: a random resized crop, and a horizontal flip (p = 0.5) only where the dataset records
+  which class a mirrored video shows (``flip_classes``): left/right action pairs (the synthetic set's
+  waves, punches, kicks and bends) would otherwise be taught with the wrong label. VideoMAE also
+  applies RandAugment (m7, n4) and random erasing (0.25); we leave both out. METHOD.md's recipe
+  regularises with mixup, cutmix, label smoothing and drop path, and RandAugment is per-frame image
+  work on the loader's CPU: timm's rand-m7-n4-mstd0.5-inc1 took ~32 ms for a 16-frame 128² clip on
+  one core of the 2-core box, four times what a whole two-view pretraining sample costs a worker
+  (~8.2 ms, BENCHMARKS.md).
+- Evaluation: fixed crops (:func:`eval_boxes`), never flipped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from mv2mae.data.config import ClipGeometry, DataConfig
 
 CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range (torchvision's default)
+FLIP_PROB = 0.5  # horizontal flip, when flipping is on (VideoMAE's and torchvision's rate)
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in stored-frame pixels, end exclusive
+
+
+class Crop(NamedTuple):
+    """Where one view of a sample comes from in its stored frames: ``box`` is cut and resized to the
+    clip size, then mirrored left-right when ``flip``. The clip's pixels and its motion weights are
+    both taken through the one Crop."""
+
+    box: Box
+    flip: bool = False
+
+
+def draw_flip(enabled: bool, rng: np.random.Generator) -> bool:
+    """One flip decision (no draw when flipping is off)."""
+    return enabled and bool(rng.random() < FLIP_PROB)
 
 
 def _effective_stride(num_frames: int, geom: ClipGeometry) -> int:

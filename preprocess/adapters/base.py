@@ -62,6 +62,7 @@ class Scan:
     groups: list[GroupSpec]
     failures: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # dataset-level facts (e.g. official splits)
+    flip_classes: list[int] | None = None  # class of each class's mirror image, when known (index.json)
 
 
 class AdapterError(ValueError):

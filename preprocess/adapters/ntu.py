@@ -21,6 +21,7 @@ from mv2mae.preprocess.adapters.base import (
     keep_group,
     record_missing_views,
 )
+from mv2mae.preprocess.synth.actions import flip_classes
 
 NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})(?:_rgb)?\.(?:avi|mp4|mkv)$", re.IGNORECASE)
 
@@ -118,7 +119,9 @@ def scan_synth(root: Path, options: AdapterOptions) -> Scan:
     if not classes_file.is_file():
         raise AdapterError(f"{classes_file}: missing — is {root} a synthetic dataset (mv2mae synth)?")
     classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-    return _scan_ntu(root, options, "synth", classes)
+    result = _scan_ntu(root, options, "synth", classes)
+    result.flip_classes = flip_classes(classes)  # the generator's mirror pairs (left/right actions)
+    return result
 
 
 def read_skeleton_box(path: Path) -> tuple[float, float, float, float] | None:
