@@ -41,8 +41,7 @@ def _check_compatible(found: list[tuple[Path, DatasetIndex]]) -> int:
     def comparable(ix: DatasetIndex) -> dict:
         args = {k: v for k, v in ix.args.items() if k not in ("part", "parts", "meta")}
         return {"dataset": ix.dataset, "classes": ix.classes, "flip_classes": ix.flip_classes, "cell": ix.cell,
-                "motion": ix.motion,
-                "short_side": ix.short_side, "args": args}
+                "motion": ix.motion, "short_side": ix.short_side, "args": args}
 
     first_path, first = found[0]
     for path, ix in found[1:]:
