@@ -2,7 +2,13 @@
 
 Pure with respect to the output directory (it writes nothing); the parent process turns the returned
 ``GroupResult`` into shard members and motion rows. Everything that can go wrong with one input file
-becomes a failure record; the group itself fails only when fewer than two usable cameras remain.
+becomes a failure record; the group itself fails only when no usable camera remains (one camera is a
+valid finetuning or test video).
+
+Every view is stored whole; alignment only says where each view's common span starts
+(``mv2mae.shards.schema``). The reference view that the others are aligned to is a training camera of
+the dataset's cross-view protocols (``WorkConfig.reference``), so a test view never sets a training
+view's timing; without such a protocol it is the lowest camera id.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import numpy as np
 
 from mv2mae.preprocess import align as align_mod
 from mv2mae.preprocess import motion as motion_mod
-from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
+from mv2mae.preprocess.adapters import GroupSpec, ViewSource
 from mv2mae.preprocess.adapters.ntu import read_skeleton_box
 from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
 from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
@@ -41,6 +47,7 @@ class WorkConfig:
     threads: int = 1
     drop_missing_skeletons: bool = False
     image_fps: float = 30.0
+    reference: tuple[int, ...] = ()  # cameras to align to, in order of preference (else the lowest id)
 
 
 @dataclass
@@ -93,8 +100,8 @@ def _drop_mismatched(views: list[tuple[ViewSource, VideoInfo]], res: GroupResult
 
 
 def _require_cameras(views: list) -> None:
-    if len(views) < MIN_CAMERAS:
-        raise GroupFailed(f"only {len(views)} usable camera(s) left, at least {MIN_CAMERAS} are needed")
+    if not views:
+        raise GroupFailed("no usable camera left")
 
 
 def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResult) -> list[int] | None:
@@ -137,9 +144,15 @@ def decode_views(views: list[tuple[ViewSource, VideoInfo]], cfg: WorkConfig, res
     return decoded
 
 
-def _source_offset(view: ViewSource, info: VideoInfo, fps: float) -> int:
+def _source_start(view: ViewSource, info: VideoInfo, fps: float) -> int:
     """The cut's first source frame, expressed at the common frame rate."""
     return int(round((view.start or 0) * fps / info.fps))
+
+
+def reference_view(cameras: list[int], preferred: tuple[int, ...]) -> int:
+    """Index into ``cameras`` of the view to align the others to: the first ``preferred`` camera present,
+    else the first view."""
+    return next((cameras.index(c) for c in preferred if c in cameras), 0)
 
 
 def process(spec: GroupSpec, cfg: WorkConfig) -> GroupResult:
@@ -167,39 +180,39 @@ def _give_up(spec: GroupSpec, res: GroupResult, reason: str) -> None:
 def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
     diffs = [motion_mod.pixel_framediff(f) if len(f) > 1 else None for _, _, _, f in decoded]
     signals = [align_mod.energy_signal(d) if d is not None else np.zeros(0) for d in diffs]
+    cameras = [view.camera for view, *_ in decoded]
     try:
-        al = align_mod.align([len(f) for *_, f in decoded], signals, cfg.max_lag)
+        al = align_mod.align([len(f) for *_, f in decoded], signals, cfg.max_lag,
+                             reference=reference_view(cameras, cfg.reference))
     except ValueError as e:
         raise GroupFailed(str(e)) from None
     fps = cfg.fps or decoded[0][1].fps
-    t_common = al.frames
     # Optimised Huffman tables: the same pixels in ~7% fewer bytes, decoded ~4% faster by every
     # training sample that reads the frame, for one extra encoding pass here.
     params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality, int(cv2.IMWRITE_JPEG_OPTIMIZE), 1]
     res.motion = {s: [] for s in cfg.motion}
-    cams = []
-    for (view, info, box, frames), off, d in zip(decoded, al.offsets, diffs, strict=True):
-        clip = frames[off: off + t_common]
-        cams.append((view, info, box, off))
-        for t, rgb in enumerate(clip):
+    for (view, _, _, frames), d in zip(decoded, diffs, strict=True):
+        for t, rgb in enumerate(frames):
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
             if not ok:
                 raise GroupFailed(f"JPEG encoding failed for camera {view.camera}")
             res.frames.append((frame_ext(view.camera, t), jpg.tobytes()))
         if "framediff" in cfg.motion:
-            sub = d[off: off + t_common - 1] if d is not None and t_common > 1 else None
-            res.motion["framediff"].append(motion_mod.framediff_grid(clip, cfg.cell, sub))
+            res.motion["framediff"].append(motion_mod.framediff_grid(frames, cfg.cell, d))
         if "flow" in cfg.motion:
-            res.motion["flow"].append(motion_mod.flow_grid(clip, cfg.cell))
+            res.motion["flow"].append(motion_mod.flow_grid(frames, cfg.cell))
     height, width = decoded[0][3].shape[1:3]
     res.meta = GroupMeta(
         key=spec.key, dataset=cfg.dataset, label=spec.label, label_name=spec.label_name,
         subject=spec.subject, setup=spec.setup, replication=spec.replication, partition=spec.partition,
-        cameras=[v.camera for v, *_ in cams], fps=float(fps), frames=t_common, size=[int(width), int(height)],
-        crop={str(v.camera): list(map(int, b)) for v, _, b, _ in cams},
-        offsets={str(v.camera): off + _source_offset(v, i, fps) for v, i, _, off in cams},
-        source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in cams},
-        extra={**spec.extra, "align": {"lags": al.lags, "scores": [round(s, 4) for s in al.scores]}},
+        cameras=cameras, fps=float(fps), frames=al.frames, size=[int(width), int(height)],
+        view_frames={str(v.camera): len(f) for v, _, _, f in decoded},
+        offsets={str(v.camera): off for (v, *_), off in zip(decoded, al.offsets, strict=True)},
+        crop={str(v.camera): list(map(int, b)) for v, _, b, _ in decoded},
+        source_start={str(v.camera): _source_start(v, i, fps) for v, i, _, _ in decoded},
+        source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in decoded},
+        extra={**spec.extra, "align": {"reference": cameras[reference_view(cameras, cfg.reference)],
+                                       "lags": al.lags, "scores": [round(s, 4) for s in al.scores]}},
     )
 
 

@@ -4,7 +4,7 @@
 inside zarr's sharding codec (one file per array, however many rows). Rows of a group's camera are found
 through ``GroupMeta.motion_rows`` (as :class:`MotionRows`, our one reader, does) or, by a reader without
 the shards, through the sub-group's attributes
-``{"rows": {key: {camera: first_row}}, "frames": {key: T}, "grid": {key: [gh, gw]}}`` — plain
+``{"rows": {key: {camera: first_row}}, "frames": {key: {camera: T}}, "grid": {key: [gh, gw]}}`` — plain
 ``zarr.open`` is all a reader needs. When the groups of one shard were stored at different sizes, the
 arrays take the largest grid and a group's cells sit in the top-left corner (``grid`` says how many).
 

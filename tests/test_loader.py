@@ -18,9 +18,12 @@ from mv2mae.data import (
     build_pretrain_loader,
 )
 from mv2mae.data.datasets import FinetuneClips, PretrainClips, ShardSplit
+from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
+from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import ContractError, read_index
+from mv2mae.tools.shardio import read_group
 
 MODEL = ModelConfig(frames=8, image_size=32, tubelet=2, patch=8)
 GEOM = ClipGeometry.of(MODEL, DataConfig(stride=2))
@@ -171,6 +174,35 @@ def test_flipping_needs_the_class_swap_table_to_finetune(synth_data):
         build_finetune_loader(MODEL, data(synth_data, "synth_xview", flip="on"), batch_size=2, seed=0)
     with pytest.raises(ValueError, match="flip must be auto, on or off"):
         DataConfig(flip="yes")
+
+
+def test_adjacent_sources_come_from_the_recorded_camera_layout(synth_data):
+    """The synthetic cameras stand as NTU's (1 at 0 degrees, 2 at -45, 3 at +45): the nearest view of
+    camera 3 is camera 1, although camera 2 has the nearer id."""
+    assert read_index(synth_data).layout["3"] == {"azimuth": 45.0, "height": 1.2}
+    loader = build_pretrain_loader(MODEL, data(synth_data, "all", source_policy="adjacent"), batch_size=8, seed=0)
+    pairs = {tuple(p) for b in take(loader, 3) for p in b["cameras"].tolist()}
+    assert {(3, 1), (2, 1)} <= pairs and not {(3, 2), (2, 3)} & pairs
+
+
+def test_evaluation_clips_cover_each_test_view_whole(synth_data):
+    """A test video is the camera's whole recording, not the span it shares with the training views: the
+    evaluation clips are spread over every stored frame of camera 1."""
+    index = read_index(synth_data)
+    options = data(synth_data, "synth_xview", eval_clips=2, eval_crops=1, normalize_on="device")
+    samples = [(k, c, v) for b in build_eval_loader(MODEL, options, batch_size=64)
+               for k, c, v in zip(b["key"], b["clip"].tolist(), b["video"], strict=True)]
+    assert len(samples) == 2 * index.groups
+    longer = 0
+    for key, clip, video in samples:
+        group = read_group(synth_data, index, key)
+        frames = group.meta.view_frames["1"]
+        longer += frames > group.meta.frames
+        indices = eval_frame_indices(frames, GEOM, 2)[clip]
+        box = eval_boxes(*group.meta.size, 1)[0]
+        want = to_video_tensor(crop_resize(decode_frames(group, 1, indices), indices, Crop(box), GEOM.size))
+        assert torch.equal(video, want), (key, clip)
+    assert longer  # some test views are longer than the common span: the check above could tell
 
 
 def test_cache_and_online_motion_agree_in_rank(synth_data):

@@ -96,7 +96,7 @@ def test_decoded_frames_are_rgb_and_cropped_to_the_box():
     rgb[:, 30:] = (0, 0, 255)  # blue, right half only
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1], fps=30.0, frames=1, size=[60, 40],
-                     partition="p")
+                     partition="p", view_frames={"1": 1}, offsets={"1": 0})
     group = GroupSample(meta=meta, shard="s.tar", members={"c001.f0000.jpg": jpeg.tobytes()})
     frames = decode_frames(group, 1, np.array([0]))
     out = crop_resize(frames, np.array([0, 0]), Crop((32, 0, 60, 40)), 16)

@@ -14,10 +14,14 @@ from mv2mae.data.sampling import (
     eval_boxes,
     eval_frame_indices,
     random_resized_box,
+    shared_clip,
     train_frame_indices,
 )
 from mv2mae.model.config import ModelConfig
+from mv2mae.preprocess.adapters.etri import ETRI_LAYOUT
+from mv2mae.preprocess.adapters.ntu import NTU_LAYOUT
 from mv2mae.preprocess.motion import framediff_grid
+from mv2mae.shards.schema import GroupMeta
 
 GEOM = ClipGeometry.of(ModelConfig(frames=8, image_size=32, tubelet=2, patch=8), DataConfig(stride=2))
 
@@ -43,13 +47,49 @@ def test_views_follow_the_policy_and_the_allowed_cameras():
     for _ in range(50):
         views = choose_views(cams, DataConfig(num_sources=2), rng)
         assert len(set(views)) == 3 and set(views) <= set(cams)
-        target, source = choose_views(cams, DataConfig(source_policy="adjacent"), rng)
-        assert abs(target - source) == 1
     fixed = DataConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
     assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
     assert choose_views([2], DataConfig(), rng) is None
     with pytest.raises(ValueError, match="fixed_pairs"):
         DataConfig(source_policy="fixed", fixed_pairs=[[1, 2, 3]])
+
+
+def test_adjacent_sources_follow_the_camera_layout_not_the_ids():
+    """NTU: camera 1 stands between 2 and 3 (45 degrees from each; 2 and 3 are 90 apart), so the nearest
+    view of camera 3 is camera 1, not camera 2. ETRI: the other height of the same position comes first."""
+    rng = np.random.default_rng(1)
+    adjacent = DataConfig(source_policy="adjacent")
+    nearest = {1: set(), 2: set(), 3: set()}
+    for _ in range(60):
+        target, source = choose_views([1, 2, 3], adjacent, rng, NTU_LAYOUT)
+        nearest[target].add(source)
+    assert nearest == {1: {2, 3}, 2: {1}, 3: {1}}
+    for _ in range(20):
+        target, *sources = choose_views(range(1, 9), DataConfig(source_policy="adjacent", num_sources=3), rng,
+                                        ETRI_LAYOUT)
+        pair = target + 1 if target % 2 else target - 1  # C001/C002, C003/C004, ...: one position
+        assert sources[0] == pair and len({(s - 1) // 2 for s in sources[1:]}) == 2  # then both neighbours
+        assert all(abs((s - 1) // 2 - (target - 1) // 2) in (1, 3) for s in sources[1:])
+    with pytest.raises(ValueError, match=r"cameras \[3\] have no place"):
+        choose_views([2, 3], adjacent, rng, {"2": {"azimuth": 0.0}})
+
+
+def test_a_pretraining_clip_takes_the_same_instants_from_the_span_its_views_share():
+    """Three views whose common span is 23 frames; cameras 1 and 2 alone share 30, and a clip of that
+    pair may use all of them (only what the pair needs is trimmed)."""
+    meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1, 2, 3], fps=30.0, frames=23,
+                     size=[32, 32], partition="p", view_frames={"1": 30, "2": 40, "3": 25},
+                     offsets={"1": 0, "2": 5, "3": 2})
+    assert meta.span([1, 2]) == ({1: 0, 2: 5}, 30) and meta.span([1, 2, 3]) == ({1: 0, 2: 5, 3: 2}, 23)
+    assert meta.span([2, 3]) == ({2: 3, 3: 0}, 25)  # camera 3 starts 2 instants before the common span
+    rng = np.random.default_rng(0)
+    last = 0
+    for _ in range(40):
+        (c2, i2), (c1, i1) = shared_clip(meta, [2, 1], GEOM, rng)
+        assert (c2, c1) == (2, 1) and np.array_equal(i2 - 5, i1)  # one instant in both views
+        assert i1.min() >= 0 and i1.max() < 30 and i2.max() < 35
+        last = max(last, int(i1.max()))
+    assert last >= 23  # past the three-view span: the pair's own span is used
 
 
 def test_crop_boxes_lie_inside_the_frame():

@@ -84,6 +84,19 @@ def test_verify_finds_a_missing_motion_subgroup(synth_data, tmp_path):
     assert res.exit_code == 1 and f"{victim}: motion.zarr has no sub-group" in res.output
 
 
+def test_verify_checks_the_camera_sets_the_index_counts(synth_data, tmp_path):
+    """Protocols count multi-view groups from ``camera_sets`` without reading shards: verify holds the index
+    to what the shards contain."""
+    bad = tmp_path / "sets"
+    shutil.copytree(synth_data, bad)
+    index = json.loads((bad / "index.json").read_text())
+    victim = index["shards"][0]
+    victim["camera_sets"] = {"1": victim["samples"]}
+    (bad / "index.json").write_text(json.dumps(index))
+    res = invoke("verify", bad, "--no-decode")
+    assert res.exit_code == 1 and f"{victim['name']}: groups by cameras {{'1,2,3'" in res.output
+
+
 def test_bench_loader_runs_end_to_end_and_writes_its_figures(tmp_path):
     out = tmp_path / "loader.json"
     res = runner.invoke(app, ["bench", "loader", "--json", str(out), "--work", str(tmp_path / "work"),

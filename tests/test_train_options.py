@@ -53,7 +53,8 @@ def test_every_preset_names_a_protocol_that_exists():
 
 def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
     shards = [ShardEntry(name=f"P{s:03d}-000000.tar", partition=f"P{s:03d}", samples=2, bytes=1, sha256="0" * 64,
-                         subjects=[s], setups=[], cameras=[1, 2, 3], keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
+                         subjects=[s], setups=[], cameras=[1, 2, 3], camera_sets={"1,2,3": 2},
+                         keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
     index = DatasetIndex(dataset="manifest", classes=["a", "b"], fps=30.0, short_side=160, cell=8, motion=[],
                          shards=shards, args={})
     train, test = select(index, "rocog", "train"), select(index, "rocog", "test")

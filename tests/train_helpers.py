@@ -38,6 +38,9 @@ class GlobalBatchSource:
     def samples_per_epoch(self) -> int:
         return len(self.video)
 
+    def describe(self) -> str:
+        return f"data: {len(self.video)} in-memory samples"
+
     def prepare(self, batch: dict) -> dict:
         return batch  # already float, normalised
 

@@ -1,12 +1,15 @@
 """``mv2mae shards verify``: every check a user wants before spending GPU hours on a directory.
 
-Checksums and sizes match the index; every member is where the contract puts it and decodes;
-metadata is complete and agrees with the index; the Zarr cache covers every group and camera.
+Checksums and sizes match the index; every member is where the contract puts it and decodes (each
+view's whole video); metadata is complete, its timeline consistent (``GroupMeta`` checks offsets and
+spans as it parses) and agrees with the index, camera sets included; the Zarr cache covers every
+group and camera, one row per stored frame.
 Problems are collected (never the first one only) as ``"<shard>: <what is wrong>"`` lines.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from mv2mae.shards.schema import (
     ContractError,
     GroupMeta,
     ShardEntry,
+    camera_set_key,
     motion_grid,
     parse_frame_ext,
     read_index,
@@ -52,7 +56,7 @@ def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[st
     for key, meta in metas.items():
         if shapes.get(key, {tuple(meta.size)}) != {tuple(meta.size)}:
             problems.append(f"{path.name}: {key} frames are {sorted(shapes[key])}, metadata says {meta.size}")
-        want = {(c, t) for c in meta.cameras for t in range(meta.frames)}
+        want = {(c, t) for c in meta.cameras for t in range(meta.view_frames[str(c)])}
         have = frames.get(key, set())
         if want != have:
             problems.append(f"{path.name}: {key} has {len(have)} frame members, metadata implies {len(want)} "
@@ -61,6 +65,9 @@ def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[st
             problems.append(f"{path.name}: {key} subject/cameras disagree with index.json")
         if set(meta.motion_rows) != {str(c) for c in meta.cameras}:
             problems.append(f"{path.name}: {key} motion_rows {sorted(meta.motion_rows)} != cameras {meta.cameras}")
+    sets = dict(Counter(camera_set_key(m.cameras) for m in metas.values()))
+    if sets != entry.camera_sets:
+        problems.append(f"{path.name}: groups by cameras {sets}, index.json says {entry.camera_sets}")
     return problems, metas
 
 
@@ -82,8 +89,9 @@ def _check_motion(root: Path, entry: ShardEntry, metas: dict[str, GroupMeta], so
             if gh > arr.shape[1] or gw > arr.shape[2]:
                 problems.append(f"{entry.name}: {key} motion grid {gh}x{gw} exceeds {source} array {arr.shape}")
             for cam, first in meta.motion_rows.items():
-                if first < 0 or first + meta.frames > arr.shape[0]:
-                    problems.append(f"{entry.name}: {key} camera {cam} rows {first}+{meta.frames} outside "
+                rows = meta.view_frames.get(cam, 0)
+                if first < 0 or first + rows > arr.shape[0]:
+                    problems.append(f"{entry.name}: {key} camera {cam} rows {first}+{rows} outside "
                                     f"{source} array of {arr.shape[0]} rows")
         if not np.isfinite(np.asarray(arr[...], np.float32)).all():
             problems.append(f"{entry.name}: {source} motion holds non-finite values")

@@ -62,9 +62,11 @@ def preprocess(
                       drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend,
                       classes_file=str(classes) if classes else None, image_fps=image_fps, progress=progress)
     console.print(
-        f"{summary.written} group(s) written, {summary.skipped} already done, {summary.failed} failed, "
-        f"{summary.dropped_views} view(s) dropped; {summary.groups} groups in {summary.shards} shard(s); "
-        f"{summary.failures} failure record(s); {summary.seconds:.1f} s -> {summary.index}")
+        f"{summary.written} group(s) written ({summary.single_camera} with one camera: finetuning and "
+        f"evaluation only), {summary.skipped} already done, {summary.failed} failed, "
+        f"{summary.dropped_views} view(s) dropped, {summary.unlisted} left out as in no official split; "
+        f"{summary.groups} groups in {summary.shards} shard(s); {summary.failures} failure record(s); "
+        f"{summary.seconds:.1f} s -> {summary.index}")
 
 
 def merge(

@@ -1,6 +1,12 @@
 """Iterable datasets turning streamed groups into clips: pretraining (multi-view + motion weights),
 finetuning (one camera + label) and evaluation (every test camera × clips × crops, with ids).
 
+Time follows the shard contract (``mv2mae.shards.schema``): a pretraining sample takes the same instants
+from each of its views, inside the span those views share (``GroupMeta.span``); finetuning and
+evaluation clips come from the chosen camera's whole stored video. Pretraining skips groups with
+fewer allowed cameras than it needs views (one-camera groups among them); the index counts them in
+advance (``Selection.groups_with_views``).
+
 Each ``__iter__`` runs inside a DataLoader worker (or the main process): it derives its RNG from
 (seed, rank, worker, epoch), opens the motion cache there, and yields one dict per sample with uint8
 video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the batch in one pass.
@@ -28,6 +34,7 @@ from mv2mae.data.sampling import (
     eval_boxes,
     eval_frame_indices,
     random_resized_box,
+    shared_clip,
     train_frame_indices,
 )
 from mv2mae.data.transport import RingEnds, attach
@@ -118,8 +125,8 @@ class ClipDataset(IterableDataset):
                             shuffle_buffer=self.data.shuffle_buffer, plan=plan)
 
     def _planner(self, choose):
-        """A reader plan from ``choose(meta) -> (cameras, frame indices) | None``; raises when a long run of
-        groups cannot form a sample under the protocol (an infinite stream would otherwise spin)."""
+        """A reader plan from ``choose(meta) -> [(camera, stored frame indices), ...] | None``; raises when a
+        long run of groups cannot form a sample under the protocol (an infinite stream would otherwise spin)."""
         skips = 0
 
         def plan(meta: GroupMeta, where: str):
@@ -133,54 +140,59 @@ class ClipDataset(IterableDataset):
                                         f"{self.split.selection.protocol}); last: {where}:{meta.key}")
                 return None
             skips = 0
-            cams, indices = decision
-            return {frame_ext(c, t) for c in cams for t in np.unique(indices).tolist()}, decision
+            return {frame_ext(c, t) for c, indices in decision for t in np.unique(indices).tolist()}, decision
 
         return plan
 
 
 class PretrainClips(ClipDataset):
     """Infinite stream of ``{"video": [V, C, T, H, W], "motion": [V, N], "cameras": [V], "label", "key"}``
-    with view 0 the target and views 1..K the sources, all at the same stored-frame indices."""
+    with view 0 the target and views 1..K the sources, all at the same instants of the span they share."""
 
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, **kwargs):
         super().__init__(split, geom, data, **kwargs)
-        cams = split.selection.cameras
+        cams, where = split.selection.cameras, f"{split.root}: protocol {split.selection.protocol}"
         if len(cams) < data.views:
-            raise ContractError(f"{split.root}: protocol {split.selection.protocol} {split.selection.split} allows "
-                                f"cameras {cams}; pretraining needs {data.views} views (1 target + "
-                                f"{data.num_sources} source(s))")
+            raise ContractError(f"{where} {split.selection.split} allows cameras {cams}; pretraining needs "
+                                f"{data.views} views (1 target + {data.num_sources} source(s))")
+        if not split.selection.groups_with_views(data.views):
+            raise ContractError(f"{where} {split.selection.split}: no group holds {data.views} of cameras {cams}; "
+                                f"pretraining needs multi-view groups")
+        unplaced = [c for c in cams if str(c) not in split.index.layout]
+        if data.source_policy == "adjacent" and unplaced:
+            raise ContractError(f"{split.root}/index.json: source policy 'adjacent' needs the camera layout, which "
+                                f"places no camera {unplaced} (give the manifest an angle column, or add them to "
+                                f"'layout')")
 
     def __iter__(self) -> Iterator[dict]:
         plan_rng, crop_rng, flip_rng = self._start()
         cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
+        layout = self.split.index.layout
         motion = None
         if cfg.motion in ("framediff", "flow"):
             motion = MotionRows(self.split.root, cfg.motion, self.split.index)
 
         def choose(meta: GroupMeta):
-            views = choose_views([c for c in meta.cameras if c in allowed], cfg, plan_rng)
-            return None if views is None else (views, train_frame_indices(meta.frames, geom, plan_rng))
+            views = choose_views([c for c in meta.cameras if c in allowed], cfg, plan_rng, layout)
+            return None if views is None else shared_clip(meta, views, geom, plan_rng)
 
         for group in self._train_stream(self._planner(choose)):
-            views, indices = group.plan
-            frames = [decode_frames(group, cam, indices) for cam in views]
+            frames = [decode_frames(group, cam, indices) for cam, indices in group.plan]
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
                 # every view flips together, or none does (mv2mae.data.sampling: a consistent mirrored scene)
                 flip = draw_flip(cfg.flip == "on", flip_rng)
-                yield self._sample(group, views, indices, frames, crop_rng, flip, motion)
+                yield self._sample(group, group.plan, frames, crop_rng, flip, motion)
 
-    def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
-                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, flip: bool,
-                motion: MotionRows | None) -> dict:
+    def _sample(self, group: GroupSample, plan: list[tuple[int, np.ndarray]], decoded: list[dict[int, np.ndarray]],
+                rng: np.random.Generator, flip: bool, motion: MotionRows | None) -> dict:
         cfg, geom = self.data, self.geom
         width, height = group.meta.size
         shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
-        channels = decoded[0][int(indices[0])].shape[2]
+        channels = decoded[0][int(plan[0][1][0])].shape[2]
         # every view is resized straight into its slot of the sample
-        clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
+        clips = np.empty((len(plan), geom.frames, geom.size, geom.size, channels), np.uint8)
         weights = []
-        for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
+        for v, ((cam, indices), frames) in enumerate(zip(plan, decoded, strict=True)):
             crop = Crop(shared or random_resized_box(width, height, cfg, rng), flip)
             clip = crop_resize(frames, indices, crop, geom.size, out=clips[v])
             if motion is not None:
@@ -191,7 +203,7 @@ class PretrainClips(ClipDataset):
             else:
                 weights.append(np.zeros(geom.tokens, np.float32))
         return {"video": self._video(clips), "motion": torch.from_numpy(np.stack(weights)),
-                "cameras": torch.tensor(views), "label": group.meta.label, "key": group.key}
+                "cameras": torch.tensor([cam for cam, _ in plan]), "label": group.meta.label, "key": group.key}
 
 
 class FinetuneClips(ClipDataset):
@@ -210,10 +222,11 @@ class FinetuneClips(ClipDataset):
             cams = [c for c in meta.cameras if c in allowed]
             if not cams:
                 return None
-            return [cams[int(plan_rng.integers(len(cams)))]], train_frame_indices(meta.frames, self.geom, plan_rng)
+            cam = cams[int(plan_rng.integers(len(cams)))]
+            return [(cam, train_frame_indices(meta.view_frames[str(cam)], self.geom, plan_rng))]
 
         for group in self._train_stream(self._planner(choose)):
-            (cam,), indices = group.plan
+            ((cam, indices),) = group.plan
             width, height = group.meta.size
             crop = Crop(random_resized_box(width, height, self.data, crop_rng), draw_flip(table is not None, flip_rng))
             clip = crop_resize(decode_frames(group, cam, indices), indices, crop, self.geom.size)
@@ -230,17 +243,16 @@ class EvalClips(ClipDataset):
         self._start()
         cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
 
-        def choose(meta: GroupMeta):
-            cams = [c for c in meta.cameras if c in allowed]
-            clips = eval_frame_indices(meta.frames, geom, cfg.eval_clips)
-            return (cams, np.concatenate(clips)) if cams else None
+        def choose(meta: GroupMeta):  # each camera's clips spread over its own whole video
+            return [(c, eval_frame_indices(meta.view_frames[str(c)], geom, cfg.eval_clips))
+                    for c in meta.cameras if c in allowed] or None
 
         for group in eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
                                  world_size=self.world_size, plan=self._planner(choose)):
             width, height = group.meta.size
             boxes = eval_boxes(width, height, cfg.eval_crops)
-            for cam in group.plan[0]:
-                for c, indices in enumerate(eval_frame_indices(group.meta.frames, geom, cfg.eval_clips)):
+            for cam, clips in group.plan:
+                for c, indices in enumerate(clips):
                     frames = decode_frames(group, cam, indices)
                     for k, box in enumerate(boxes):
                         yield {"video": self._video(crop_resize(frames, indices, Crop(box), geom.size)),

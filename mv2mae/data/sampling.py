@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from mv2mae.data.config import ClipGeometry, DataConfig
+from mv2mae.shards.schema import GroupMeta
 
 CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range (torchvision's default)
 FLIP_PROB = 0.5  # horizontal flip, when flipping is on (VideoMAE's and torchvision's rate)
@@ -79,6 +80,16 @@ def train_frame_indices(num_frames: int, geom: ClipGeometry, rng: np.random.Gene
     return _clip_at(start, num_frames, geom)
 
 
+def shared_clip(meta: GroupMeta, views: list[int], geom: ClipGeometry,
+                rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """One random clip of the same instants in every view of ``views``: ``[(camera, stored frame indices)]``,
+    drawn from the span those views share (``GroupMeta.span``: a pair of views may share more than the
+    span common to all the group's views)."""
+    first, length = meta.span(views)
+    indices = train_frame_indices(length, geom, rng)
+    return [(cam, first[cam] + indices) for cam in views]
+
+
 def eval_frame_indices(num_frames: int, geom: ClipGeometry, clips: int) -> list[np.ndarray]:
     """``clips`` clips with evenly spaced starts covering the video (VideoMAE multi-clip testing)."""
     stride = _effective_stride(num_frames, geom)
@@ -87,11 +98,25 @@ def eval_frame_indices(num_frames: int, geom: ClipGeometry, clips: int) -> list[
     return [_clip_at(int(round(s)), num_frames, geom) for s in starts]
 
 
-def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Generator) -> list[int] | None:
+Layout = dict[str, dict[str, float]]  # ``index.json``'s ``layout``: cam -> {"azimuth": deg, "height": m}
+
+
+def view_distance(layout: Layout, a: int, b: int) -> tuple[float, float]:
+    """How far camera ``b`` stands from camera ``a``: (azimuth difference in degrees, 0-180; height
+    difference in metres), compared in that order — the other height of the same position is nearer
+    than the next position (ETRI's pairs), and ids play no part."""
+    pa, pb = layout[str(a)], layout[str(b)]
+    turn = abs(pa.get("azimuth", 0.0) - pb.get("azimuth", 0.0)) % 360
+    return min(turn, 360 - turn), abs(pa.get("height", 0.0) - pb.get("height", 0.0))
+
+
+def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Generator,
+                 layout: Layout | None = None) -> list[int] | None:
     """``[target, *sources]`` camera ids drawn from ``available`` by the configured policy.
 
     ``available`` is already the intersection of the group's cameras and the protocol's allowed ones;
-    ``None`` when the group cannot provide 1 + K distinct views."""
+    ``None`` when the group cannot provide 1 + K distinct views. The ``adjacent`` policy takes the K
+    cameras nearest the target in the dataset's ``layout`` (:func:`view_distance`, random among equals)."""
     cams = sorted(set(available))
     if len(cams) < cfg.views:
         return None
@@ -103,10 +128,12 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
     if cfg.source_policy == "random":
         picks = rng.permutation(len(others))[: cfg.num_sources]
         return [target] + [others[i] for i in picks]
-    # adjacent: nearest camera ids to the target (camera ids enumerate positions); random tie-break.
-    pos = cams.index(target)
-    dist = np.array([abs(cams.index(c) - pos) for c in others], dtype=float) + rng.random(len(others)) * 0.5
-    return [target] + [others[i] for i in np.argsort(dist)[: cfg.num_sources]]
+    unplaced = [c for c in cams if layout is None or str(c) not in layout]
+    if unplaced:
+        raise ValueError(f"source policy 'adjacent' needs the camera layout; cameras {unplaced} have no place")
+    ties = rng.random(len(others))
+    order = sorted(range(len(others)), key=lambda i: (view_distance(layout, target, others[i]), ties[i]))
+    return [target] + [others[i] for i in order[: cfg.num_sources]]
 
 
 def random_resized_box(width: int, height: int, cfg: DataConfig, rng: np.random.Generator) -> Box:

@@ -166,6 +166,7 @@ class Trainer:
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
+            log.print(self.data.describe())
             if self.resumed_from:
                 log.print(f"resumed from {self.resumed_from} at step {self.step}")
         # closing the stream ends the loader's workers, however the loop ends (an error, a stop)

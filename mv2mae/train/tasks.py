@@ -3,7 +3,7 @@
 A task builds its model and turns one batch on the device into a loss (``train_step``); a
 :class:`ShardSource` is the stream of training batches of one protocol's train split. The loop
 (:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``,
-``prepare(batch)`` and ``samples_per_epoch()``.
+``prepare(batch)``, ``samples_per_epoch()`` and ``describe()``.
 """
 
 from __future__ import annotations
@@ -48,14 +48,23 @@ class ShardSource:
         return self.split.num_classes
 
     def samples_per_epoch(self) -> int:
-        """Pretraining: one multi-view sample per group (with ``data.repeats`` = r, an epoch still counts
-        that many samples, cut from 1/r of the groups: MAE-ST's effective epochs). Finetuning: an epoch
-        is a pass over the videos (each allowed camera of a group is one; a stream sample draws one of
-        them at random)."""
+        """Pretraining: one multi-view sample per group that holds enough of the allowed cameras (with
+        ``data.repeats`` = r, an epoch still counts that many samples, cut from 1/r of the groups: MAE-ST's
+        effective epochs). Finetuning: an epoch is a pass over the videos (each allowed camera of a group
+        is one; a stream sample draws one of them at random)."""
         if self.kind == "pretrain":
-            return self.split.selection.groups
-        allowed = set(self.split.selection.cameras)
-        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.split.selection.shards)
+            return self.split.selection.groups_with_views(self.data.views)
+        return self.split.selection.videos
+
+    def describe(self) -> str:
+        """One line on what the train split holds, and what pretraining leaves out for want of views."""
+        sel = self.split.selection
+        line = (f"data: {self.split.root} · protocol {sel.protocol}/train · {sel.groups} groups in "
+                f"{len(sel.shards)} shards · cameras {sel.cameras}")
+        if self.kind == "pretrain":
+            skipped = sel.groups - sel.groups_with_views(self.data.views)
+            line += f" · {skipped} group(s) with fewer than {self.data.views} of those cameras skipped"
+        return line
 
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
