@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from mv2mae.shards.schema import ContractError, DatasetIndex, ShardEntry
 
 SPLITS = ("train", "test")
+VALIDATION_BY = ("subject", "shard", "none")
 
 NTU60_XSUB_TRAIN = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38})
 NTU120_XSUB_TRAIN = NTU60_XSUB_TRAIN | frozenset(
@@ -62,6 +63,13 @@ class Selection:
     @property
     def keys(self) -> list[str]:
         return [k for s in self.shards for k in s.keys]
+
+    @property
+    def videos(self) -> int:
+        """Videos (one camera of one group) the split's cameras give: each group counted with every allowed
+        camera its shard holds (exact unless preprocessing dropped a view of a group, see failures.jsonl)."""
+        allowed = set(self.cameras)
+        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.shards)
 
 
 def _odd(v: int) -> bool:
@@ -155,6 +163,33 @@ def select(index: DatasetIndex, name: str, split: str) -> Selection:
         missing = sorted(set(allowed) - set(present))
         raise ProtocolError(f"protocol {name} {split} uses cameras {list(allowed)}; the data has no camera {missing}")
     return Selection(protocol=name, split=split, shards=shards, cameras=cameras)
+
+
+def hold_out(train: Selection, by: str, fraction: float) -> tuple[Selection, Selection]:
+    """``(fit, val)``: a validation split carved out of a protocol's ``train`` selection, as whole subjects
+    (``by="subject"``: every shard is one subject's, or one side of the split) or whole shards; a share of
+    ``fraction`` of them (at least one, never all), evenly spaced over their sorted order so the choice is
+    fixed by the data alone. Validation keeps the train cameras: no test video is ever in it."""
+    if by not in VALIDATION_BY or by == "none":
+        raise ProtocolError(f"validation by {by!r}: use one of {', '.join(v for v in VALIDATION_BY if v != 'none')}")
+    units = sorted({v for s in train.shards for v in s.subjects}) if by == "subject" else sorted(s.name for s in train.shards)
+    if len(units) < 2:
+        raise ProtocolError(f"protocol {train.protocol}: the train split has {len(units)} {by}(s); a validation "
+                            f"split needs at least 2 (set data.val_by=none to train without one)")
+    count = min(len(units) - 1, max(1, round(fraction * len(units))))
+    held = {units[int((i + 0.5) * len(units) / count)] for i in range(count)}
+    fit, val = [], []
+    for shard in train.shards:
+        keys = set(shard.subjects) if by == "subject" else {shard.name}
+        if keys <= held:
+            val.append(shard)
+        elif keys & held:
+            raise ProtocolError(f"shard {shard.name} mixes validation and training subjects {sorted(keys)}; "
+                                f"hold out whole shards instead (data.val_by=shard)")
+        else:
+            fit.append(shard)
+    return (Selection(train.protocol, "train", fit, train.cameras),
+            Selection(train.protocol, "val", val, train.cameras))
 
 
 def _suggest(dataset: str) -> str:

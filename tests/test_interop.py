@@ -137,7 +137,7 @@ def test_mcg_nju_videomae_checkpoint_import(tmp_path, clip_batch):
 
 def test_export_refuses_positions_transformers_cannot_represent(tmp_path):
     cfg = ModelConfig(frames=FRAMES, image_size=SIZE, embed_dim=48, depth=1, num_heads=4, decoder_dim=24,
-                      decoder_depth=1, decoder_heads=2, cross_decoder_depth=1)
+                      decoder_depth=1, decoder_heads=2, cross_decoder_depth=1, pos_embed="sincos3d")
     with pytest.raises(CheckpointError, match="sincos3d"):
         interop.export_hf(MV2MAE(cfg), tmp_path / "out")
 

@@ -2,7 +2,14 @@
 
 import pytest
 
-from mv2mae.shards.protocols import NTU60_XSUB_TRAIN, NTU120_XSUB_TRAIN, PROTOCOLS, ProtocolError, select
+from mv2mae.shards.protocols import (
+    NTU60_XSUB_TRAIN,
+    NTU120_XSUB_TRAIN,
+    PROTOCOLS,
+    ProtocolError,
+    hold_out,
+    select,
+)
 from mv2mae.shards.schema import DatasetIndex, ShardEntry
 
 GROUPS_PER_SHARD = 3
@@ -86,3 +93,28 @@ def test_every_listed_protocol_has_a_description_and_valid_cameras():
         assert p.description
         if p.train_cameras is not None:
             assert not set(p.train_cameras) & set(p.test_cameras), p.name
+
+
+def test_validation_is_carved_from_train_subjects_only():
+    index = ntu_index("ntu60", performers=40, setups=2)
+    train, test = select(index, "ntu60_xsub", "train"), select(index, "ntu60_xsub", "test")
+    fit, val = hold_out(train, "subject", 0.1)
+    subjects = lambda sel: {v for s in sel.shards for v in s.subjects}  # noqa: E731
+    assert len(subjects(val)) == 2 and subjects(val) | subjects(fit) == subjects(train) == NTU60_XSUB_TRAIN
+    assert not subjects(val) & subjects(fit) and not subjects(val) & subjects(test)
+    assert val.split == "val" and val.cameras == train.cameras and fit.groups + val.groups == train.groups
+    assert hold_out(train, "subject", 0.1) == (fit, val)  # fixed by the data alone
+    assert len(subjects(hold_out(train, "subject", 0.99)[0])) == 1  # never all of them
+    by_shard_fit, by_shard_val = hold_out(train, "shard", 0.25)
+    assert len(by_shard_val.shards) == 10 and not {s.name for s in by_shard_val.shards} & {s.name for s in by_shard_fit.shards}
+
+
+def test_validation_by_subject_refuses_shards_that_mix_subjects():
+    index = ntu_index("ntu60", performers=4, setups=2)
+    mixed = index.shards[0]
+    mixed.subjects = [1, 2]
+    with pytest.raises(ProtocolError, match=f"{mixed.name} mixes validation and training subjects.*val_by=shard"):
+        hold_out(select(index, "all", "train"), "subject", 0.5)
+    one = ntu_index("ntu60", performers=1, setups=2)
+    with pytest.raises(ProtocolError, match="1 subject"):
+        hold_out(select(one, "all", "train"), "subject", 0.1)

@@ -41,11 +41,17 @@ class ShardSource:
         # "auto" resolved for this device: the loader's workers normalise, or leave uint8 to ``prepare``
         worker = cfg.data.normalizes_in_worker(env.device.type)
         self.data = replace(cfg.data, normalize_on="worker" if worker else "device")
-        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
+        # finetuning trains on the train split less its validation share; pretraining on all of it
+        held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
+        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
 
     @property
     def num_classes(self) -> int:
         return self.split.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.split.index.classes)
 
     def samples_per_epoch(self) -> int:
         """Pretraining: one multi-view sample per group (with ``data.repeats`` = r, an epoch still counts
@@ -54,8 +60,7 @@ class ShardSource:
         them at random)."""
         if self.kind == "pretrain":
             return self.split.selection.groups
-        allowed = set(self.split.selection.cameras)
-        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.split.selection.shards)
+        return self.split.selection.videos
 
     def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
         """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
@@ -95,6 +100,9 @@ class PretrainTask:
         return StepResult(out.loss, {"loss_self": out.loss_self, "loss_cross": out.loss_cross},
                           samples=batch["video"].shape[0])
 
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         """A picture of the model's reconstructions of ``batch``."""
         return save_reconstruction(model, batch, run_dir / "recon" / f"step-{step:08d}.png",
@@ -104,8 +112,11 @@ class PretrainTask:
 class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: RunConfig, num_classes: int) -> None:
+    def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None) -> None:
         self.cfg, self.num_classes = cfg, num_classes
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for finetune.num_classes={num_classes}")
         ft = cfg.finetune
         self.mixup = None
         if ft.mixup > 0 or ft.cutmix > 0:
@@ -146,6 +157,10 @@ class FinetuneTask:
         b, c, t, h, w = video.shape
         mixed, target = self.mixup(video.reshape(b, c * t, h, w), label)
         return mixed.reshape(b, c, t, h, w), target
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The class names travel with the classifier: predict and export need no dataset directory."""
+        return {"classes": self.class_names}
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         return None  # nothing to picture
