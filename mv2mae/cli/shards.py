@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from mv2mae.cli.choices import Overlay
 from mv2mae.cli.errors import fail, reported, write_json
 
 DIR_ARG = typer.Argument(..., help="A preprocessed dataset directory (holds index.json).")
@@ -89,7 +90,8 @@ def show(
     key: str = typer.Argument(None, help="Group key (default: the first group of the first shard)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .png (montage) or .gif (animation)."),
     columns: int = typer.Option(8, help="Sampled times (columns) in a PNG montage."),
-    motion: str = typer.Option("auto", help="Motion overlay: auto (first cached source), framediff, flow, none."),
+    motion: Overlay = typer.Option(Overlay.auto, help="Motion overlay: auto (the first cached source), a source, "
+                                                       "or none."),
 ) -> None:
     """A montage of one group: one row per camera, one column per sampled time, motion heat-map overlaid."""
     from mv2mae.shards.schema import read_index
@@ -97,7 +99,8 @@ def show(
 
     def run() -> Path:
         group = key or read_index(directory).shards[0].keys[0]
-        return show_group(directory, group, out, columns=columns, source=None if motion == "none" else motion)
+        return show_group(directory, group, out, columns=columns,
+                          source=None if motion == Overlay.none else motion.value)
 
     typer.echo(f"wrote {_guard(run)}")
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mv2mae.cli.choices import ProbeMethod, Protocol, Split
 from mv2mae.cli.errors import reported, write_json
 
 if TYPE_CHECKING:
@@ -94,7 +95,8 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
                 task = PretrainTask(cfg, init=str(init) if init else "")
             else:
                 classes = cfg.finetune.num_classes or source.num_classes
-                task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None)
+                task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None,
+                                    fps=source.split.index.fps)
                 if cfg.data.val_by != "none":
                     validate = validator(cfg.data, env, task.class_names)
             trainer = Trainer(cfg, task, source, out, env, resume=resume, validate=validate)
@@ -134,6 +136,7 @@ def finetune(
 # the test-time options eval and probe share (defaults: what the checkpoint's run was trained with)
 TEST_DATA = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on).")
 TEST_PROTOCOL = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on).")
+SPLIT_HELP = "Which split to score: test, val (the validation share held out of train) or train."
 TEST_CLIPS = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips).")
 TEST_CROPS = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops).")
 TEST_BATCH = typer.Option(16, "--batch-size", help="Clips per batch.")
@@ -144,8 +147,8 @@ TEST_DEVICE = typer.Option("auto", "--device", help="auto (cuda if available), c
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
     data: Path = TEST_DATA,
-    protocol: str = TEST_PROTOCOL,
-    split: str = typer.Option("test", "--split"),
+    protocol: Protocol = TEST_PROTOCOL,
+    split: Split = typer.Option(Split.test, "--split", help=SPLIT_HELP),
     out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
     clips: int = TEST_CLIPS,
     crops: int = TEST_CROPS,
@@ -154,14 +157,15 @@ def eval_(
     device: str = TEST_DEVICE,
 ) -> None:
     """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
-    _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
+    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device)
 
 
 def probe(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
     data: Path = TEST_DATA,
-    protocol: str = TEST_PROTOCOL,
-    method: str = typer.Option("knn", "--method", help="linear | knn"),
+    protocol: Protocol = TEST_PROTOCOL,
+    method: ProbeMethod = typer.Option(ProbeMethod.knn, "--method", help="Linear classifier or k nearest "
+                                                                         "neighbours on the frozen features."),
     out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
     clips: int = TEST_CLIPS,
     crops: int = TEST_CROPS,
@@ -170,7 +174,7 @@ def probe(
     device: str = TEST_DEVICE,
 ) -> None:
     """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
-    _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
+    _probe(checkpoint, data, protocol and protocol.value, method.value, out, clips, crops, batch_size, workers, device)
 
 
 def report(

@@ -112,8 +112,9 @@ class PretrainTask:
 class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None) -> None:
-        self.cfg, self.num_classes = cfg, num_classes
+    def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None,
+                 fps: float | None = None) -> None:
+        self.cfg, self.num_classes, self.fps = cfg, num_classes, fps
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for finetune.num_classes={num_classes}")
@@ -159,8 +160,9 @@ class FinetuneTask:
         return mixed.reshape(b, c, t, h, w), target
 
     def checkpoint_extra(self) -> dict[str, Any]:
-        """The class names travel with the classifier: predict and export need no dataset directory."""
-        return {"classes": self.class_names}
+        """The class names and the stored frame rate travel with the classifier: predict and export need no
+        dataset directory."""
+        return {"classes": self.class_names, "fps": self.fps}
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         return None  # nothing to picture
