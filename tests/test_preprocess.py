@@ -21,7 +21,7 @@ import zarr
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.preprocess.merge import MergeError, merge
+from mv2mae.preprocess.merge import merge
 from mv2mae.preprocess.motion import framediff_grid
 from mv2mae.preprocess.pipeline import PreprocessError, run
 from mv2mae.preprocess.synth import generate
