@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from mv2mae.shards.schema import ContractError, DatasetIndex, ShardEntry
 
 SPLITS = ("train", "test")
-VALIDATION_BY = ("subject", "shard", "none")
+VALIDATION_BY = ("subject", "shard", "none")  # the first is the default
+DEFAULT_VAL_FRACTION = 0.1
 
 NTU60_XSUB_TRAIN = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38})
 NTU120_XSUB_TRAIN = NTU60_XSUB_TRAIN | frozenset(

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from mv2mae.model.config import ModelConfig
-from mv2mae.shards.protocols import VALIDATION_BY
+from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, VALIDATION_BY
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
 MOTION_OPTIONS = ("framediff", "flow", "online", "none")
@@ -47,8 +47,8 @@ class DataConfig:
     # validation split carved from the protocol's train split for finetuning's model selection (no test
     # video is ever in it): whole subjects (the default), whole shards (datasets whose shards mix subjects),
     # or none. Pretraining (no labels, no selection) uses the whole train split.
-    val_by: str = "subject"
-    val_fraction: float = 0.1  # share of the train subjects (or shards) held out: at least one, never all
+    val_by: str = VALIDATION_BY[0]  # subject
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
 
     def __post_init__(self) -> None:
         self.root = os.fspath(self.root)  # a Path is welcome; the saved config holds a string

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import track
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
@@ -77,7 +79,11 @@ class ShardSource:
         loader = build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
                        rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda")
         it = iter(loader)
-        for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
+        replay = range(skip)  # exact resume: replay the stream up to where the checkpoint was taken
+        if skip and self.env.is_main:
+            replay = track(replay, description="replaying the data stream to the checkpoint",
+                           console=Console(stderr=True), transient=True)
+        for _ in replay:
             next(it)
         yield from it
 
