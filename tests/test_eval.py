@@ -12,7 +12,7 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.eval.metrics import aggregate, topk_correct
+from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
 from mv2mae.model.checkpoint import load_checkpoint
 from mv2mae.shards.schema import read_index
@@ -45,6 +45,13 @@ def test_per_camera_and_fused_accuracy():
     assert res["videos"]["top1"] == 0.75 and res["fused"] == {"top1": 1.0, "top5": 1.0, "count": 2}
     assert res["chance_top1"] == pytest.approx(1 / 3)
     assert np.array(res["confusion"]).sum() == 4
+    # per class (rows = true class): class 0 both videos right, class 1 never shown, class 2 one of two
+    assert res["per_class"] == [{"top1": 1.0, "count": 2}, {"top1": None, "count": 0}, {"top1": 0.5, "count": 2}]
+    assert res["mean_class_top1"] == 0.75  # over the classes present
+    videos = video_predictions(np.array(p), vid, key, cam, lab, ["a", "b", "c"], k=2)
+    assert [(v["video_id"], v["label"], v["predicted"], v["correct"]) for v in videos] == [
+        ("g1/c1", "c", "b", False), ("g1/c2", "c", "c", True), ("g2/c1", "a", "a", True), ("g2/c2", "a", "a", True)]
+    assert videos[0]["top"] == ["b", "c"] and videos[0]["scores"] == [0.5, 0.4]
 
 
 def test_inconsistent_rows_are_rejected():
