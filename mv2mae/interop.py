@@ -301,7 +301,7 @@ def classifier_to_hf(model: VideoClassifier, class_names: list[str]) -> tuple[di
     if _pools_normalised_tokens(model):
         raise CheckpointError("this classifier normalises every token with the encoder's final LayerNorm before "
                               "pooling, which VideoMAEForVideoClassification cannot represent (it pools the blocks' "
-                              "output, then fc_norm); finetune with model.encoder_final_norm=false to export")
+                              "output, then fc_norm): only classifiers with model.encoder_final_norm=false export")
     if len(class_names) != model.num_classes:
         raise CheckpointError(f"{len(class_names)} class names for a {model.num_classes}-class head")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

@@ -73,7 +73,7 @@ def _validation(log: list[dict[str, Any]]) -> list[str]:
         return ["- no validation split (data.val_by=none): lowest-train-loss.pt is the lowest training loss"]
     best = max(scored, key=lambda r: (r["val_top1"], -r["step"]))
     curve = ", ".join(f"{r['step']}: {_pct(r['val_top1'])}" for r in scored)
-    lines = [f"- validation top-1 % by step (held-out training subjects, never the test cameras): {curve}",
+    lines = [f"- validation top-1 % by step (a split held out of the training data: no test video): {curve}",
              f"- best-val-top1.pt = step {best['step']} ({_pct(best['val_top1'])}% validation top-1)"]
     if any("val_ema_top1" in r for r in scored):
         ema = max(scored, key=lambda r: (r.get("val_ema_top1", -1.0), -r["step"]))
