@@ -46,8 +46,8 @@ demo: $(STAMP)
 	$(call timed,pretrain,$(MV2MAE) pretrain --config tiny --data $(DEMO_DATA) --out $(DEMO_DIR)/pretrain \
 		--set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
 	$(call timed,finetune,$(MV2MAE) finetune --config tiny --data $(DEMO_DATA) --out $(DEMO_DIR)/finetune \
-		--init $(DEMO_DIR)/pretrain/checkpoints/best.pt --set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
-	$(call timed,eval,$(MV2MAE) eval --checkpoint $(DEMO_DIR)/finetune/checkpoints/best.pt \
+		--init $(DEMO_DIR)/pretrain/checkpoints/lowest-train-loss.pt --set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
+	$(call timed,eval,$(MV2MAE) eval --checkpoint $(DEMO_DIR)/finetune/checkpoints/best-val-top1.pt \
 		--protocol $(DEMO_PROTOCOL) --out $(DEMO_DIR)/eval)
 	$(MV2MAE) report --pretrain $(DEMO_DIR)/pretrain --finetune $(DEMO_DIR)/finetune --eval $(DEMO_DIR)/eval \
 		--timings $(DEMO_DIR)/timings.txt --out $(DEMO_DIR)/report.md
@@ -70,12 +70,12 @@ preprocess: $(STAMP)
 	$(VENV)/bin/mv2mae preprocess $(DATASET) --root $(ROOT) --out $(OUT) $(ARGS)
 
 # make pretrain CONFIG=ntu60_xsub DATA=data/ntu60 [RUN=runs/ntu60_xsub] [NPROC=8] [ARGS="--set steps=1000"]
-# make finetune CONFIG=ntu60_xsub DATA=data/ntu60 [INIT=RUN/pretrain/checkpoints/best.pt] ...
+# make finetune CONFIG=ntu60_xsub DATA=data/ntu60 [INIT=RUN/pretrain/checkpoints/lowest-train-loss.pt] ...
 # Both resume automatically from RUN's newest checkpoint; NPROC > 1 launches through torchrun.
 CONFIG ?= tiny
 DATA ?= data/synth
 RUN ?= runs/$(CONFIG)
-INIT ?= $(RUN)/pretrain/checkpoints/best.pt
+INIT ?= $(RUN)/pretrain/checkpoints/lowest-train-loss.pt
 NPROC ?= 1
 ifeq ($(NPROC),1)
 LAUNCH := $(VENV)/bin/mv2mae

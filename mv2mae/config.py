@@ -102,6 +102,17 @@ class FinetuneConfig:
     mixup_prob: float = 1.0
     switch_prob: float = 0.5
     label_smoothing: float = 0.1
+    # validation (data.val_by) every N optimizer steps and at the last one (0 = at every loop.ckpt_every);
+    # each validation also writes a step checkpoint, and checkpoints/best-val-top1.pt is the best so far
+    val_every: int = 0
+    # > 0: also keep timm's exponential moving average of the weights (e.g. 0.999), validated on its own
+    # and saved as checkpoints/best-val-top1-ema.pt
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.val_every < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"finetune.val_every must be >= 0 and ema_decay in [0, 1), got {self.val_every} "
+                              f"and {self.ema_decay}")
 
 
 @dataclass

@@ -17,6 +17,8 @@ from typing import Any
 from mv2mae.shards.schema import ContractError, DatasetIndex, ShardEntry, parse_camera_set
 
 SPLITS = ("train", "test")
+VALIDATION_BY = ("subject", "shard", "none")  # the first is the default
+DEFAULT_VAL_FRACTION = 0.1
 
 NTU60_XSUB_TRAIN = frozenset({1, 2, 4, 5, 8, 9, 13, 14, 15, 16, 17, 18, 19, 25, 27, 28, 31, 34, 35, 38})
 NTU60_XSUB_TEST = frozenset({3, 6, 7, 10, 11, 12, 20, 21, 22, 23, 24, 26, 29, 30, 32, 33, 36, 37, 39, 40})
@@ -199,6 +201,33 @@ def select(index: DatasetIndex, name: str, split: str) -> Selection:
         missing = sorted(set(allowed) - set(present))
         raise ProtocolError(f"protocol {name} {split} uses cameras {list(allowed)}; the data has no camera {missing}")
     return Selection(protocol=name, split=split, shards=shards, cameras=cameras)
+
+
+def hold_out(train: Selection, by: str, fraction: float) -> tuple[Selection, Selection]:
+    """``(fit, val)``: a validation split carved out of a protocol's ``train`` selection, as whole subjects
+    (``by="subject"``: every shard is one subject's, or one side of the split) or whole shards; a share of
+    ``fraction`` of them (at least one, never all), evenly spaced over their sorted order so the choice is
+    fixed by the data alone. Validation keeps the train cameras: no test video is ever in it."""
+    if by not in VALIDATION_BY or by == "none":
+        raise ProtocolError(f"validation by {by!r}: use one of {', '.join(v for v in VALIDATION_BY if v != 'none')}")
+    units = sorted({v for s in train.shards for v in s.subjects}) if by == "subject" else sorted(s.name for s in train.shards)
+    if len(units) < 2:
+        raise ProtocolError(f"protocol {train.protocol}: the train split has {len(units)} {by}(s); a validation "
+                            f"split needs at least 2 (set data.val_by=none to train without one)")
+    count = min(len(units) - 1, max(1, round(fraction * len(units))))
+    held = {units[int((i + 0.5) * len(units) / count)] for i in range(count)}
+    fit, val = [], []
+    for shard in train.shards:
+        keys = set(shard.subjects) if by == "subject" else {shard.name}
+        if keys <= held:
+            val.append(shard)
+        elif keys & held:
+            raise ProtocolError(f"shard {shard.name} mixes validation and training subjects {sorted(keys)}; "
+                                f"hold out whole shards instead (data.val_by=shard)")
+        else:
+            fit.append(shard)
+    return (Selection(train.protocol, "train", fit, train.cameras),
+            Selection(train.protocol, "val", val, train.cameras))
 
 
 def _suggest(dataset: str) -> str:

@@ -19,6 +19,7 @@ ALLOWED = {
     "mv2mae.config": {"mv2mae.model", "mv2mae.data"},
     "mv2mae.train": {"mv2mae.model", "mv2mae.data", "mv2mae.config"},
     "mv2mae.eval": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.train"},
+    "mv2mae.api": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.eval"},  # the stable Python API
     "mv2mae.bench": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",
                      "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval"},
     "mv2mae.cli": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",

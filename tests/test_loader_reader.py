@@ -1,11 +1,13 @@
 """The shard stream reader: tar parsing, member selection by plan, and the split by rank and worker."""
 
 import io
+import json
 import tarfile
 
 import cv2
 import numpy as np
 import pytest
+import webdataset as wds
 from fixtures_data import session_synth_data
 
 from mv2mae.data.decode import crop_resize, decode_frames
@@ -111,3 +113,19 @@ def test_member_names_split_at_the_first_dot_and_refuse_directories():
     for foreign in ("K1", "dir/K1.json"):
         with pytest.raises(ContractError, match="s.tar: member .* is not KEY.EXT"):
             split_member(foreign, "s.tar")
+
+
+def test_plain_webdataset_reads_a_shard_as_one_sample_per_group(synth_data):
+    """For people with their own loaders: webdataset alone, no code of ours, gives one sample per group,
+    its metadata under "json" and one JPEG per stored frame and camera ("c001.f0000.jpg")."""
+    index = read_index(synth_data)
+    urls = [str(synth_data / s.name) for s in index.shards]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [k for s in index.shards for k in s.keys]
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        frames = sorted(k for k in sample if k.endswith(".jpg"))
+        assert meta["key"] == sample["__key__"] and len(frames) == len(meta["cameras"]) * meta["frames"]
+        assert frames[0] == f"c{meta['cameras'][0]:03d}.f0000.jpg"
+        image = cv2.imdecode(np.frombuffer(sample[frames[-1]], np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (meta["size"][1], meta["size"][0], 3)

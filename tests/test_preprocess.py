@@ -21,7 +21,7 @@ import zarr
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.preprocess.merge import MergeError, merge
+from mv2mae.preprocess.merge import merge
 from mv2mae.preprocess.motion import framediff_grid
 from mv2mae.preprocess.pipeline import PreprocessError, run
 from mv2mae.preprocess.synth import generate
@@ -30,6 +30,7 @@ from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
 
 SIZE = 72  # stored short side = the rendered height: decoding does not rescale
+ARRAY_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "cluster" / "preprocess_array.sbatch"
 
 
 @pytest.fixture(scope="module")
@@ -206,18 +207,28 @@ def test_resume_with_other_options_is_refused(synth_root, tmp_path):
         run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, classes_file=str(renamed))
 
 
-def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
+def test_the_array_job_recipe_on_two_parts_equals_one_run(synth_root, tmp_path):
+    """tools/cluster/preprocess_array.sbatch run as a 2-task SLURM array runs it (array ids 1-2), then
+    `mv2mae shards merge`: byte for byte the shards of one run."""
     whole = tmp_path / "whole"
     run("synth", synth_root, whole, size=SIZE, workers=1, limit=12)
     shared = tmp_path / "parts"
-    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=0, parts=2)
-    with pytest.raises(MergeError, match="missing"):
-        merge([shared])
-    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=1, parts=2)
-    merged = merge([shared])
-    want = read_index(whole)
+
+    def array_task(task_id: int) -> None:
+        env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="2",
+                   MV2MAE=str(Path(sys.executable).parent / "mv2mae"))
+        subprocess.run(["bash", str(ARRAY_SCRIPT), "synth", str(synth_root), str(shared), "--size", str(SIZE),
+                        "--workers", "1", "--limit", "12"], env=env, check=True, capture_output=True)
+
+    array_task(1)
+    result = CliRunner().invoke(app, ["shards", "merge", str(shared)])
+    assert result.exit_code == 1 and "missing" in result.output
+    array_task(2)
+    result = CliRunner().invoke(app, ["shards", "merge", str(shared)])
+    assert result.exit_code == 0, result.output
+    merged, want = read_index(shared), read_index(whole)
     assert [(s.name, s.sha256, s.keys) for s in merged.shards] == [(s.name, s.sha256, s.keys) for s in want.shards]
-    assert read_index(shared).groups == 12
+    assert merged.groups == 12
 
 
 def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):

@@ -10,6 +10,7 @@ from mv2mae.shards.protocols import (
     NTU120_XSUB_TRAIN,
     PROTOCOLS,
     ProtocolError,
+    hold_out,
     reference_cameras,
     select,
 )
@@ -179,3 +180,28 @@ def test_groups_with_too_few_cameras_are_counted_not_sampled():
     train = select(index, "ntu60_xview", "train")  # cameras 2 and 3
     assert train.groups == 3 and train.groups_with_views(2) == 1 and train.groups_with_views(1) == 3
     assert train.videos == 2 + 1 + 1  # single-camera videos: what finetuning passes over
+
+
+def test_validation_is_carved_from_train_subjects_only():
+    index = ntu_index("ntu60", performers=40, setups=2)
+    train, test = select(index, "ntu60_xsub", "train"), select(index, "ntu60_xsub", "test")
+    fit, val = hold_out(train, "subject", 0.1)
+    subjects = lambda sel: {v for s in sel.shards for v in s.subjects}  # noqa: E731
+    assert len(subjects(val)) == 2 and subjects(val) | subjects(fit) == subjects(train) == NTU60_XSUB_TRAIN
+    assert not subjects(val) & subjects(fit) and not subjects(val) & subjects(test)
+    assert val.split == "val" and val.cameras == train.cameras and fit.groups + val.groups == train.groups
+    assert hold_out(train, "subject", 0.1) == (fit, val)  # fixed by the data alone
+    assert len(subjects(hold_out(train, "subject", 0.99)[0])) == 1  # never all of them
+    by_shard_fit, by_shard_val = hold_out(train, "shard", 0.25)
+    assert len(by_shard_val.shards) == 10 and not {s.name for s in by_shard_val.shards} & {s.name for s in by_shard_fit.shards}
+
+
+def test_validation_by_subject_refuses_shards_that_mix_subjects():
+    index = ntu_index("ntu60", performers=4, setups=2)
+    mixed = index.shards[0]
+    mixed.subjects = [1, 2]
+    with pytest.raises(ProtocolError, match=f"{mixed.name} mixes validation and training subjects.*val_by=shard"):
+        hold_out(select(index, "all", "train"), "subject", 0.5)
+    one = ntu_index("ntu60", performers=1, setups=2)
+    with pytest.raises(ProtocolError, match="1 subject"):
+        hold_out(select(one, "all", "train"), "subject", 0.1)

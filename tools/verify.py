@@ -15,6 +15,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import (
@@ -123,9 +125,10 @@ def verify(root: str | Path, decode: bool = True, workers: int = 1) -> tuple[int
     problems = [f"{p.name}: shard file not listed in index.json" for p in sorted(root.glob("*.tar"))
                 if p.name not in listed]
     args = [(root, s, list(index.motion), index.cell, decode) for s in index.shards]
+    bar = dict(description="verifying shards", total=len(args), console=Console(stderr=True), transient=True)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(verify_shard, *zip(*args, strict=True)))
+            results = list(track(pool.map(verify_shard, *zip(*args, strict=True)), **bar))
     else:
-        results = [verify_shard(*a) for a in args]
+        results = [verify_shard(*a) for a in track(args, **bar)]
     return len(args), problems + [p for r in results for p in r]

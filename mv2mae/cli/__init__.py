@@ -16,7 +16,7 @@ app = typer.Typer(
     name="mv2mae",
     help="MV2MAE: multi-view video masked autoencoders — synth, preprocess, pretrain, finetune, eval.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_show_locals=False,
 )
 bench_app = typer.Typer(help="Benchmarks: each prints a table and writes its figures with --json.",

@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 import yaml
 
+from mv2mae.cli.choices import ModelPreset
 from mv2mae.cli.errors import fail, write_json
 
 
@@ -90,7 +91,7 @@ def _parse_overrides(items: list[str]) -> dict:
 
 def bench_model(
     json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
-    preset: str = typer.Option("vit_small", help="Model preset."),
+    preset: ModelPreset = typer.Option(ModelPreset.vit_small, help="Model preset."),
     batch: int = typer.Option(2, help="Samples per step on the CPU/default device."),
     steps: int = typer.Option(5, help="Timed rounds per measurement (median reported; rounds interleave the variants)."),
     warmup: int = typer.Option(1, help="Untimed warm-up steps per measurement."),
@@ -110,7 +111,7 @@ def bench_model(
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    settings = ModelBenchSettings(preset=preset, batch=batch, steps=steps, warmup=warmup,
+    settings = ModelBenchSettings(preset=preset.value, batch=batch, steps=steps, warmup=warmup,
                                   views=tuple(int(v) for v in views.split(",")), compare_hf=compare_hf,
                                   gpu_batch=gpu_batch, overrides=_parse_overrides(override))
     result = run_model_bench(settings, dev)

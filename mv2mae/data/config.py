@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from mv2mae.model.config import ModelConfig
+from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, VALIDATION_BY
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
 MOTION_OPTIONS = ("framediff", "flow", "online", "none")
@@ -49,6 +50,11 @@ class DataConfig:
     # copy to the GPU: a quarter of the bytes through shared memory, ~12% more samples per worker),
     # or "auto" = device on CUDA, worker on CPU (:meth:`normalizes_in_worker`)
     normalize_on: str = "auto"
+    # validation split carved from the protocol's train split for finetuning's model selection (no test
+    # video is ever in it): whole subjects (the default), whole shards (datasets whose shards mix subjects),
+    # or none. Pretraining (no labels, no selection) uses the whole train split.
+    val_by: str = VALIDATION_BY[0]  # subject
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
 
     def __post_init__(self) -> None:
         self.root = os.fspath(self.root)  # a Path is welcome; the saved config holds a string
@@ -65,6 +71,10 @@ class DataConfig:
             problems.append(f"flip must be auto, on or off, got {self.flip!r}")
         if self.normalize_on not in NORMALIZE_ON:
             problems.append(f"normalize_on must be auto, worker or device, got {self.normalize_on!r}")
+        if self.val_by not in VALIDATION_BY:
+            problems.append(f"val_by {self.val_by!r} not in {VALIDATION_BY}")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
         if self.num_sources < 1:

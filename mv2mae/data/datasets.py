@@ -39,7 +39,7 @@ from mv2mae.data.sampling import (
 )
 from mv2mae.data.transport import RingEnds, attach
 from mv2mae.shards.motion import MotionRows
-from mv2mae.shards.protocols import Selection, select
+from mv2mae.shards.protocols import Selection, hold_out, select
 from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, read_index
 
@@ -56,9 +56,17 @@ class ShardSplit:
     selection: Selection
 
     @classmethod
-    def open(cls, root: str | Path, protocol: str, split: str) -> ShardSplit:
+    def open(cls, root: str | Path, protocol: str, split: str, val_by: str = "none",
+             val_fraction: float = 0.0) -> ShardSplit:
+        """``split`` of ``protocol`` on ``root``; with ``val_by`` other than ``none``, ``train`` loses the
+        validation share that ``val`` is (:func:`~mv2mae.shards.protocols.hold_out`)."""
         index = read_index(root)
-        selection = select(index, protocol, split)
+        if split == "val" and val_by == "none":
+            raise ContractError(f"{root}: no validation split (data.val_by is none)")
+        selection = select(index, protocol, "train" if split == "val" else split)
+        if split in ("train", "val") and val_by != "none":
+            fit, val = hold_out(selection, val_by, val_fraction)
+            selection = val if split == "val" else fit
         if not selection.shards:
             raise ContractError(f"{root}: protocol {protocol} selects no shard for split {split!r}")
         return cls(root=Path(root), index=index, selection=selection)

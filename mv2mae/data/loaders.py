@@ -41,11 +41,17 @@ def _loader(dataset: ClipDataset, model: ModelConfig, batch_size: int, pin_memor
     return Batches(loader, ring)
 
 
+def _split(data: DataConfig, split: str) -> ShardSplit:
+    """A labelled split: ``train`` without the validation share ``val`` holds (``data.val_by``)."""
+    return ShardSplit.open(data.root, data.protocol, split, data.val_by, data.val_fraction)
+
+
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                           reuse_buffers: bool = True) -> Batches:
     """Infinite multi-view batches: ``video`` [B, V, C, T, H, W] (view 0 = target), ``motion`` [B, V, N]
     (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]."""
+    # pretraining (no labels, no model selection) always reads the whole split: no validation share held out
     ds = PretrainClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
                        seed=seed, rank=rank, world_size=world_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
@@ -55,8 +61,8 @@ def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "tr
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
                           reuse_buffers: bool = True) -> Batches:
     """Infinite single-camera batches: ``video`` [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``."""
-    ds = FinetuneClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
-                       seed=seed, rank=rank, world_size=world_size)
+    ds = FinetuneClips(_split(data, split), ClipGeometry.of(model, data), data, seed=seed, rank=rank,
+                       world_size=world_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
 
 
@@ -65,6 +71,5 @@ def build_eval_loader(model: ModelConfig, data: DataConfig, split: str = "test",
     """One exact pass (this rank's share) with ``data.eval_clips`` × ``data.eval_crops`` clips per video:
     ``video`` [B, C, T, H, W], ``label``, ``camera``, ``clip``, ``crop``, ``key`` and ``video_id`` for
     softmax averaging per video and per group."""
-    ds = EvalClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
-                   rank=rank, world_size=world_size)
+    ds = EvalClips(_split(data, split), ClipGeometry.of(model, data), data, rank=rank, world_size=world_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=False, reuse_buffers=reuse_buffers)

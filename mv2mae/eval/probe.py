@@ -26,7 +26,8 @@ METHODS = ("linear", "knn")
 
 def video_features(model: nn.Module, data: DataConfig, env: DistEnv, split: str,
                    batch_size: int = EVAL_BATCH) -> dict[str, Any]:
-    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env, features=True))
+    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env, features=True,
+                               what=f"features of {split} {data.protocol}"))
     if not rows["out"]:
         raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no clips")
     feats = np.asarray(rows["out"], dtype=np.float32)

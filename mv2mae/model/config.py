@@ -48,8 +48,11 @@ class ModelConfig:
     decoder_depth: int = 4
     decoder_heads: int = 3
     cross_decoder_depth: int = 4
-    # --- position embeddings: fixed; sinusoid1d is VideoMAE's table (needed for imported weights)
-    pos_embed: str = "sincos3d"
+    # --- position embeddings, fixed (not learned). sinusoid1d is VideoMAE's own table, a 1D sinusoid over
+    # the flattened token index (the method's convention): transformers' VideoMAE computes exactly this
+    # table, so such a model exports and imported VideoMAE weights keep their positions. sincos3d
+    # (separable t/h/w sin-cos) extends to any grid by construction but has no transformers equivalent.
+    pos_embed: str = "sinusoid1d"
     # token grid the 1D table was defined on (None = this config's grid); set when adapting a
     # 1D-sinusoid checkpoint to other frames/size so the table is resampled, not re-indexed.
     pos_embed_reference_grid: tuple[int, int, int] | None = None

@@ -26,7 +26,11 @@ from mv2mae.model.checkpoint import CheckpointError, load_checkpoint
 
 RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
 CKPT_DIR = "checkpoints"
-BEST = "best.pt"
+# what the kept copies are: the lowest training loss (pretraining, or finetuning without validation), the
+# best validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+LOWEST_TRAIN_LOSS = "lowest-train-loss.pt"
+BEST_VAL_TOP1 = "best-val-top1.pt"
+BEST_VAL_TOP1_EMA = "best-val-top1-ema.pt"
 _NAME_RE = re.compile(r"^step-(\d{8})\.pt$")
 
 
@@ -63,15 +67,16 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, is_best: bool) -> Path:
-    """Write ``step-N.pt`` atomically, refresh ``best.pt`` if asked, prune older step files."""
+def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies: tuple[str, ...] = ()) -> Path:
+    """Write ``step-N.pt`` atomically, refresh each of ``copies`` (e.g. ``best-val-top1.pt``) with it, prune
+    older step files."""
     folder = Path(run_dir) / CKPT_DIR
     path = folder / step_name(int(state["step"]))
     atomic_save(state, path)
-    if is_best:
-        tmp = folder / f".{BEST}.tmp{os.getpid()}"
+    for name in copies:
+        tmp = folder / f".{name}.tmp{os.getpid()}"
         shutil.copyfile(path, tmp)
-        os.replace(tmp, folder / BEST)
+        os.replace(tmp, folder / name)
     for old in step_checkpoints(run_dir)[:-max(1, keep_last)]:
         old.unlink(missing_ok=True)
     return path

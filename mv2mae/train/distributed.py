@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,41 @@ class DistEnv:
         return self.world_size > 1
 
 
+# what batch schedulers and MPI launchers set for the number of tasks they started (SLURM: the job
+# step's tasks, else the allocation's), none of which torchrun's RANK/WORLD_SIZE replaces
+SCHEDULER_TASK_COUNTS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+class LaunchError(ValueError):
+    """The processes were started in a way that would have them clobber one run."""
+
+
+def check_launch(environ: dict[str, str] = os.environ) -> None:
+    """Refuse a scheduler's several tasks started without torchrun: each would be a world of one, think
+    it is rank 0, and write the same run folder. Under torchrun (RANK/WORLD_SIZE set) anything goes."""
+    if "RANK" in environ or "WORLD_SIZE" in environ:
+        return
+    for name in SCHEDULER_TASK_COUNTS:
+        if name in environ:
+            tasks = int(environ[name] or 1)
+            if tasks > 1:
+                raise LaunchError(f"{name}={tasks}: the scheduler started {tasks} tasks but none through torchrun "
+                                  f"(no RANK/WORLD_SIZE), so each would train alone as rank 0 into the same run "
+                                  f"folder. Start one task per node that runs `torchrun --nnodes N "
+                                  f"--nproc_per_node GPUS --rdzv_backend c10d …` (README: Clusters), or one task.")
+            return  # the first variable present is the launcher's own count
+
+
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.version.cuda is not None:  # a CUDA build that sees no GPU: almost always a mistake
+            warnings.warn(f"device auto: this torch is built for CUDA {torch.version.cuda} but sees no GPU (none "
+                          f"visible, or the driver is older than CUDA {torch.version.cuda} needs; see `nvidia-smi`), "
+                          f"so everything runs on the CPU, many times slower. Pass --device cpu (or "
+                          f"--set loop.device=cpu) if that is what you want.", RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
     device = torch.device(pref)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -40,6 +73,7 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
 
 def setup(device_pref: str = "auto") -> DistEnv:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else one process."""
+    check_launch()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

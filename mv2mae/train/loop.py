@@ -19,7 +19,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -82,10 +83,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+# validation: model -> metrics with at least "top1" (the same on every rank); see mv2mae.eval.evaluate.validator
+Validate = Callable[[nn.Module], dict[str, float]]
+
+
 class Trainer:
+    """With ``validate`` (finetuning), the run is scored on held-out data every ``finetune.val_every`` steps
+    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss."""
+
     def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
-                 env: DistEnv, resume: str | None = None) -> None:
-        self.cfg, self.task, self.data, self.env = cfg, task, data, env
+                 env: DistEnv, resume: str | None = None, validate: Validate | None = None) -> None:
+        self.cfg, self.task, self.data, self.env, self.validate = cfg, task, data, env, validate
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.resumed_from: Path | None = None
@@ -108,7 +116,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, env.world_size, self.steps, self.warmup)
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one layout
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=False)
+        # timm's EMA of the weights (finetuning with finetune.ema_decay > 0): updated after every applied step
+        ema = cfg.finetune.ema_decay if cfg.stage == "finetune" else 0.0
+        self.ema = ModelEmaV3(self.raw_model, decay=ema) if ema > 0 else None
         self.step, self.micro_batches, self.best_loss = 0, 0, math.inf
+        self.best_val = {"top1": -math.inf, "ema_top1": -math.inf}
 
     def _restore(self) -> None:
         path = self._resume_path()
@@ -131,6 +143,11 @@ class Trainer:
         self.step = int(state["step"])
         self.micro_batches = int(state["data"]["micro_batches"])
         self.best_loss = float(state["metrics"].get("best_loss", math.inf))
+        self.best_val = {k: float(state["metrics"].get(f"best_val_{k}", v)) for k, v in self.best_val.items()}
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{path}: holds no EMA weights to resume finetune.ema_decay > 0 with")
+            load_state_strict(self.ema.module, state["ema"], f"{path} (ema)")
         self.resumed_from = path
 
     def _resume_path(self) -> Path | None:
@@ -140,13 +157,18 @@ class Trainer:
             return ckpt_io.latest(self.run_dir)
         return Path(self.resume)
 
-    def _state(self, window_loss: float) -> dict[str, Any]:
-        return dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
-                    run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    data=dict(micro_batches=self.micro_batches), rng=ckpt_io.rng_state(),
-                    metrics=dict(best_loss=self.best_loss, window_loss=window_loss),
-                    world_size=self.env.world_size)
+    def _state(self, window_loss: float, val: dict[str, float]) -> dict[str, Any]:
+        metrics = dict(best_loss=self.best_loss, window_loss=window_loss, **{f"val_{k}": v for k, v in val.items()},
+                       **{f"best_val_{k}": v for k, v in self.best_val.items() if math.isfinite(v)})
+        state = dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
+                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step,
+                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict(), data=dict(micro_batches=self.micro_batches),
+                     rng=ckpt_io.rng_state(), metrics=metrics, world_size=self.env.world_size,
+                     **self.task.checkpoint_extra())
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
 
     def describe(self) -> str:
         cfg, w = self.cfg, self.env.world_size
@@ -208,6 +230,8 @@ class Trainer:
             if finite:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update(self.raw_model, step=self.step)
                 bad_in_row = 0
             else:
                 bad_in_row, skipped = bad_in_row + 1, skipped + 1
@@ -225,19 +249,46 @@ class Trainer:
 
     def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int) -> None:
         cfg, step, last = self.cfg, self.step, self.step == self.steps
-        if step % cfg.loop.log_every == 0 or last or step == 1:
-            log.log(window.record(step, self.optimizer, skipped))
+        val_every = cfg.finetune.val_every or cfg.loop.ckpt_every
+        val = self._validate() if self.validate is not None and (step % val_every == 0 or last) else {}
+        if step % cfg.loop.log_every == 0 or last or step == 1 or val:
+            log.log(window.record(step, self.optimizer, skipped) | {f"val_{k}": v for k, v in val.items()})
         if cfg.loop.recon_every and (step % cfg.loop.recon_every == 0 or last) and self.env.is_main:
             self.raw_model.eval()
             self.task.snapshot(self.raw_model, batch, step, self.run_dir)
             self.raw_model.train()
-        if step % cfg.loop.ckpt_every == 0 or last:
+        if step % cfg.loop.ckpt_every == 0 or last or val:
             loss = window.checkpoint_loss()
-            is_best = loss < self.best_loss
+            copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
             self.best_loss = min(self.best_loss, loss)
+            ema_best = False
+            for key, name in (("top1", ckpt_io.BEST_VAL_TOP1), ("ema_top1", ckpt_io.BEST_VAL_TOP1_EMA)):
+                if key in val and val[key] > self.best_val[key]:
+                    self.best_val[key] = val[key]
+                    copies += [name] if key == "top1" else []
+                    ema_best = ema_best or key == "ema_top1"
             if self.env.is_main:
-                ckpt_io.save_step(self.run_dir, self._state(loss), cfg.loop.keep_last, is_best)
+                state = self._state(loss, val)
+                ckpt_io.save_step(self.run_dir, state, cfg.loop.keep_last, tuple(copies))
+                if ema_best:  # the EMA weights as the checkpoint's model: eval, predict and export use them
+                    ckpt_io.atomic_save(state | {"model": state["ema"], "weights": "ema"},
+                                        self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST_VAL_TOP1_EMA)
+                if val:
+                    scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}% (best {100 * self.best_val[k]:.1f}%)"
+                                       for k, v in val.items() if k in self.best_val)
+                    log.print(f"step {step}: validation {scores}")
             barrier()
+
+    def _validate(self) -> dict[str, float]:
+        """Validation metrics of the weights (``top1``, …) and of their EMA (``ema_top1``, …)."""
+        models = [("", self.raw_model)] + ([("ema_", self.ema.module)] if self.ema is not None else [])
+        out = {}
+        for prefix, model in models:
+            was_training = model.training
+            model.eval()
+            out |= {prefix + k: float(v) for k, v in self.validate(model).items()}
+            model.train(was_training)
+        return out
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

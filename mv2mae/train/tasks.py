@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.progress import track
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
@@ -41,11 +43,17 @@ class ShardSource:
         # "auto" resolved for this device: the loader's workers normalise, or leave uint8 to ``prepare``
         worker = cfg.data.normalizes_in_worker(env.device.type)
         self.data = replace(cfg.data, normalize_on="worker" if worker else "device")
-        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
+        # finetuning trains on the train split less its validation share; pretraining on all of it
+        held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
+        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
 
     @property
     def num_classes(self) -> int:
         return self.split.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.split.index.classes)
 
     def samples_per_epoch(self) -> int:
         """Pretraining: one multi-view sample per group that holds enough of the allowed cameras (with
@@ -81,7 +89,11 @@ class ShardSource:
         loader = build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
                        rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda")
         it = iter(loader)
-        for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
+        replay = range(skip)  # exact resume: replay the stream up to where the checkpoint was taken
+        if skip and self.env.is_main:
+            replay = track(replay, description="replaying the data stream to the checkpoint",
+                           console=Console(stderr=True), transient=True)
+        for _ in replay:
             next(it)
         yield from it
 
@@ -104,6 +116,9 @@ class PretrainTask:
         return StepResult(out.loss, {"loss_self": out.loss_self, "loss_cross": out.loss_cross},
                           samples=batch["video"].shape[0])
 
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
+
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         """A picture of the model's reconstructions of ``batch``."""
         return save_reconstruction(model, batch, run_dir / "recon" / f"step-{step:08d}.png",
@@ -113,8 +128,12 @@ class PretrainTask:
 class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: RunConfig, num_classes: int) -> None:
-        self.cfg, self.num_classes = cfg, num_classes
+    def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None,
+                 fps: float | None = None) -> None:
+        self.cfg, self.num_classes, self.fps = cfg, num_classes, fps
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for finetune.num_classes={num_classes}")
         ft = cfg.finetune
         self.mixup = None
         if ft.mixup > 0 or ft.cutmix > 0:
@@ -155,6 +174,11 @@ class FinetuneTask:
         b, c, t, h, w = video.shape
         mixed, target = self.mixup(video.reshape(b, c * t, h, w), label)
         return mixed.reshape(b, c, t, h, w), target
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The class names and the stored frame rate travel with the classifier: predict and export need no
+        dataset directory."""
+        return {"classes": self.class_names, "fps": self.fps}
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         return None  # nothing to picture
