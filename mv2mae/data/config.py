@@ -14,7 +14,13 @@ from dataclasses import dataclass, field
 from mv2mae.model.config import ModelConfig
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
-MOTION_OPTIONS = ("framediff", "flow", "online", "none")
+# Motion weights (METHOD.md, Objective): "framediff" is the method's signal, computed from the clip itself
+# (mv2mae.data.motion.clip_token_motion); "online" is its former name and stays valid. "flow" is DIS
+# optical flow from the Zarr cache, in its own units (stored pixels per stored frame) with its own τ
+# (model.tau_flow). "none" trains the plain MAE loss.
+CLIP_MOTION = ("framediff", "online")
+CACHED_MOTION = ("flow",)
+MOTION_OPTIONS = (*CLIP_MOTION, *CACHED_MOTION, "none")
 NORMALIZE_ON = ("auto", "worker", "device")
 
 
@@ -28,7 +34,7 @@ class DataConfig:
     num_sources: int = 1  # K source views per pretraining target (the paper: one is best)
     source_policy: str = "random"  # random | adjacent | fixed
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
-    motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
+    motion: str = "framediff"  # framediff (= online, from the clip) | flow (from the Zarr cache) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
     shared_crop: bool = False  # one crop box for every view of a sample (default: independent)
     shuffle_buffer: int = 256  # groups held by each worker's shuffle buffer
