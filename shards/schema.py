@@ -23,7 +23,8 @@ Motion rows: in ``motion.zarr/<shard stem>/<source>``, camera ``cam`` of group `
 rows ``meta.motion_rows[str(cam)] ... + meta.frames``; row ``r`` holds the motion energy between stored
 frames t-1 and t on a grid of ``cell``x``cell`` pixel cells (grid = ceil(H/cell) x ceil(W/cell), the last
 row/column of cells averaging only the pixels they cover). Row t=0 repeats the value of t=1 (the
-first frame has no predecessor: reuse the next difference). ``framediff`` is in 0-255 pixel units.
+first frame has no predecessor: reuse the next difference). ``framediff`` is in 0-255 pixel units, ``flow``
+(optical-flow magnitude) in stored-frame pixels.
 Each motion sub-group's attributes repeat that index for readers without the shards: ``rows``
 {key: {cam: first row}}, ``frames`` {key: T}, ``grid`` {key: [grid_h, grid_w]}, ``cell`` (see
 ``mv2mae.shards.motion``: if a shard's groups differ in stored size, its arrays take the largest grid).

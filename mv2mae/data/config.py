@@ -15,9 +15,9 @@ from mv2mae.model.config import ModelConfig
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
 # Motion weights (METHOD.md, Objective): "framediff" is the method's signal, computed from the clip itself
-# (mv2mae.data.motion.clip_token_motion); "online" is its former name and stays valid. "flow" is DIS
-# optical flow from the Zarr cache, in its own units (stored pixels per stored frame) with its own τ
-# (model.tau_flow). "none" trains the plain MAE loss.
+# (mv2mae.data.motion.clip_token_motion); "online", the name that path had beside the cached framediff,
+# means the same. "flow" is DIS optical flow from the Zarr cache, in its own units (stored pixels per
+# stored frame) with its own τ (model.tau_flow). "none" trains the plain MAE loss.
 CLIP_MOTION = ("framediff", "online")
 CACHED_MOTION = ("flow",)
 MOTION_OPTIONS = (*CLIP_MOTION, *CACHED_MOTION, "none")
