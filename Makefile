@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(VENV)/bin/mv2mae bench synth --json $(BENCH_DIR)/synth.json
 	$(VENV)/bin/mv2mae bench preprocess --json $(BENCH_DIR)/preprocess.json
 	$(VENV)/bin/mv2mae bench loader --json $(BENCH_DIR)/loader.json
+	$(VENV)/bin/mv2mae bench motion --samples 128 --json $(BENCH_DIR)/motion.json
 	$(VENV)/bin/mv2mae bench model --threads 1 --json $(BENCH_DIR)/model.json
 
 # make preprocess DATASET=ntu60 ROOT=/data/nturgbd [OUT=data/ntu60] [ARGS="--crop person --motion both"]

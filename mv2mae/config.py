@@ -28,7 +28,7 @@ from typing import Any
 
 import yaml
 
-from mv2mae.data.config import DataConfig
+from mv2mae.data.config import CACHED_MOTION, DataConfig
 from mv2mae.model.config import ModelConfig
 
 STAGES = ("pretrain", "finetune")
@@ -129,6 +129,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} must be one of {STAGES}")
+
+    @property
+    def motion_tau(self) -> float:
+        """The objective's τ in the units of ``data.motion``: ``model.tau_flow`` for flow (stored pixels per
+        stored frame), ``model.tau`` otherwise (framediff's 0-255 grey levels)."""
+        return self.model.tau_flow if self.data.motion in CACHED_MOTION else self.model.tau
 
     def global_batch(self, world_size: int) -> int:
         return self.optim.batch_size * self.optim.accum_steps * world_size

@@ -32,7 +32,8 @@ rows ``meta.motion_rows[str(cam)] ... + meta.view_frames[str(cam)]``; row ``r`` 
 between stored frames t-1 and t of that camera on a grid of ``cell``x``cell`` pixel cells (grid =
 ceil(H/cell) x ceil(W/cell), the last row/column of cells averaging only the pixels they cover). Row
 t=0 repeats the value of t=1 (the first frame has no predecessor: reuse the next difference).
-``framediff`` is in 0-255 pixel units. Each motion sub-group's attributes repeat that index for readers
+``framediff`` is in 0-255 pixel units, ``flow``
+(optical-flow magnitude) in stored-frame pixels. Each motion sub-group's attributes repeat that index for readers
 without the shards: ``rows`` {key: {cam: first row}}, ``frames`` {key: {cam: stored frames}}, ``grid``
 {key: [grid_h, grid_w]}, ``cell`` (see ``mv2mae.shards.motion``: if a shard's groups differ in stored
 size, its arrays take the largest grid).

@@ -125,7 +125,7 @@ def test_plain_webdataset_reads_a_shard_as_one_sample_per_group(synth_data):
     for sample in samples:
         meta = json.loads(sample["json"])
         frames = sorted(k for k in sample if k.endswith(".jpg"))
-        assert meta["key"] == sample["__key__"] and len(frames) == len(meta["cameras"]) * meta["frames"]
+        assert meta["key"] == sample["__key__"] and len(frames) == sum(meta["view_frames"].values())
         assert frames[0] == f"c{meta['cameras'][0]:03d}.f0000.jpg"
         image = cv2.imdecode(np.frombuffer(sample[frames[-1]], np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (meta["size"][1], meta["size"][0], 3)

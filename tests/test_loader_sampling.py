@@ -1,13 +1,14 @@
-"""Pure sampling decisions and the cell-grid -> token-grid motion resampling (no shards needed)."""
+"""Pure sampling decisions and the cached motion's cell-grid -> token-grid resampling (no shards needed)."""
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from mv2mae.config import ConfigError, RunConfig, load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
+from mv2mae.data.motion import area_matrix, cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
     Crop,
     choose_views,
@@ -157,7 +158,7 @@ def test_cache_and_online_motion_agree_in_rank_on_the_square():
     box = (0, 0, 96, 72)
     cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, Crop(box), (96, 72), 8, GEOM)
     cropped = np.stack([cv2.resize(clip[i], (GEOM.size, GEOM.size), interpolation=cv2.INTER_AREA) for i in idx])
-    online = online_token_motion(cropped, GEOM)
+    online = clip_token_motion(torch.from_numpy(cropped).movedim(-1, 0), GEOM.tubelet, GEOM.patch).numpy()
     assert online.shape == cached.shape == (GEOM.tokens,)
     moving = (online > 1) | (cached > 1)
     assert moving.sum() >= 4

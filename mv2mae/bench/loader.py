@@ -4,8 +4,9 @@ Both loaders draw the same kind of sample — two views of one group, the same 1
 stride 4 in both views, an independent random resized crop per view to 128², ImageNet-normalised
 float video and per-token motion weights — with the same number of DataLoader workers on the same
 machine. The baseline decodes the raw H.264 videos per sample (seek to the clip, decode through it,
-resize to the stored short side) and computes motion online; the shard loader decodes only the sampled
-JPEGs and reads motion from the Zarr cache. The benchmark renders and preprocesses its own data.
+resize to the stored short side); the shard loader decodes only the sampled JPEGs. Both compute the
+framediff motion from the cropped clip (``clip_token_motion``). The benchmark renders and preprocesses
+its own data.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mv2mae.data import ClipGeometry, DataConfig, build_pretrain_loader
 from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
-from mv2mae.data.motion import online_token_motion
+from mv2mae.data.motion import clip_token_motion
 from mv2mae.data.sampling import Crop, choose_views, random_resized_box, train_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.flops import pretrain_step_flops
@@ -96,15 +97,15 @@ class RawVideoClips(IterableDataset):
             cams = choose_views(list(views), self.data_cfg, rng)
             counts = [self._count(views[c]) for c in cams]
             indices = train_frame_indices(min(counts), self.geom, rng)
-            clips, motion = [], []
+            clips = []
             for cam in cams:
                 frames = self._decode(views[cam], indices)
                 h, w = next(iter(frames.values())).shape[:2]
-                clip = crop_resize(frames, indices, Crop(random_resized_box(w, h, self.data_cfg, rng)), self.geom.size)
-                clips.append(clip)
-                motion.append(online_token_motion(clip, self.geom))
-            yield {"video": to_video_tensor(np.stack(clips)),
-                   "motion": torch.from_numpy(np.stack(motion)), "cameras": torch.tensor(cams)}
+                clips.append(crop_resize(frames, indices, Crop(random_resized_box(w, h, self.data_cfg, rng)),
+                                         self.geom.size))
+            video = to_video_tensor(np.stack(clips))
+            yield {"video": video, "motion": clip_token_motion(video, self.geom.tubelet, self.geom.patch),
+                   "cameras": torch.tensor(cams)}
 
     @staticmethod
     def _open(path: str) -> cv2.VideoCapture:
@@ -292,7 +293,7 @@ def print_report(r: dict) -> None:
                         f"(load {r['machine']['load_average'][0]:.1f})")
     for col in ("loader", "samples/s", "per worker", "per worker CPU-s", "worker RSS MiB", "worker PSS MiB"):
         table.add_column(col, justify="left" if col == "loader" else "right")
-    for name, m in ((f"shards (JPEG {s['short_side']}p + Zarr motion)", r["shards"]),
+    for name, m in ((f"shards (JPEG {s['short_side']}p)", r["shards"]),
                     ("shards, uint8 video (normalised on device)", r["shards_uint8"]),
                     (f"shards, uint8, repeats {REPEATS} (data.repeats)", r["shards_uint8_repeats"]),
                     (f"raw videos {s['raw_size'][0]}x{s['raw_size'][1]} (VideoMAE-style)", r["raw_baseline"])):

@@ -1,4 +1,4 @@
-"""``mv2mae bench synth|preprocess|loader|model``: every benchmark, each a table plus ``--json`` figures.
+"""``mv2mae bench synth|preprocess|loader|motion|model``: every benchmark, each a table plus ``--json`` figures.
 
 The measurements themselves live in :mod:`mv2mae.bench`; these commands only parse options and print.
 """
@@ -79,6 +79,20 @@ def bench_loader(
     write_json(json_out, result)
 
 
+def bench_motion(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    work: Path = typer.Option(Path("bench-results/motion-data"), help="Scratch folder for the rendered set."),
+    samples: int = typer.Option(64, help="Pretraining samples (2 views each) per geometry and source."),
+    workers: int = typer.Option(2, help="Processes rendering and preprocessing the set."),
+) -> None:
+    """Spread of the motion weights under framediff and flow; the flow τ matching framediff's τ = 60."""
+    from mv2mae.bench.motion import print_report, run_bench
+
+    result = run_bench(work, samples=samples, workers=workers)
+    print_report(result)
+    write_json(json_out, result)
+
+
 def _parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -123,4 +137,5 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
     bench_app.command("synth")(bench_synth)
     bench_app.command("preprocess")(bench_preprocess)
     bench_app.command("loader")(bench_loader)
+    bench_app.command("motion")(bench_motion)
     bench_app.command("model")(bench_model)

@@ -15,7 +15,13 @@ from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, VALIDATION_BY
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
-MOTION_OPTIONS = ("framediff", "flow", "online", "none")
+# Motion weights (METHOD.md, Objective): "framediff" is the method's signal, computed from the clip itself
+# (mv2mae.data.motion.clip_token_motion); "online", the name that path had beside the cached framediff,
+# means the same. "flow" is DIS optical flow from the Zarr cache, in its own units (stored pixels per
+# stored frame) with its own τ (model.tau_flow). "none" trains the plain MAE loss.
+CLIP_MOTION = ("framediff", "online")
+CACHED_MOTION = ("flow",)
+MOTION_OPTIONS = (*CLIP_MOTION, *CACHED_MOTION, "none")
 NORMALIZE_ON = ("auto", "worker", "device")
 FLIP_OPTIONS = ("auto", "on", "off")
 
@@ -30,7 +36,7 @@ class DataConfig:
     num_sources: int = 1  # K source views per pretraining target (the paper: one is best)
     source_policy: str = "random"  # random | adjacent | fixed
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
-    motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
+    motion: str = "framediff"  # framediff (= online, from the clip) | flow (from the Zarr cache) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
     shared_crop: bool = False  # one crop box for every view of a sample (default: independent)
     # horizontal flip, p = 0.5, decided with each crop (mv2mae.data.sampling.Crop): "auto" flips finetuning

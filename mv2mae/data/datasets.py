@@ -8,7 +8,7 @@ fewer allowed cameras than it needs views (one-camera groups among them); the in
 advance (``Selection.groups_with_views``).
 
 Each ``__iter__`` runs inside a DataLoader worker (or the main process): it derives its RNG from
-(seed, rank, worker, epoch), opens the motion cache there, and yields one dict per sample with uint8
+(seed, rank, worker, epoch), opens the motion cache there (``flow``), and yields one dict per sample with uint8
 video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the batch in one pass.
 """
 
@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset
 
-from mv2mae.data.config import ClipGeometry, DataConfig
+from mv2mae.data.config import CACHED_MOTION, CLIP_MOTION, ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
-from mv2mae.data.motion import cache_token_motion, online_token_motion
+from mv2mae.data.motion import cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
     Crop,
     choose_views,
@@ -177,7 +177,7 @@ class PretrainClips(ClipDataset):
         cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
         layout = self.split.index.layout
         motion = None
-        if cfg.motion in ("framediff", "flow"):
+        if cfg.motion in CACHED_MOTION:
             motion = MotionRows(self.split.root, cfg.motion, self.split.index)
 
         def choose(meta: GroupMeta):
@@ -199,19 +199,22 @@ class PretrainClips(ClipDataset):
         channels = decoded[0][int(plan[0][1][0])].shape[2]
         # every view is resized straight into its slot of the sample
         clips = np.empty((len(plan), geom.frames, geom.size, geom.size, channels), np.uint8)
-        weights = []
+        cached = []
         for v, ((cam, indices), frames) in enumerate(zip(plan, decoded, strict=True)):
             crop = Crop(shared or random_resized_box(width, height, cfg, rng), flip)
-            clip = crop_resize(frames, indices, crop, geom.size, out=clips[v])
+            crop_resize(frames, indices, crop, geom.size, out=clips[v])
             if motion is not None:
                 rows, first = motion.view(group, cam, indices)
-                weights.append(cache_token_motion(rows, first, indices, crop, (width, height), motion.cell, geom))
-            elif cfg.motion == "online":
-                weights.append(online_token_motion(clip, geom))  # from the cropped, flipped pixels
-            else:
-                weights.append(np.zeros(geom.tokens, np.float32))
-        return {"video": self._video(clips), "motion": torch.from_numpy(np.stack(weights)),
-                "cameras": torch.tensor([cam for cam, _ in plan]), "label": group.meta.label, "key": group.key}
+                cached.append(cache_token_motion(rows, first, indices, crop, (width, height), motion.cell, geom))
+        video = self._video(clips)
+        if motion is not None:
+            weights = torch.from_numpy(np.stack(cached))
+        elif cfg.motion in CLIP_MOTION:  # the definition, from the very (cropped, flipped) pixels the model gets
+            weights = clip_token_motion(video, geom.tubelet, geom.patch)
+        else:
+            weights = torch.zeros(len(plan), geom.tokens)
+        return {"video": video, "motion": weights, "cameras": torch.tensor([cam for cam, _ in plan]),
+                "label": group.meta.label, "key": group.key}
 
 
 class FinetuneClips(ClipDataset):

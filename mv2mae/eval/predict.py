@@ -20,8 +20,7 @@ import torch
 from mv2mae.config import RunConfig
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, normalize_video, to_video_tensor
-from mv2mae.data.sampling import Crop
-from mv2mae.data.sampling import eval_boxes, eval_frame_indices
+from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.eval.embed import open_video, read_frames
 from mv2mae.model.checkpoint import load_checkpoint, load_classifier
 from mv2mae.model.classifier import VideoClassifier

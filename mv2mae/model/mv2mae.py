@@ -57,9 +57,12 @@ class MV2MAE(nn.Module):
             raise ValueError(f"MV2MAE expects video [B, V, {c}, {t}, {h}, {w}], got {list(video.shape)}")
 
     def forward(self, video: torch.Tensor, motion: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> PretrainOutput:
-        """video [B, V, C, T, H, W] normalised, view 0 = target, 1..K = sources; motion [B, V, N] in
-        0-255 units (None = plain MAE loss); mask [B, V, N] to impose one (else drawn per view)."""
+                generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                tau: float | None = None) -> PretrainOutput:
+        """video [B, V, C, T, H, W] normalised, view 0 = target, 1..K = sources; motion [B, V, N] (None =
+        plain MAE loss); mask [B, V, N] to impose one (else drawn per view); ``tau`` the softmax
+        temperature in the motion's units (default ``cfg.tau``, for framediff's 0-255 grey levels;
+        flow motion takes ``cfg.tau_flow``, see ``RunConfig.motion_tau``)."""
         self.check_input(video)
         cfg = self.cfg
         b, v = video.shape[:2]
@@ -82,7 +85,8 @@ class MV2MAE(nn.Module):
 
         with torch.no_grad():
             target = pixel_targets(video, cfg)
-        terms = mv2mae_loss(pred_self, pred_cross, target, mask, ids_masked, motion, cfg.tau, cfg.lambda_cross)
+        tau = cfg.tau if tau is None else tau
+        terms = mv2mae_loss(pred_self, pred_cross, target, mask, ids_masked, motion, tau, cfg.lambda_cross)
         return PretrainOutput(terms.loss, terms.loss_self, terms.loss_cross, mask, ids_visible, ids_masked,
                               pred_self, pred_cross, target, terms.weights)
 

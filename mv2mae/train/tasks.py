@@ -112,7 +112,7 @@ class PretrainTask:
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         motion = batch.get("motion") if self.cfg.data.motion != "none" else None
-        out = model(batch["video"], motion, generator=generator)
+        out = model(batch["video"], motion, generator=generator, tau=self.cfg.motion_tau)
         return StepResult(out.loss, {"loss_self": out.loss_self, "loss_cross": out.loss_cross},
                           samples=batch["video"].shape[0])
 
