@@ -44,6 +44,10 @@ def test_views_follow_the_policy_and_the_allowed_cameras():
         assert len(set(views)) == 3 and set(views) <= set(cams)
         target, source = choose_views(cams, DataConfig(source_policy="adjacent"), rng)
         assert abs(target - source) == 1
+        target, source = choose_views(cams, DataConfig(source_policy="opposite"), rng)
+        assert abs(target - source) == max(target - 1, 5 - target)  # the farthest position from the target
+        (alone,) = choose_views(cams, DataConfig(num_sources=0), rng)  # single-view pretraining
+        assert alone in cams
     fixed = DataConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
     assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
     assert choose_views([2], DataConfig(), rng) is None

@@ -86,3 +86,17 @@ def test_every_listed_protocol_has_a_description_and_valid_cameras():
         assert p.description
         if p.train_cameras is not None:
             assert not set(p.train_cameras) & set(p.test_cameras), p.name
+
+
+@pytest.mark.parametrize("cameras", [(1, 2, 3), (1, 2, 3, 4, 5)])
+def test_synth_study_protocols_hold_out_camera_1_on_any_rig_and_pretraining_sees_no_test_video(cameras):
+    index = ntu_index("synth", performers=4, setups=1, cameras=cameras)
+    xview = {split: select(index, "synth_xview_all", split) for split in ("train", "test")}
+    assert xview["train"].cameras == list(cameras[1:]) and xview["test"].cameras == [1]
+    assert xview["train"].groups == xview["test"].groups == index.groups
+    pretrain = select(index, "synth_xview_xsub", "train")
+    assert pretrain.cameras == list(cameras[1:]) and pretrain.keys == select(index, "synth_xsub", "train").keys
+    seen = {(k, c) for k in pretrain.keys for c in pretrain.cameras}
+    for protocol in ("synth_xview_all", "synth_xsub"):
+        test = select(index, protocol, "test")
+        assert not seen & {(k, c) for k in test.keys for c in test.cameras}, protocol

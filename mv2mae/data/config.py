@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from mv2mae.model.config import ModelConfig
 
-SOURCE_POLICIES = ("random", "adjacent", "fixed")
+SOURCE_POLICIES = ("random", "adjacent", "opposite", "fixed")
 MOTION_OPTIONS = ("framediff", "flow", "online", "none")
 NORMALIZE_ON = ("auto", "worker", "device")
 
@@ -25,8 +25,10 @@ class DataConfig:
     root: str = ""  # preprocessed dataset directory (``--data``)
     protocol: str = "synth_xview"
     stride: int = 4  # stored frames between two sampled frames
-    num_sources: int = 1  # K source views per pretraining target (the paper: one is best)
-    source_policy: str = "random"  # random | adjacent | fixed
+    # K source views per pretraining target (the paper: one is best); 0 = single-view pretraining: each
+    # sample is one camera's clip and only the self-view decoder trains (VideoMAE on the same videos)
+    num_sources: int = 1
+    source_policy: str = "random"  # random | adjacent | opposite (the farthest cameras) | fixed
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
     motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
@@ -59,8 +61,8 @@ class DataConfig:
             problems.append(f"normalize_on must be auto, worker or device, got {self.normalize_on!r}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
-        if self.num_sources < 1:
-            problems.append(f"sources must be >= 1, got {self.num_sources}")
+        if self.num_sources < 0:
+            problems.append(f"num_sources must be >= 0, got {self.num_sources}")
         if min(self.stride, self.eval_clips, self.eval_crops) < 1 or self.workers < 0:
             problems.append("stride, eval_clips and eval_crops must be >= 1 and workers >= 0")
         if self.source_policy == "fixed":

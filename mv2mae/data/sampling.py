@@ -67,10 +67,12 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
     if cfg.source_policy == "random":
         picks = rng.permutation(len(others))[: cfg.num_sources]
         return [target] + [others[i] for i in picks]
-    # adjacent: nearest camera ids to the target (camera ids enumerate positions); random tie-break.
+    # adjacent / opposite: the nearest / farthest camera ids from the target (camera ids enumerate
+    # positions); random tie-break.
     pos = cams.index(target)
     dist = np.array([abs(cams.index(c) - pos) for c in others], dtype=float) + rng.random(len(others)) * 0.5
-    return [target] + [others[i] for i in np.argsort(dist)[: cfg.num_sources]]
+    order = np.argsort(dist if cfg.source_policy == "adjacent" else -dist)
+    return [target] + [others[i] for i in order[: cfg.num_sources]]
 
 
 def random_resized_box(width: int, height: int, cfg: DataConfig, rng: np.random.Generator) -> Box:
