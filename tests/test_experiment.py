@@ -146,6 +146,12 @@ def test_a_finished_stage_made_by_another_plan_is_an_error_not_reused(study, tmp
     assert result.exit_code == 1
     assert "runs/mv2mae/seed0/pretrain was made by another plan" in result.output
     assert "config.model.tau: 60.0 then, 20.0 now" in result.output
+    # nor is a dataset folder rendered with other arguments rendered over
+    other = tiny_plan(base)
+    other["dataset"]["synth"]["seed"] = 4
+    plan = write_plan(tmp_path / "other.yaml", other)
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(tmp_path / "new"), "--device", "cpu"])
+    assert result.exit_code == 1 and "holds a dataset rendered with other arguments ({'seed': 3})" in result.output
 
 
 def test_pretraining_that_would_see_a_test_video_is_refused(study):

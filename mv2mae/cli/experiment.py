@@ -32,11 +32,13 @@ def experiment(
         return
     from mv2mae.cli.train import _process_group, _run_errors
     from mv2mae.experiment.study import run_plan
+    from mv2mae.preprocess.adapters import AdapterError
+    from mv2mae.preprocess.pipeline import PreprocessError
 
     options = (["--plan", plan, "--out", str(out)] + (["--scale", scale] if scale != "default" else [])
                + (["--device", device] if device != "auto" else []))
     command = " ".join(shlex.quote(a) for a in ["mv2mae", "experiment", *options])
-    with reported(PlanError, StudyError, *_run_errors()), _process_group(device) as env:
+    with reported(PlanError, StudyError, PreprocessError, AdapterError, *_run_errors()), _process_group(device) as env:
         path = run_plan(the_plan, out, env, command, log=lambda line: typer.echo(f"experiment: {line}", err=True))
     typer.echo(f"report written to {path}")
 

@@ -111,22 +111,23 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
         return data
     workers = int(spec.get("workers", 0))
     truth = raw / GROUND_TRUTH
-    if not (truth.is_file() and _rendered_with(truth, spec["synth"])):
+    if truth.is_file():
+        made = json.loads(truth.read_text())["arguments"]
+        other = {k: made.get(k) for k, v in spec["synth"].items() if made.get(k) != v}
+        if other:  # rendering over it would mix two datasets in one folder
+            raise StudyError(f"{raw} holds a dataset rendered with other arguments ({other}); "
+                             f"set dataset.raw and dataset.dir to new folders")
+    elif (data / "index.json").is_file():
+        log(f"using {data} as preprocessed ({raw} is gone, so its rendering arguments are not checked)")
+    else:
         log(f"rendering the synthetic dataset into {raw}")
-        generate(raw, workers=workers, progress=False, **_synth_args(spec["synth"]))
-    log(f"preprocessing {raw} into {data}")
-    preprocess("synth", raw, data, workers=workers, progress=False, **spec.get("preprocess", {}))
+        generate(raw, workers=workers, progress=False,
+                 **{k: tuple(v) if isinstance(v, list) else v for k, v in spec["synth"].items()})
+    if truth.is_file():
+        log(f"preprocessing {raw} into {data} (resumes; nothing to do when finished)")
+        preprocess("synth", raw, data, workers=workers, progress=False, **spec.get("preprocess", {}))
     write_json_atomic(record, {"spec": spec, "groups": read_index(data).groups})
     return data
-
-
-def _synth_args(synth: dict[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in synth.items()}
-
-
-def _rendered_with(truth: Path, synth: dict[str, Any]) -> bool:
-    made = json.loads(truth.read_text())["arguments"]
-    return all(made.get(k) == (list(v) if isinstance(v, (list, tuple)) else v) for k, v in synth.items())
 
 
 def cpu_seconds() -> float:
