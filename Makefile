@@ -10,7 +10,7 @@ WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench lint preprocess pretrain finetune clean-venv
+.PHONY: setup demo test bench lint preprocess pretrain finetune experiment clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,16 @@ demo: $(STAMP)
 	$(MV2MAE) report --pretrain $(DEMO_DIR)/pretrain --finetune $(DEMO_DIR)/finetune --eval $(DEMO_DIR)/eval \
 		--timings $(DEMO_DIR)/timings.txt --out $(DEMO_DIR)/report.md
 	@echo "demo: read $(DEMO_DIR)/report.md"
+
+# make experiment [PLAN=crossview] [SCALE=default|gpu] [STUDY=experiments/crossview]: the controlled
+# cross-view study (mv2mae/experiment/plans/crossview.yaml: every arm × seed pretrained, probed and
+# finetuned under one budget) -> STUDY/RESULTS.md, results.json and plots. About 90 minutes on 2 CPU
+# cores at the default scale; run it again after an interruption and it continues where it stopped.
+PLAN ?= crossview
+SCALE ?= default
+STUDY ?= experiments/$(PLAN)
+experiment: $(STAMP)
+	$(MV2MAE) experiment --plan $(PLAN) --scale $(SCALE) --out $(STUDY)
 
 BENCH_DIR := bench-results
 bench: $(STAMP)

@@ -173,7 +173,7 @@ def load_config(spec: str, stage: str, overrides: list[str] | tuple[str, ...] = 
     if stages.get(stage) is None:
         defined = sorted(k for k, v in stages.items() if v is not None)
         raise ConfigError(f"{spec}: preset has no '{stage}' stage (it defines: {', '.join(defined) or 'none'})")
-    merged = _merge(raw, stages[stage])
+    merged = deep_merge(raw, stages[stage])
     merged["stage"] = stage
     merged["preset"] = str(spec)
     return resolve(merged, overrides)
@@ -187,32 +187,40 @@ def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
     return _build(RunConfig, raw, "")
 
 
-def _read_preset(spec: str, seen: tuple[str, ...]) -> dict[str, Any]:
+def read_yaml(spec: str, folder: Path, kind: str, shipped: str) -> tuple[Path, dict[str, Any]]:
+    """``spec`` as a YAML file, else as a name shipped in ``folder`` (``folder/<spec>.yaml``): its path
+    and mapping. ``kind`` and ``shipped`` name the thing in errors ("config", "preset")."""
     path = Path(spec)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = PRESET_DIR / f"{spec}.yaml"
+        path = folder / f"{spec}.yaml"
         if not path.is_file():
-            raise ConfigError(f"unknown config {spec!r}: not a YAML file and not a preset "
-                              f"(presets: {', '.join(preset_names())})")
-    if str(path) in seen:
-        raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
+            names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise ConfigError(f"unknown {kind} {spec!r}: not a YAML file and not a {shipped} ({shipped}s: {names})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections")
+        raise ConfigError(f"{path}: a {kind} must be a mapping of sections")
+    return path, raw
+
+
+def _read_preset(spec: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    path, raw = read_yaml(spec, PRESET_DIR, "config", "preset")
+    if str(path) in seen:
+        raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
     base = raw.pop("base", None)
     if base is None:
         return raw
-    return _merge(_read_preset(str(base), seen + (str(path),)), raw)
+    return deep_merge(_read_preset(str(base), seen + (str(path),)), raw)
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over a copy of ``base``: mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -44,7 +44,9 @@ class Protocol:
     """``field`` (``subject`` / ``setup`` / ``partition`` / None) decides the split of each shard: ``train``
     and ``test`` each hold that field's values of one split (a set, or a predicate's ``Container``); a
     value in neither puts its shard in no split. ``None`` means every shard is in both splits
-    (cross-view protocols). Cameras ``None`` = all. With ``index_split`` the two lists come from the
+    (cross-view protocols). Cameras ``None`` = all, except that train cameras ``None`` beside listed
+    test cameras means every camera the test split does not use (so one protocol holds out camera 1 of a
+    3- or an 8-camera rig). With ``index_split`` the two lists come from the
     official split the adapter recorded in ``index.args["meta"]["splits"][index_split]``
     (``train_partitions`` / ``test_partitions``)."""
 
@@ -124,6 +126,13 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              train_cameras=(2, 3), test_cameras=(1,)),
     Protocol("synth_xsub", ("synth",), "synthetic set, cross-subject: odd subjects train, even test",
              "subject", ODD, EVEN),
+    Protocol("synth_xview_all", ("synth",), "synthetic set, cross-view on every camera: camera 1 (0°) tests, "
+             "all the others train", test_cameras=(1,)),
+    # the train side of both study protocols at once: one pretraining serves both evaluations and
+    # sees neither's test videos (the held-out camera, the held-out subjects)
+    Protocol("synth_xview_xsub", ("synth",), "synthetic set, train side of synth_xview_all and synth_xsub: odd "
+             "subjects from every camera but 1 train; even subjects from camera 1 test", "subject", ODD, EVEN,
+             test_cameras=(1,)),
     # ROCOG-v2 has no official split we could verify (DATASETS.md): the manifest's subject column decides
     Protocol("rocog", ("manifest",), "ROCOG-v2 through the manifest adapter, cross-subject: odd subject "
              "numbers train, even test (number the manifest's subjects accordingly)", "subject", ODD, EVEN),
@@ -196,6 +205,8 @@ def select(index: DatasetIndex, name: str, split: str) -> Selection:
         shards = [s for s in index.shards if _shard_split(protocol, s, lists) == split]
     present = sorted({c for s in shards for c in s.cameras})
     allowed = protocol.cameras_for(split)
+    if allowed is None and split == "train" and protocol.test_cameras is not None:
+        present = [c for c in present if c not in protocol.test_cameras]
     cameras = present if allowed is None else [c for c in allowed if c in present]
     if shards and allowed is not None and len(cameras) < len(allowed):
         missing = sorted(set(allowed) - set(present))

@@ -48,6 +48,8 @@ def test_views_follow_the_policy_and_the_allowed_cameras():
     for _ in range(50):
         views = choose_views(cams, DataConfig(num_sources=2), rng)
         assert len(set(views)) == 3 and set(views) <= set(cams)
+        (alone,) = choose_views(cams, DataConfig(num_sources=0), rng)  # single-view pretraining
+        assert alone in cams
     fixed = DataConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
     assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
     assert choose_views([2], DataConfig(), rng) is None
@@ -73,6 +75,11 @@ def test_adjacent_sources_follow_the_camera_layout_not_the_ids():
         assert all(abs((s - 1) // 2 - (target - 1) // 2) in (1, 3) for s in sources[1:])
     with pytest.raises(ValueError, match=r"cameras \[3\] have no place"):
         choose_views([2, 3], adjacent, rng, {"2": {"azimuth": 0.0}})
+    farthest = {1: set(), 2: set(), 3: set()}
+    for _ in range(60):
+        target, source = choose_views([1, 2, 3], DataConfig(source_policy="opposite"), rng, NTU_LAYOUT)
+        farthest[target].add(source)
+    assert farthest == {1: {2, 3}, 2: {3}, 3: {2}}  # 2 and 3 stand 90 degrees apart, 1 between them
 
 
 def test_a_pretraining_clip_takes_the_same_instants_from_the_span_its_views_share():

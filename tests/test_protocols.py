@@ -110,7 +110,7 @@ def test_every_listed_protocol_has_a_description_and_valid_cameras():
             "etri_xsub", "synth_xview", "synth_xsub"} <= set(PROTOCOLS)
     for p in PROTOCOLS.values():
         assert p.description
-        assert (p.train_cameras is None) == (p.test_cameras is None), p.name
+        assert p.test_cameras is not None or p.train_cameras is None, p.name  # train-only cameras: no split
 
 
 def test_official_subject_lists_are_complete():
@@ -146,7 +146,7 @@ def test_train_and_test_share_no_subject_setup_partition_or_camera(name):
     share no subject (setup, partition); cross-view splits share no camera. ``all`` is the one protocol
     without a split: it pretrains on everything."""
     protocol = PROTOCOLS[name]
-    assert protocol.field is not None or protocol.train_cameras is not None, name
+    assert protocol.field is not None or protocol.test_cameras is not None, name
     index = _everything_index(protocol.datasets[0], PKU_META)
     train, test = select(index, name, "train"), select(index, name, "test")
     if protocol.field is not None:
@@ -157,8 +157,8 @@ def test_train_and_test_share_no_subject_setup_partition_or_camera(name):
                  {sh.partition for sh in sel.shards} for sel in (train, test)]
         assert sides[0] and sides[1] and not sides[0] & sides[1], (name, sides)
         assert not set(train.keys) & set(test.keys)
-    if protocol.train_cameras is not None:
-        assert not set(protocol.train_cameras) & set(protocol.test_cameras), name
+    if protocol.test_cameras is not None:
+        assert not set(protocol.train_cameras or ()) & set(protocol.test_cameras), name
         assert train.cameras and test.cameras and not set(train.cameras) & set(test.cameras), name
 
 
@@ -205,3 +205,17 @@ def test_validation_by_subject_refuses_shards_that_mix_subjects():
     one = ntu_index("ntu60", performers=1, setups=2)
     with pytest.raises(ProtocolError, match="1 subject"):
         hold_out(select(one, "all", "train"), "subject", 0.1)
+
+
+@pytest.mark.parametrize("cameras", [(1, 2, 3), (1, 2, 3, 4, 5)])
+def test_synth_study_protocols_hold_out_camera_1_on_any_rig_and_pretraining_sees_no_test_video(cameras):
+    index = ntu_index("synth", performers=4, setups=1, cameras=cameras)
+    xview = {split: select(index, "synth_xview_all", split) for split in ("train", "test")}
+    assert xview["train"].cameras == list(cameras[1:]) and xview["test"].cameras == [1]
+    assert xview["train"].groups == xview["test"].groups == index.groups
+    pretrain = select(index, "synth_xview_xsub", "train")
+    assert pretrain.cameras == list(cameras[1:]) and pretrain.keys == select(index, "synth_xsub", "train").keys
+    seen = {(k, c) for k in pretrain.keys for c in pretrain.cameras}
+    for protocol in ("synth_xview_all", "synth_xsub"):
+        test = select(index, protocol, "test")
+        assert not seen & {(k, c) for k in test.keys for c in test.cameras}, protocol

@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mv2mae import __version__
-from mv2mae.cli import bench, model, preprocess, shards, synth, train
+from mv2mae.cli import bench, experiment, model, preprocess, shards, synth, train
 
 app = typer.Typer(
     name="mv2mae",
@@ -24,7 +24,7 @@ bench_app = typer.Typer(help="Benchmarks: each prints a table and writes its fig
 shards_app = typer.Typer(help="Inspect and maintain preprocessed shard directories.", no_args_is_help=True)
 
 # in the order the verbs appear in --help
-for _module in (synth, model, preprocess, train, shards, bench):
+for _module in (synth, model, preprocess, train, experiment, shards, bench):
     _module.register(app, bench_app, shards_app)
 app.add_typer(shards_app, name="shards")
 app.add_typer(bench_app, name="bench")

@@ -74,36 +74,20 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
     import dataclasses
 
     from mv2mae.eval.evaluate import validator
-    from mv2mae.train.loop import Trainer
-    from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource, finetune_model_config
+    from mv2mae.train.tasks import fit_stage, with_init
 
     with reported(*_run_errors()):
         _check_fresh(out, resume)
         cfg = _resolve_config(stage, config, sets, out, resume)
         if data is not None:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
-        notes = []
-        if stage == "finetune" and (init or cfg.finetune.init):
-            init_path = str(init or cfg.finetune.init)
-            model_cfg, notes = finetune_model_config(cfg, init_path)
-            cfg = dataclasses.replace(cfg, model=model_cfg,
-                                      finetune=dataclasses.replace(cfg.finetune, init=init_path))
+        cfg, notes = with_init(cfg, init)
         with _process_group(cfg.loop.device) as env:
-            source = ShardSource(cfg, env, stage)
-            validate = None
-            if stage == "pretrain":
-                task = PretrainTask(cfg, init=str(init) if init else "")
-            else:
-                classes = cfg.finetune.num_classes or source.num_classes
-                task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None,
-                                    fps=source.split.index.fps)
-                if cfg.data.val_by != "none":
-                    validate = validator(cfg.data, env, task.class_names)
-            trainer = Trainer(cfg, task, source, out, env, resume=resume, validate=validate)
             if env.is_main:
                 for note in notes:
                     typer.echo(f"note: {note}", err=True)
-            summary = trainer.fit()
+            summary = fit_stage(cfg, out, env, resume=resume, pretrain_init=init if stage == "pretrain" else None,
+                                make_validator=validator)
             if env.is_main:
                 typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                            f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
@@ -233,7 +217,7 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
         model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
-        results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)
+        results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]
         results["classes"] = classes
         if env.is_main:
             out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, VALIDATION_BY
 
-SOURCE_POLICIES = ("random", "adjacent", "fixed")
+SOURCE_POLICIES = ("random", "adjacent", "opposite", "fixed")
 # Motion weights (METHOD.md, Objective): "framediff" is the method's signal, computed from the clip itself
 # (mv2mae.data.motion.clip_token_motion); "online", the name that path had beside the cached framediff,
 # means the same. "flow" is DIS optical flow from the Zarr cache, in its own units (stored pixels per
@@ -33,8 +33,10 @@ class DataConfig:
     root: str = ""  # preprocessed dataset directory (``--data``)
     protocol: str = "synth_xview"
     stride: int = 4  # stored frames between two sampled frames
-    num_sources: int = 1  # K source views per pretraining target (the paper: one is best)
-    source_policy: str = "random"  # random | adjacent | fixed
+    # K source views per pretraining target (the paper: one is best); 0 = single-view pretraining: each
+    # sample is one camera's clip and only the self-view decoder trains (VideoMAE on the same videos)
+    num_sources: int = 1
+    source_policy: str = "random"  # random | adjacent | opposite (the farthest cameras) | fixed
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
     motion: str = "framediff"  # framediff (= online, from the clip) | flow (from the Zarr cache) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
@@ -83,8 +85,8 @@ class DataConfig:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
-        if self.num_sources < 1:
-            problems.append(f"sources must be >= 1, got {self.num_sources}")
+        if self.num_sources < 0:
+            problems.append(f"num_sources must be >= 0, got {self.num_sources}")
         if min(self.stride, self.eval_clips, self.eval_crops) < 1 or self.workers < 0:
             problems.append("stride, eval_clips and eval_crops must be >= 1 and workers >= 0")
         if self.source_policy == "fixed":

@@ -167,10 +167,10 @@ class PretrainClips(ClipDataset):
             raise ContractError(f"{where} {split.selection.split}: no group holds {data.views} of cameras {cams}; "
                                 f"pretraining needs multi-view groups")
         unplaced = [c for c in cams if str(c) not in split.index.layout]
-        if data.source_policy == "adjacent" and unplaced:
-            raise ContractError(f"{split.root}/index.json: source policy 'adjacent' needs the camera layout, which "
-                                f"places no camera {unplaced} (give the manifest an angle column, or add them to "
-                                f"'layout')")
+        if data.source_policy in ("adjacent", "opposite") and unplaced:
+            raise ContractError(f"{split.root}/index.json: source policy {data.source_policy!r} needs the camera "
+                                f"layout, which places no camera {unplaced} (give the manifest an angle column, or "
+                                f"add them to 'layout')")
 
     def __iter__(self) -> Iterator[dict]:
         plan_rng, crop_rng, flip_rng = self._start()

@@ -116,7 +116,8 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
 
     ``available`` is already the intersection of the group's cameras and the protocol's allowed ones;
     ``None`` when the group cannot provide 1 + K distinct views. The ``adjacent`` policy takes the K
-    cameras nearest the target in the dataset's ``layout`` (:func:`view_distance`, random among equals)."""
+    cameras nearest the target in the dataset's ``layout`` (:func:`view_distance`, random among equals),
+    ``opposite`` the K farthest."""
     cams = sorted(set(available))
     if len(cams) < cfg.views:
         return None
@@ -128,11 +129,14 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
     if cfg.source_policy == "random":
         picks = rng.permutation(len(others))[: cfg.num_sources]
         return [target] + [others[i] for i in picks]
+    # adjacent / opposite: the nearest / farthest cameras in the recorded layout; random tie-break
     unplaced = [c for c in cams if layout is None or str(c) not in layout]
     if unplaced:
-        raise ValueError(f"source policy 'adjacent' needs the camera layout; cameras {unplaced} have no place")
+        raise ValueError(f"source policy {cfg.source_policy!r} needs the camera layout; cameras {unplaced} have no place")
     ties = rng.random(len(others))
-    order = sorted(range(len(others)), key=lambda i: (view_distance(layout, target, others[i]), ties[i]))
+    sign = 1 if cfg.source_policy == "adjacent" else -1
+    order = sorted(range(len(others)),
+                   key=lambda i: (*(sign * d for d in view_distance(layout, target, others[i])), ties[i]))
     return [target] + [others[i] for i in order[: cfg.num_sources]]
 
 

@@ -9,6 +9,7 @@ split (test cameras), so a probe trained on cameras 2 and 3 is scored on the uns
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -73,20 +74,26 @@ def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     return votes / votes.sum(dim=1, keepdim=True)
 
 
-def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, method: str, num_classes: int,
-              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
-    """Fit on one clip and crop per train video (``eval_clips = eval_crops = 1``: features are cheap to
-    fit but slow to extract), score on the test split with the full clips × crops."""
-    if method not in METHODS:
-        raise ValueError(f"probe method {method!r} must be one of {METHODS}")
-    train = video_features(model, replace(data, eval_clips=1, eval_crops=1), env, "train", batch_size)
+def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, methods: Sequence[str], num_classes: int,
+              batch_size: int = EVAL_BATCH) -> dict[str, dict[str, Any]]:
+    """Results per method (``linear``, ``knn``) on one extraction of the features: fit on one clip and crop
+    per train video (``eval_clips = eval_crops = 1``: features are cheap to fit but slow to extract), score
+    on the test split with the full clips × crops. The probe fits on the whole train split: it chooses no
+    model, so no validation share (``data.val_by``) is held out of it."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"probe method(s) {unknown or 'none'}: choose from {METHODS}")
+    train = video_features(model, replace(data, eval_clips=1, eval_crops=1, val_by="none"), env, "train", batch_size)
     test = video_features(model, data, env, "test", batch_size)
     tr_x, te_x = standardise(train["x"], test["x"])
     tr_y = torch.from_numpy(train["label"]).long()
-    probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
-             else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
-    results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
-    results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
-                   test_videos=len(test["video_id"]))
-    return results
+    out = {}
+    for method in methods:
+        probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
+                 else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
+        results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
+        results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
+                       test_videos=len(test["video_id"]))
+        out[method] = results
+    return out
 

@@ -245,7 +245,8 @@ class Trainer:
             window.add(terms, grad_norm, samples * env.world_size, time.perf_counter() - t0, finite)
             self._after_step(window, log, batch, skipped)
         return dict(steps=self.step, skipped=skipped, best_loss=self.best_loss,
-                    final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)))
+                    final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)),
+                    resumed_from=str(self.resumed_from) if self.resumed_from else None)
 
     def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int) -> None:
         cfg, step, last = self.cfg, self.step, self.step == self.steps

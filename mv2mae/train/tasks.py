@@ -8,7 +8,7 @@ A task builds its model and turns one batch on the device into a loss (``train_s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,11 @@ from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.distributed import DistEnv
-from mv2mae.train.loop import StepResult, step_seed
+from mv2mae.train.loop import StepResult, Trainer, step_seed
 from mv2mae.train.recon import save_reconstruction
+
+# (data, env, class names) -> a function scoring a model on the validation split: what fit_stage is given
+MakeValidator = Callable[[Any, DistEnv, list[str]], Callable[[nn.Module], dict[str, float]]]
 
 
 class ShardSource:
@@ -192,3 +195,36 @@ def finetune_model_config(cfg: RunConfig, init: str | Path) -> tuple[ModelConfig
     changed = {f: getattr(src, f) for f in WEIGHT_GEOMETRY if getattr(src, f) != getattr(cfg.model, f)}
     notes = [f"model.{k}: {getattr(cfg.model, k)!r} -> {v!r} (from {init})" for k, v in changed.items()]
     return (cfg.model.with_(**changed) if changed else cfg.model), notes
+
+
+def with_init(cfg: RunConfig, init: str | Path | None) -> tuple[RunConfig, list[str]]:
+    """``cfg`` ready to run: a finetuning run starting from ``init`` (or ``finetune.init``) records it and
+    takes the checkpoint's weight-tied model fields; returns what was changed."""
+    init = str(init or (cfg.finetune.init if cfg.stage == "finetune" else ""))
+    if cfg.stage != "finetune" or not init:
+        return cfg, []
+    model_cfg, notes = finetune_model_config(cfg, init)
+    return replace(cfg, model=model_cfg, finetune=replace(cfg.finetune, init=init)), notes
+
+
+def fit_stage(cfg: RunConfig, run_dir: str | Path, env: DistEnv, resume: str | None = None,
+              pretrain_init: str | Path | None = None, make_validator: MakeValidator | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (a pretraining or, after :func:`with_init`, a finetuning run) into ``run_dir`` on this
+    process group's share of its protocol's train split: what ``mv2mae pretrain|finetune`` run.
+    ``pretrain_init`` starts pretraining from a checkpoint's weights; a finetuning run with a validation
+    split (``data.val_by``) is scored by what ``make_validator(data, env, class_names)`` returns
+    (``mv2mae.eval.evaluate.validator``; evaluation sits above training); returns the loop's summary."""
+    source = ShardSource(cfg, env, cfg.stage)
+    validate = None
+    if cfg.stage == "pretrain":
+        task: PretrainTask | FinetuneTask = PretrainTask(cfg, init=str(pretrain_init) if pretrain_init else "")
+    else:
+        classes = cfg.finetune.num_classes or source.num_classes
+        task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None,
+                            fps=source.split.index.fps)
+        if cfg.data.val_by != "none":
+            if make_validator is None:
+                raise ValueError(f"data.val_by={cfg.data.val_by} needs a validator; set data.val_by=none to "
+                                 f"finetune without a validation split")
+            validate = make_validator(cfg.data, env, task.class_names)
+    return Trainer(cfg, task, source, run_dir, env, resume=resume, validate=validate).fit()
