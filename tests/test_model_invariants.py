@@ -1,8 +1,13 @@
 """Behaviour checks of the method's invariants (METHOD.md), each on the real modules with a tiny model.
 
-Each test here fails when the invariant it names is broken in the code (independent masks per view,
-targets normalised per tubelet and channel, weights averaging 1 over each view's masked tokens, a
-cross-view decoder that only sees the sources' encoded visible tokens, gradients from both decoders).
+Each test was seen to fail when the invariant it names was broken by hand in the code: views or
+samples sharing one mask; targets normalised over all channels together, over the whole clip, with the
+channel layout misread, or not at all; weights normalised over all tokens, without the |Ω| factor,
+across views, with the sign flipped, or the cross loss taking a source's weights; the forward pass
+ignoring τ; the cross-view decoder attending to the sources' mask tokens too, to the target's own
+tokens, to un-encoded embeddings, or to detached sources; an encoder that sees masked tubelets.
+The objective's own checks on plain tensors (loss only on masked tokens, uniform weights = plain MAE)
+are in test_model.py.
 """
 
 from __future__ import annotations
@@ -124,7 +129,7 @@ def test_model_loss_is_plain_mae_when_tau_is_infinite_or_motion_uniform():
     assert torch.allclose(uniform.loss_self, plain.loss_self, rtol=1e-6)
     assert torch.allclose(uniform.loss_cross, plain.loss_cross, rtol=1e-6)
     assert torch.equal(infinite.loss, plain.loss)
-    assert not torch.allclose(weighted.loss, plain.loss, rtol=1e-3)
+    assert not torch.allclose(weighted.loss, plain.loss, rtol=1e-5)  # τ = 60 does change it (by ~0.2% here)
 
 
 # ----------------------------------------------------------------------------- what each decoder sees
