@@ -78,6 +78,9 @@ class LoopConfig:
     keep_last: int = 2
     recon_every: int = 0  # pretraining: reconstruction PNG every N steps (0 = only at the end)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
+    # seconds a collective (gradient sync, barrier) waits for the other ranks before the run fails: a
+    # rank that stopped, hangs or died ends the run instead of hanging it (torchrun then ends the rest)
+    collective_timeout: float = 600.0
     # resuming the data stream: "skip" replays it and drops the consumed batches (exact, costs their
     # decoding); "reseed" starts a fresh stream seeded by the position (instant, not the same samples)
     resume_data: str = "skip"
@@ -87,6 +90,8 @@ class LoopConfig:
             raise ConfigError(f"loop.resume_data={self.resume_data!r} must be 'skip' or 'reseed'")
         if min(self.log_every, self.ckpt_every, self.keep_last, self.max_bad_steps) < 1:
             raise ConfigError("loop.log_every, ckpt_every, keep_last and max_bad_steps must be >= 1")
+        if not self.collective_timeout > 0:
+            raise ConfigError(f"loop.collective_timeout must be > 0 seconds, got {self.collective_timeout}")
 
 
 @dataclass

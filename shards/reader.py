@@ -9,6 +9,7 @@ Where members lie comes from :mod:`mv2mae.shards.tarindex`.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -20,7 +21,9 @@ import torch.utils.data
 import webdataset as wds
 
 from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
-from mv2mae.shards.tarindex import GroupTable, shard_groups
+from mv2mae.shards.tarindex import GroupTable, read_member, shard_groups
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,60 +75,120 @@ def current_slot(rank: int = 0, world_size: int = 1) -> Slot:
 Plan = Callable[[GroupMeta, str], "tuple[set[str], object] | None"]
 
 
-def _pread(fd: int, span: tuple[int, int], where: str, member: str) -> bytes:
-    offset, size = span
-    data = os.pread(fd, size, offset)
-    if len(data) < size:
-        raise ContractError(f"{where}: truncated tar (member {member} cut short)")
-    return data
+class BadSampleLimit(ContractError):
+    """More bad groups than ``BadSamples.limit``: the data itself is broken, not a sample or two."""
 
 
-def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | None) -> dict | None:
-    """The sample dict of one group with only the members its plan wants (None if the plan skips it)."""
-    sample: dict = {"__key__": group.key, "__url__": url}
-    wanted = None
-    if plan is not None and META_EXT in group.exts:
-        i = group.exts.index(META_EXT)
-        meta_where = f"{where}:{group.key}.{META_EXT}"
-        meta = GroupMeta.from_json(_pread(fd, group.span(i), where, f"{group.key}.{META_EXT}"), where=meta_where)
-        decision = plan(meta, where)
-        if decision is None:
-            return None
-        wanted, sample["__plan__"] = decision
-        sample["__meta__"] = meta  # parsed once: _to_group reuses it
-    for i, ext in enumerate(group.exts):
-        if wanted is None or ext in wanted or ext == META_EXT:
-            sample[ext] = _pread(fd, group.span(i), where, f"{group.key}.{ext}")
-    return sample
+class BadSamples:
+    """The groups a stream skipped because they cannot be read (a stranger's shard may be truncated,
+    tampered with or damaged): each distinct one is logged once as a warning and counted, and once more
+    than ``limit`` were seen in this process the stream stops with :class:`BadSampleLimit`.
+
+    Streams revisit shards (the training stream resamples them), so a bad group counts once however
+    often it is drawn; a stream that draws nothing but bad groups ``MAX_BAD_IN_ROW`` times in a row stops
+    too (a resampled stream over only bad groups would otherwise spin). One counter per reading process
+    (each DataLoader worker has its own)."""
+
+    MAX_BAD_IN_ROW = 1000
+
+    def __init__(self, limit: int, root: str | Path = ""):
+        self.limit, self.root = limit, str(root)
+        self.seen: dict[str, str] = {}  # where -> why
+        self.in_row = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.seen)
+
+    def passed(self) -> None:
+        """A good group was read."""
+        self.in_row = 0
+
+    def skip(self, where: str, error: Exception) -> None:
+        self.in_row += 1
+        if where not in self.seen:
+            self.seen[where] = str(error)
+            log.warning("skipped bad sample %s: %s (%d skipped so far, data.max_bad_samples=%d)",
+                        where, error, self.count, self.limit)
+        if self.count > self.limit or self.in_row >= self.MAX_BAD_IN_ROW:
+            raise BadSampleLimit(f"{self.root}: {self.count} bad sample(s) (data.max_bad_samples={self.limit}, "
+                                 f"{self.in_row} in a row), last {where}: {error}; "
+                                 f"run `mv2mae shards verify {self.root}`")
 
 
-def tar_groups(sources: Iterable[dict], plan: Plan | None = None) -> Iterator[dict]:
-    """WebDataset-compatible stage: ``{"url": path}`` items -> samples ``{"__key__", "__url__", ext: bytes}``
-    (plus ``__plan__`` when a ``plan`` is given; members it does not want are never read)."""
+def _group_meta(fd: int, group: GroupTable, where: str) -> GroupMeta:
+    """A group's parsed, checked metadata; any damage is a ``ContractError`` naming shard and member."""
+    if group.problem:
+        raise ContractError(group.problem)
+    if META_EXT not in group.exts:
+        raise ContractError(f"{where}: group {group.key} has no {group.key}.{META_EXT} metadata member")
+    member = f"{group.key}.{META_EXT}"
+    meta = GroupMeta.from_json(read_member(fd, group.span(group.exts.index(META_EXT)), where, member),
+                               where=f"{where}:{member}")
+    if meta.key != group.key:
+        raise ContractError(f"{where}: member key {group.key} holds metadata of {meta.key}")
+    return meta
+
+
+def tar_groups(sources: Iterable[dict], plan: Plan | None = None, bad: BadSamples | None = None) -> Iterator[dict]:
+    """WebDataset-compatible stage: ``{"url": path}`` items -> samples ``{"__key__", "__url__", "__meta__",
+    ext: bytes}`` (plus ``__plan__`` when a ``plan`` is given; members it does not want are never read).
+    A group that cannot be read goes to ``bad`` (skipped, counted) — or raises when there is none."""
     for source in sources:
         url = source["url"]
         where = Path(url).name
-        table = shard_groups(url, where)
-        fd = os.open(url, os.O_RDONLY)
+        try:
+            table = shard_groups(url, where)
+            fd = os.open(url, os.O_RDONLY)
+        except OSError as e:
+            _skip(bad, where, ContractError(f"{where}: unreadable shard ({e})"))
+            continue
         try:
             for group in table:
-                sample = _read_group(fd, group, url, where, plan)
+                sample = _read_group(fd, group, url, where, plan, bad)
                 if sample is not None:
+                    if bad is not None:
+                        bad.passed()
                     yield sample
         finally:
             os.close(fd)
 
 
+def _skip(bad: BadSamples | None, where: str, error: ContractError) -> None:
+    if bad is None:
+        raise error
+    bad.skip(where, error)
+
+
+def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | None,
+                bad: BadSamples | None) -> dict | None:
+    """The sample dict of one group with only the members its plan wants (None if skipped)."""
+    try:
+        meta = _group_meta(fd, group, where)
+    except ContractError as e:
+        _skip(bad, f"{where}:{group.key or '(tail)'}", e)
+        return None
+    sample: dict = {"__key__": group.key, "__url__": url, "__meta__": meta}
+    wanted = None
+    if plan is not None:  # outside the try: a plan's own error is no bad sample
+        decision = plan(meta, where)
+        if decision is None:
+            return None
+        wanted, sample["__plan__"] = decision
+    try:
+        for i, ext in enumerate(group.exts):
+            if ext != META_EXT and (wanted is None or ext in wanted):
+                sample[ext] = read_member(fd, group.span(i), where, f"{group.key}.{ext}")
+    except ContractError as e:
+        _skip(bad, f"{where}:{group.key}", e)
+        return None
+    return sample
+
+
 def _to_group(sample: dict) -> GroupSample:
-    url, key = sample["__url__"], sample["__key__"]
-    shard = Path(url).name
-    if META_EXT not in sample:
-        raise ContractError(f"{shard}: group {key} has no {key}.{META_EXT} metadata member")
-    meta = sample.get("__meta__") or GroupMeta.from_json(sample[META_EXT], where=f"{shard}:{key}.{META_EXT}")
-    if meta.key != key:
-        raise ContractError(f"{shard}: member key {key} holds metadata of {meta.key}")
-    members = {k: v for k, v in sample.items() if not k.startswith("__") and k != META_EXT}
-    return GroupSample(meta=meta, shard=shard, members=members, plan=sample.get("__plan__"))
+    members = {k: v for k, v in sample.items() if not k.startswith("__")}
+    return GroupSample(meta=sample["__meta__"], shard=Path(sample["__url__"]).name, members=members,
+                       plan=sample.get("__plan__"))
 
 
 def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
@@ -140,7 +203,8 @@ def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
 
 
 def train_groups(root: str | Path, shard_names: Sequence[str], *, seed: int, rank: int = 0,
-                 world_size: int = 1, shuffle_buffer: int = 256, plan: Plan | None = None) -> Iterator[GroupSample]:
+                 world_size: int = 1, shuffle_buffer: int = 256, plan: Plan | None = None,
+                 bad: BadSamples | None = None) -> Iterator[GroupSample]:
     """Infinite, resampled, shuffled stream of groups; the same seed, rank and worker count give the
     same order. With at least as many shards as slots each slot resamples its own disjoint subset
     (shards are split by node and worker); with fewer, every slot resamples all shards with its own
@@ -153,7 +217,7 @@ def train_groups(root: str | Path, shard_names: Sequence[str], *, seed: int, ran
     mine = urls[slot.index::slot.count] if len(urls) >= slot.count else urls
     pipeline = wds.DataPipeline(
         wds.ResampledShards(mine, seed=seed, worker_seed=lambda: slot.index, deterministic=True),
-        partial(tar_groups, plan=plan),
+        partial(tar_groups, plan=plan, bad=bad),
         wds.shuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 64),
                     rng=random.Random(f"{seed}:{slot.index}:{slot.count}")),
         wds.map(_to_group),
@@ -173,7 +237,7 @@ def balanced_assignment(sizes: Sequence[int], count: int) -> list[list[int]]:
 
 
 def eval_groups(root: str | Path, shards: Sequence, *, rank: int = 0, world_size: int = 1,
-                plan: Plan | None = None) -> Iterator[GroupSample]:
+                plan: Plan | None = None, bad: BadSamples | None = None) -> Iterator[GroupSample]:
     """Exact pass: every group of ``shards`` (``ShardEntry`` objects) exactly once across all ranks and
     workers, in a fixed order. Whole shards are dealt to slots, balanced by sample count."""
     slot = current_slot(rank, world_size)
@@ -181,5 +245,5 @@ def eval_groups(root: str | Path, shards: Sequence, *, rank: int = 0, world_size
     mine = [ordered[i].name for i in balanced_assignment([s.samples for s in ordered], slot.count)[slot.index]]
     if not mine:
         return iter(())
-    return iter(wds.DataPipeline(wds.SimpleShardList(_urls(root, mine)), partial(tar_groups, plan=plan),
+    return iter(wds.DataPipeline(wds.SimpleShardList(_urls(root, mine)), partial(tar_groups, plan=plan, bad=bad),
                                  wds.map(_to_group)))

@@ -9,7 +9,7 @@ video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the b
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from mv2mae.data.sampling import (
 from mv2mae.data.transport import RingEnds, attach
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.protocols import Selection, select
-from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
+from mv2mae.shards.reader import BadSamples, GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, read_index
 
 # A stream that skips this many groups in a row cannot form samples under its protocol.
@@ -85,6 +85,7 @@ class ClipDataset(IterableDataset):
         self.split, self.geom, self.data = split, geom, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
+        self.bad = BadSamples(data.max_bad_samples, split.root)  # skipped groups (each worker counts its own)
         self._epoch = -1
 
     def _start(self) -> tuple[np.random.Generator, np.random.Generator]:
@@ -105,7 +106,19 @@ class ClipDataset(IterableDataset):
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
                             seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
-                            shuffle_buffer=self.data.shuffle_buffer, plan=plan)
+                            shuffle_buffer=self.data.shuffle_buffer, plan=plan, bad=self.bad)
+
+    def _usable(self, groups: Iterator[GroupSample], build: Callable[[GroupSample], Iterator[dict]]) -> Iterator[dict]:
+        """The samples ``build`` makes of each group; a group whose frames or motion turn out unusable
+        (undecodable JPEG, missing member, motion rows missing or misshapen) yields nothing and is counted
+        as a bad sample (:class:`~mv2mae.shards.reader.BadSamples`) instead of stopping the stream."""
+        for group in groups:
+            try:
+                samples = list(build(group))
+            except ContractError as e:
+                self.bad.skip(f"{group.shard}:{group.key}", e)
+                continue
+            yield from samples
 
     def _planner(self, choose):
         """A reader plan from ``choose(meta) -> (cameras, frame indices) | None``; raises when a long run of
@@ -152,11 +165,13 @@ class PretrainClips(ClipDataset):
             views = choose_views([c for c in meta.cameras if c in allowed], cfg, plan_rng)
             return None if views is None else (views, train_frame_indices(meta.frames, geom, plan_rng))
 
-        for group in self._train_stream(self._planner(choose)):
+        def build(group: GroupSample) -> Iterator[dict]:
             views, indices = group.plan
             frames = [decode_frames(group, cam, indices) for cam in views]
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
                 yield self._sample(group, views, indices, frames, crop_rng, motion)
+
+        yield from self._usable(self._train_stream(self._planner(choose)), build)
 
     def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
                 decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
@@ -195,12 +210,14 @@ class FinetuneClips(ClipDataset):
                 return None
             return [cams[int(plan_rng.integers(len(cams)))]], train_frame_indices(meta.frames, self.geom, plan_rng)
 
-        for group in self._train_stream(self._planner(choose)):
+        def build(group: GroupSample) -> Iterator[dict]:
             (cam,), indices = group.plan
             width, height = group.meta.size
             box = random_resized_box(width, height, self.data, crop_rng)
             clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
             yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
+
+        yield from self._usable(self._train_stream(self._planner(choose)), build)
 
 
 class EvalClips(ClipDataset):
@@ -217,8 +234,7 @@ class EvalClips(ClipDataset):
             clips = eval_frame_indices(meta.frames, geom, cfg.eval_clips)
             return (cams, np.concatenate(clips)) if cams else None
 
-        for group in eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
-                                 world_size=self.world_size, plan=self._planner(choose)):
+        def build(group: GroupSample) -> Iterator[dict]:
             width, height = group.meta.size
             boxes = eval_boxes(width, height, cfg.eval_crops)
             for cam in group.plan[0]:
@@ -228,3 +244,7 @@ class EvalClips(ClipDataset):
                         yield {"video": self._video(crop_resize(frames, indices, box, geom.size)),
                                "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
                                "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
+
+        groups = eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
+                             world_size=self.world_size, plan=self._planner(choose), bad=self.bad)
+        yield from self._usable(groups, build)

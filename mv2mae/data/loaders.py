@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.datasets import ClipDataset, EvalClips, FinetuneClips, PretrainClips, ShardSplit
 from mv2mae.data.decode import collate_clips
-from mv2mae.data.transport import Batches, BatchRing
+from mv2mae.data.transport import Batches, BatchRing, WorkerPids
 from mv2mae.model.config import ModelConfig
 
 PREFETCH = 2  # batches in flight per worker
@@ -33,12 +33,15 @@ def _loader(dataset: ClipDataset, model: ModelConfig, batch_size: int, pin_memor
     workers = dataset.data.workers
     ring = BatchRing(workers, slots=PREFETCH + 2) if workers > 0 and reuse_buffers else None
     dataset.ring = ring.ends if ring is not None else None
+    pids = WorkerPids(workers) if workers > 0 else None
     collate = partial(collate_clips, mean=model.pixel_mean, std=model.pixel_std,
                       normalize=dataset.data.normalizes_in_worker())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                         drop_last=drop_last, persistent_workers=workers > 0,
-                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate)
-    return Batches(loader, ring)
+                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate,
+                        timeout=dataset.data.timeout if workers > 0 else 0,
+                        worker_init_fn=pids.record if pids is not None else None)
+    return Batches(loader, ring, pids)
 
 
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,

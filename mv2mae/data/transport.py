@@ -35,6 +35,7 @@ import collections
 import math
 import multiprocessing
 import os
+import signal
 import struct
 import threading
 import uuid
@@ -238,12 +239,61 @@ def ship(view: torch.Tensor):
     return _ACTIVE.ship(view) if _ACTIVE is not None else view
 
 
+class WorkerPids:
+    """The process ids of one DataLoader's workers, each recorded by the worker as it starts (pass
+    :meth:`record` as ``worker_init_fn``). A loader that gave up on a stopped worker wakes it
+    (:meth:`wake`) so that the DataLoader's shutdown can end it: a stopped process holds back the SIGTERM
+    it is sent, and the interpreter would wait for it forever on exit."""
+
+    def __init__(self, workers: int):
+        self.pids = multiprocessing.Array("q", workers, lock=False)
+
+    def record(self, worker_id: int) -> None:
+        self.pids[worker_id] = os.getpid()
+
+    def wake(self) -> None:
+        """SIGCONT every recorded worker that is still a child of this process."""
+        children = {p.pid for p in multiprocessing.active_children()}
+        for pid in self.pids:
+            if pid in children:
+                os.kill(pid, signal.SIGCONT)
+
+
+class LoaderError(RuntimeError):
+    """The loader's workers stopped delivering: one died, or none answered within ``data.timeout``."""
+
+
+def _worker_error(e: Exception, timeout: float) -> Exception:
+    """The error a consumer should see for what a DataLoader raised: a worker's own error as the worker
+    raised it (the DataLoader wraps it in a message holding the worker's traceback), a dead or stalled
+    worker as a :class:`LoaderError` that says so."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        kind = type(e)
+        marker = f"\n{kind.__module__}.{kind.__qualname__}: " if kind.__module__ != "builtins" else f"\n{kind.__name__}: "
+        _, found, original = text.rpartition(marker)
+        if found:
+            try:
+                return kind(original.strip())
+            except Exception:  # an exception type that takes other arguments: keep the DataLoader's message
+                return e
+    if isinstance(e, RuntimeError) and text.startswith("DataLoader timed out"):
+        return LoaderError(f"no batch from the data-loader workers in {timeout:g} s (data.timeout): a worker is "
+                           f"stopped or stuck (e.g. on a network file system read); raise data.timeout if the "
+                           f"storage is this slow")
+    if isinstance(e, RuntimeError) and text.startswith("DataLoader worker"):
+        return LoaderError(f"a data-loader worker died ({text}; killed, or out of memory?)")
+    return e
+
+
 class Batches:
     """A DataLoader whose workers write into reused buffers (see the module notes), iterated as plain
-    batches the consumer may keep as long as it likes."""
+    batches the consumer may keep as long as it likes. A worker's failure reaches the consumer as the
+    worker's own one-line error (:func:`_worker_error`); a stopped worker is woken (``pids``) so that the
+    DataLoader's shutdown ends it and the failing process can exit."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None):
-        self.loader, self.ring = loader, ring
+    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None, pids: WorkerPids | None = None):
+        self.loader, self.ring, self.pids = loader, ring, pids
 
     @property
     def dataset(self):
@@ -254,6 +304,17 @@ class Batches:
         return self.loader.batch_size
 
     def __iter__(self) -> Iterator:
+        try:
+            yield from self._batches()
+        except Exception as e:
+            error = _worker_error(e, self.loader.timeout)
+            if isinstance(error, LoaderError) and self.pids is not None:
+                self.pids.wake()
+            if error is e:
+                raise
+            raise error from None
+
+    def _batches(self) -> Iterator:
         if self.ring is None:
             yield from self.loader
             return

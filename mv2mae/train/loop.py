@@ -33,7 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mv2mae.config import RunConfig
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
+from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
 
@@ -172,6 +172,11 @@ class Trainer:
         try:
             with contextlib.closing(self.data.batches(self.micro_batches)) as batches:
                 return self._loop(batches, log)
+        except RuntimeError as e:
+            lost = lost_rank(e, self.cfg.loop.collective_timeout)
+            if lost is None:
+                raise
+            raise RankLost(f"{lost}; last checkpoint: {ckpt_io.latest(self.run_dir) or 'none written yet'}") from None
         finally:
             log.close()
 
