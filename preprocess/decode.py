@@ -79,6 +79,13 @@ def probe(path: Path, image_fps: float = 30.0) -> VideoInfo:
         raise DecodeError("file not found")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
+    try:  # OpenCV says only that it could not open a file it may not read: ask the file system first
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise DecodeError("permission denied: the file is not readable by this user") from None
+    except OSError as e:
+        raise DecodeError(f"cannot read the file ({e.strerror or e})") from None
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
