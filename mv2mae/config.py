@@ -40,6 +40,8 @@ ALIASES = {"steps": "schedule.steps", "batch_size": "optim.batch_size", "seed": 
 class ConfigError(ValueError):
     """A preset, override or saved config that does not describe a valid run."""
 
+    exit_code = 2  # a usage error (the command line's exit status)
+
 
 @dataclass
 class OptimConfig:

@@ -66,6 +66,12 @@ class PreprocessError(RuntimeError):
     """The run cannot start or wrote nothing; the message says why."""
 
 
+class OptionError(PreprocessError):
+    """An option value the run cannot use."""
+
+    exit_code = 2  # a usage error (the command line's exit status)
+
+
 @dataclass
 class Options:
     size: int = 160  # stored short side
@@ -117,11 +123,11 @@ def _options(options: dict[str, Any]) -> Options:
         raise TypeError(f"unknown preprocess options {unknown}")
     opts = Options(**options)
     if opts.motion not in MOTION_CHOICES:
-        raise PreprocessError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
+        raise OptionError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
     if not 0 <= opts.part < opts.parts:
-        raise PreprocessError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
+        raise OptionError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
     if not 1 <= opts.jpeg_quality <= 100:
-        raise PreprocessError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
+        raise OptionError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
     return opts
 
 

@@ -24,6 +24,8 @@ NTU120_XSUB_TRAIN = NTU60_XSUB_TRAIN | frozenset(
 class ProtocolError(ContractError):
     """A protocol is unknown or cannot be applied to a dataset directory."""
 
+    exit_code = 2  # a usage error (the command line's exit status)
+
 
 @dataclass(frozen=True)
 class Protocol:

@@ -8,6 +8,8 @@ A task builds its model and turns one batch on the device into a loss (``train_s
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,7 +20,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from mv2mae.config import RunConfig
+from mv2mae.config import ConfigError, RunConfig
 from mv2mae.data.datasets import ShardSplit
 from mv2mae.data.decode import normalize_video
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
@@ -29,6 +31,8 @@ from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.distributed import DistEnv
 from mv2mae.train.loop import StepResult, step_seed
 from mv2mae.train.recon import save_reconstruction
+
+log = logging.getLogger(__name__)
 
 
 class ShardSource:
@@ -42,6 +46,7 @@ class ShardSource:
         worker = cfg.data.normalizes_in_worker(env.device.type)
         self.data = replace(cfg.data, normalize_on="worker" if worker else "device")
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
+        check_crop(cfg, self.split.index.short_side)
 
     @property
     def num_classes(self) -> int:
@@ -75,6 +80,21 @@ class ShardSource:
         for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
             next(it)
         yield from it
+
+
+def check_crop(cfg: RunConfig, short_side: int) -> None:
+    """Refuse a crop the stored frames cannot give without upscaling every sample (a huge
+    ``model.image_size`` would otherwise run until the loader's memory runs out), and warn when a typical
+    random crop (the mean area of ``data.crop_scale``) is upscaled."""
+    size = cfg.model.image_size
+    if size > short_side:
+        raise ConfigError(f"model.image_size={size} is larger than the stored frames of {cfg.data.root} (short side "
+                          f"{short_side}): use model.image_size <= {short_side}, or preprocess with --size {size}")
+    typical = short_side * math.sqrt(sum(cfg.data.crop_scale) / 2)
+    if size > typical:
+        log.warning("model.image_size=%d upscales a typical crop (%.0f px of the stored %d-px short side at "
+                    "data.crop_scale=%s): consider preprocessing with a larger --size", size, typical, short_side,
+                    list(cfg.data.crop_scale))
 
 
 class PretrainTask:
