@@ -83,8 +83,9 @@ class LoopConfig:
     # seconds a collective (gradient sync, barrier) waits for the other ranks before the run fails: a
     # rank that stopped, hangs or died ends the run instead of hanging it (torchrun then ends the rest)
     collective_timeout: float = 600.0
-    # resuming the data stream: "skip" replays it and drops the consumed batches (exact, costs their
-    # decoding); "reseed" starts a fresh stream seeded by the position (instant, not the same samples)
+    # resuming the data stream: "skip" replays the consumed batches' sampling decisions, reading but not
+    # decoding them (exact; BENCHMARKS.md has the cost); "reseed" starts a fresh stream seeded by the
+    # position (instant, not the same samples)
     resume_data: str = "skip"
 
     def __post_init__(self) -> None:

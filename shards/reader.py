@@ -34,6 +34,7 @@ class GroupSample:
     shard: str  # shard file name (``<partition>-<seq>.tar``)
     members: dict[str, bytes]  # member extension (``c001.f0000.jpg``) -> bytes (those the plan wanted)
     plan: object = None  # the decision a plan returned when the group was read
+    source: tuple[str, int] | None = None  # (shard path, group index): where :meth:`frame` reads a member not read yet
 
     @property
     def key(self) -> str:
@@ -46,9 +47,25 @@ class GroupSample:
 
     def frame(self, camera: int, t: int) -> bytes:
         ext = frame_ext(camera, t)
+        if ext not in self.members and self.source is not None:
+            self._read(ext)
         if ext not in self.members:
             raise ContractError(f"{self.shard}: group {self.key} has no member {self.key}.{ext}")
         return self.members[ext]
+
+    def _read(self, ext: str) -> None:
+        """Read member ``ext`` now (a plan may leave members unread until they are needed)."""
+        path, index = self.source
+        table = shard_groups(path, self.shard)
+        group = table[index] if index < len(table) else None
+        if group is None or group.key != self.key:
+            raise ContractError(f"{self.shard}: changed while group {self.key} was being read")
+        if ext in group.exts:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                self.members[ext] = read_member(fd, group.span(group.exts.index(ext)), self.shard, f"{self.key}.{ext}")
+            finally:
+                os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -61,17 +78,22 @@ class Slot:
     worker: int
 
 
-def current_slot(rank: int = 0, world_size: int = 1) -> Slot:
-    """The calling process's slot, from the explicit rank/world size and the DataLoader worker info."""
+def current_slot(rank: int = 0, world_size: int = 1, shift: int = 0) -> Slot:
+    """The calling process's slot, from the explicit rank/world size and the DataLoader worker info.
+
+    ``shift`` rotates the workers' roles: DataLoader worker i plays worker (i + shift) mod W. A DataLoader
+    asks its workers for batches in turn from worker 0, so a loader resumed after ``shift`` batches keeps
+    every batch on the stream that produced it before."""
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} outside world size {world_size}")
     info = torch.utils.data.get_worker_info()
-    worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+    worker, workers = ((info.id + shift) % info.num_workers, info.num_workers) if info is not None else (0, 1)
     return Slot(index=rank * workers + worker, count=world_size * workers, rank=rank, worker=worker)
 
 
 # A plan looks at a group's metadata as it is read and returns the member extensions to read plus a
-# decision to carry along (e.g. the sampled views and frames), or None to skip the group.
+# decision to carry along (e.g. the sampled views and frames), or None to skip the group. A member it
+# does not ask for is read when ``GroupSample.frame`` wants it.
 Plan = Callable[[GroupMeta, str], "tuple[set[str], object] | None"]
 
 
@@ -144,8 +166,8 @@ def tar_groups(sources: Iterable[dict], plan: Plan | None = None, bad: BadSample
             _skip(bad, where, ContractError(f"{where}: unreadable shard ({e})"))
             continue
         try:
-            for group in table:
-                sample = _read_group(fd, group, url, where, plan, bad)
+            for index, group in enumerate(table):
+                sample = _read_group(fd, group, (url, index), where, plan, bad)
                 if sample is not None:
                     if bad is not None:
                         bad.passed()
@@ -160,7 +182,7 @@ def _skip(bad: BadSamples | None, where: str, error: ContractError) -> None:
     bad.skip(where, error)
 
 
-def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | None,
+def _read_group(fd: int, group: GroupTable, source: tuple[str, int], where: str, plan: Plan | None,
                 bad: BadSamples | None) -> dict | None:
     """The sample dict of one group with only the members its plan wants (None if skipped)."""
     try:
@@ -168,7 +190,7 @@ def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | N
     except ContractError as e:
         _skip(bad, f"{where}:{group.key or '(tail)'}", e)
         return None
-    sample: dict = {"__key__": group.key, "__url__": url, "__meta__": meta}
+    sample: dict = {"__key__": group.key, "__url__": source[0], "__meta__": meta, "__source__": source}
     wanted = None
     if plan is not None:  # outside the try: a plan's own error is no bad sample
         decision = plan(meta, where)
@@ -188,7 +210,7 @@ def _read_group(fd: int, group: GroupTable, url: str, where: str, plan: Plan | N
 def _to_group(sample: dict) -> GroupSample:
     members = {k: v for k, v in sample.items() if not k.startswith("__")}
     return GroupSample(meta=sample["__meta__"], shard=Path(sample["__url__"]).name, members=members,
-                       plan=sample.get("__plan__"))
+                       plan=sample.get("__plan__"), source=sample["__source__"])
 
 
 def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
@@ -204,13 +226,14 @@ def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
 
 def train_groups(root: str | Path, shard_names: Sequence[str], *, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 256, plan: Plan | None = None,
-                 bad: BadSamples | None = None) -> Iterator[GroupSample]:
+                 bad: BadSamples | None = None, shift: int = 0) -> Iterator[GroupSample]:
     """Infinite, resampled, shuffled stream of groups; the same seed, rank and worker count give the
     same order. With at least as many shards as slots each slot resamples its own disjoint subset
     (shards are split by node and worker); with fewer, every slot resamples all shards with its own
     seed, so no slot ever runs dry and uneven shards cannot hang a rank. A ``plan`` decides per group,
-    as it is read, which members to keep: the shuffle buffer then holds only the sampled frames."""
-    slot = current_slot(rank, world_size)
+    as it is read, which members to keep: the shuffle buffer then holds only the sampled frames.
+    ``shift``: see :func:`current_slot`."""
+    slot = current_slot(rank, world_size, shift)
     urls = _urls(root, shard_names)
     if not urls:
         raise ContractError(f"{root}: no shards selected for training")

@@ -22,6 +22,7 @@ from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
 from mv2mae.data.motion import cache_token_motion, online_token_motion
 from mv2mae.data.sampling import (
+    Box,
     choose_views,
     eval_boxes,
     eval_frame_indices,
@@ -86,6 +87,9 @@ class ClipDataset(IterableDataset):
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self.bad = BadSamples(data.max_bad_samples, split.root)  # skipped groups (each worker counts its own)
+        # a resumed run: (batches of ``batch_size`` the stream already delivered, batch_size); see _consumed
+        self.resume_at = (0, 0)
+        self._replay = 0  # samples of this pass still to replay: their sampling decisions, not their pixels
         self._epoch = -1
 
     def _start(self) -> tuple[np.random.Generator, np.random.Generator]:
@@ -95,10 +99,31 @@ class ClipDataset(IterableDataset):
             _keep_freed_memory()
         attach(self.ring)
         self._epoch += 1
-        slot = current_slot(self.rank, self.world_size)
+        self._replay = self._consumed() if self._epoch == 0 else 0
+        slot = current_slot(self.rank, self.world_size, shift=self.resume_at[0])
         root = np.random.SeedSequence([self.seed, slot.index, slot.count, self._epoch])
         plan_seed, crop_seed = root.spawn(2)
         return np.random.default_rng(plan_seed), np.random.default_rng(crop_seed)
+
+    def _consumed(self) -> int:
+        """Samples of this process's stream that a resumed run's loader delivered before the checkpoint. A
+        DataLoader hands batch i to worker i mod W, each batch ``batch_size`` samples of that worker's own
+        stream (a resumed loader rotates the workers' roles to match: ``current_slot``'s ``shift``);
+        without workers every batch comes from this stream."""
+        batches, batch_size = self.resume_at
+        slot = current_slot(self.rank, self.world_size, shift=batches)
+        workers = slot.count // self.world_size
+        return len(range(slot.worker, batches, workers)) * batch_size
+
+    def _replaying(self) -> bool:
+        """Whether the next sample was delivered before a resume: it is then replayed — every random
+        decision drawn as before, so the stream continues exactly where the checkpoint left it — but
+        nothing decoded (exact resume at a large step costs the reading of the shards, not the decoding).
+        Not exact if a bad sample was skipped in the replayed part: telling needs the decoding."""
+        if self._replay > 0:
+            self._replay -= 1
+            return True
+        return False
 
     def _video(self, clips: np.ndarray) -> torch.Tensor:
         return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
@@ -106,7 +131,8 @@ class ClipDataset(IterableDataset):
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
                             seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
-                            shuffle_buffer=self.data.shuffle_buffer, plan=plan, bad=self.bad)
+                            shuffle_buffer=self.data.shuffle_buffer, plan=plan, bad=self.bad,
+                            shift=self.resume_at[0])
 
     def _usable(self, groups: Iterator[GroupSample], build: Callable[[GroupSample], Iterator[dict]]) -> Iterator[dict]:
         """The samples ``build`` makes of each group; a group whose frames or motion turn out unusable
@@ -136,6 +162,8 @@ class ClipDataset(IterableDataset):
                                         f"{self.split.selection.protocol}); last: {where}:{meta.key}")
                 return None
             skips = 0
+            if self._replay > 0:  # most likely a replayed sample: read its frames only if it turns out not to be
+                return set(), decision
             cams, indices = decision
             return {frame_ext(c, t) for c in cams for t in np.unique(indices).tolist()}, decision
 
@@ -167,23 +195,33 @@ class PretrainClips(ClipDataset):
 
         def build(group: GroupSample) -> Iterator[dict]:
             views, indices = group.plan
-            frames = [decode_frames(group, cam, indices) for cam in views]
+            frames = None
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
-                yield self._sample(group, views, indices, frames, crop_rng, motion)
+                boxes = self._boxes(group.meta, len(views), crop_rng)
+                if self._replaying():
+                    continue
+                if frames is None:
+                    frames = [decode_frames(group, cam, indices) for cam in views]
+                yield self._sample(group, views, indices, frames, boxes, motion)
 
         yield from self._usable(self._train_stream(self._planner(choose)), build)
 
+    def _boxes(self, meta: GroupMeta, views: int, rng: np.random.Generator) -> list[Box]:
+        """The crop box of each view of one sample: one shared box, or one per view."""
+        width, height = meta.size
+        if self.data.shared_crop:
+            return [random_resized_box(width, height, self.data, rng)] * views
+        return [random_resized_box(width, height, self.data, rng) for _ in range(views)]
+
     def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
-                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
+                decoded: list[dict[int, np.ndarray]], boxes: list[Box], motion: MotionRows | None) -> dict:
         cfg, geom = self.data, self.geom
         width, height = group.meta.size
-        shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
         channels = decoded[0][int(indices[0])].shape[2]
         # every view is resized straight into its slot of the sample
         clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
         weights = []
-        for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
-            box = shared or random_resized_box(width, height, cfg, rng)
+        for v, (cam, frames, box) in enumerate(zip(views, decoded, boxes, strict=True)):
             clip = crop_resize(frames, indices, box, geom.size, out=clips[v])
             if motion is not None:
                 rows, first = motion.view(group, cam, indices)
@@ -214,6 +252,8 @@ class FinetuneClips(ClipDataset):
             (cam,), indices = group.plan
             width, height = group.meta.size
             box = random_resized_box(width, height, self.data, crop_rng)
+            if self._replaying():
+                return
             clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
             yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
 

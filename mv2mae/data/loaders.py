@@ -46,20 +46,25 @@ def _loader(dataset: ClipDataset, model: ModelConfig, batch_size: int, pin_memor
 
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                          reuse_buffers: bool = True) -> Batches:
+                          reuse_buffers: bool = True, start: int = 0) -> Batches:
     """Infinite multi-view batches: ``video`` [B, V, C, T, H, W] (view 0 = target), ``motion`` [B, V, N]
-    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]."""
+    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]. ``start``: batches a resumed run
+    already consumed; the stream continues after them exactly, replaying their sampling but not their
+    decoding."""
     ds = PretrainClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
                        seed=seed, rank=rank, world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
 
 
 def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                          reuse_buffers: bool = True) -> Batches:
-    """Infinite single-camera batches: ``video`` [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``."""
+                          reuse_buffers: bool = True, start: int = 0) -> Batches:
+    """Infinite single-camera batches: ``video`` [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``
+    (``start`` as for :func:`build_pretrain_loader`)."""
     ds = FinetuneClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
                        seed=seed, rank=rank, world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
 
 

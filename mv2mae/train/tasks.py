@@ -74,12 +74,10 @@ class ShardSource:
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
         build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
-        loader = build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
-                       rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda")
-        it = iter(loader)
-        for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
-            next(it)
-        yield from it
+        # exact resume: the stream replays the sampling of the ``skip`` consumed batches, without decoding them
+        yield from build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
+                         rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda",
+                         start=skip)
 
 
 def check_crop(cfg: RunConfig, short_side: int) -> None:
