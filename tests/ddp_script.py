@@ -4,7 +4,8 @@
 source; ``eval DATA OUT.json`` makes one exact evaluation pass over real shards and writes, on rank 0,
 the gathered rows; ``fault RUN_DIR SIGNAL`` trains 4 steps with a checkpoint every 2 and a 10-second
 collective timeout, and rank 1 sends itself SIGNAL (STOP or KILL) as it asks for the batch of step 3
-(writing its pid to RUN_DIR/rank1.pid first); ``fault RUN_DIR none`` resumes such a run."""
+(writing RUN_DIR/fault first; every rank writes its pid to RUN_DIR/rank<r>.pid); ``fault RUN_DIR none``
+resumes such a run."""
 
 from __future__ import annotations
 
@@ -37,16 +38,16 @@ def train(run_dir: str, accum: int, batch: int) -> None:
 
 
 class FaultySource(GlobalBatchSource):
-    """Rank 1 sends itself a real signal when asked for micro-batch ``at``."""
+    """Rank 1 sends itself a real signal when asked for micro-batch ``at`` (writing ``mark`` first)."""
 
-    def __init__(self, cfg, rank, world, sig, at, pid_file):
+    def __init__(self, cfg, rank, world, sig, at, mark):
         super().__init__(cfg, rank=rank, world=world)
-        self.sig, self.at, self.pid_file = sig, at, pid_file
+        self.sig, self.at, self.mark = sig, at, mark
 
     def batches(self, start):
         for i, batch in enumerate(super().batches(start), start):
             if self.sig is not None and self.rank == 1 and i == self.at:
-                Path(self.pid_file).write_text(str(os.getpid()))
+                self.mark.write_text(str(self.sig))
                 os.kill(os.getpid(), self.sig)
             yield batch
 
@@ -54,8 +55,9 @@ class FaultySource(GlobalBatchSource):
 def fault(run_dir: str, sig: str) -> None:
     cfg = tiny_config("pretrain", "steps=4", "loop.ckpt_every=2", "loop.collective_timeout=10")
     env = setup("cpu", cfg.loop.collective_timeout)
+    Path(run_dir, f"rank{env.rank}.pid").write_text(str(os.getpid()))  # for the test to clean up after
     source = FaultySource(cfg, env.rank, env.world_size, None if sig == "none" else getattr(signal, f"SIG{sig}"),
-                          at=2, pid_file=f"{run_dir}/rank1.pid")
+                          at=2, mark=Path(run_dir, "fault"))
     Trainer(cfg, PretrainTask(cfg), source, run_dir, env, resume="auto").fit()
     cleanup()
 

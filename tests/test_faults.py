@@ -5,6 +5,7 @@ leaves nothing half-written that looks complete, and a re-run finishes the job."
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -170,7 +171,7 @@ def test_pretraining_survives_a_full_disk_a_kill_mid_checkpoint_and_a_stopped_wo
     assert ckpt_io.load_run(ckpt_io.latest(run_dir))["step"] == 2  # the previous checkpoint is whole
 
     launch = subprocess.Popen([sys.executable, "-m", "mv2mae.cli", *base, "--resume", "auto"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
         while not (ckpts / ckpt_io.step_name(4)).exists():
@@ -182,8 +183,10 @@ def test_pretraining_survives_a_full_disk_a_kill_mid_checkpoint_and_a_stopped_wo
         stopped = time.monotonic()
         out, err = launch.communicate(timeout=120)
         waited = time.monotonic() - stopped
-    finally:
-        launch.kill()
+    finally:  # whatever happened, neither the run nor its stopped worker outlives the test
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(launch.pid, signal.SIGKILL)
+        launch.wait()
     flat = err.replace("\n", "")
     assert "removed" in flat and writing[0].name in flat and not writing[0].exists()  # the stale write went
     assert_one_line_error(subprocess.CompletedProcess([], launch.returncode, out, err),
