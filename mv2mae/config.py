@@ -40,6 +40,8 @@ ALIASES = {"steps": "schedule.steps", "batch_size": "optim.batch_size", "seed": 
 class ConfigError(ValueError):
     """A preset, override or saved config that does not describe a valid run."""
 
+    exit_code = 2  # a usage error (the command line's exit status)
+
 
 @dataclass
 class OptimConfig:
@@ -78,8 +80,12 @@ class LoopConfig:
     keep_last: int = 2
     recon_every: int = 0  # pretraining: reconstruction PNG every N steps (0 = only at the end)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
-    # resuming the data stream: "skip" replays it and drops the consumed batches (exact, costs their
-    # decoding); "reseed" starts a fresh stream seeded by the position (instant, not the same samples)
+    # seconds a collective (gradient sync, barrier) waits for the other ranks before the run fails: a
+    # rank that stopped, hangs or died ends the run instead of hanging it (torchrun then ends the rest)
+    collective_timeout: float = 600.0
+    # resuming the data stream: "skip" replays the consumed batches' sampling decisions, reading but not
+    # decoding them (exact; BENCHMARKS.md has the cost); "reseed" starts a fresh stream seeded by the
+    # position (instant, not the same samples)
     resume_data: str = "skip"
 
     def __post_init__(self) -> None:
@@ -87,6 +93,8 @@ class LoopConfig:
             raise ConfigError(f"loop.resume_data={self.resume_data!r} must be 'skip' or 'reseed'")
         if min(self.log_every, self.ckpt_every, self.keep_last, self.max_bad_steps) < 1:
             raise ConfigError("loop.log_every, ckpt_every, keep_last and max_bad_steps must be >= 1")
+        if not self.collective_timeout > 0:
+            raise ConfigError(f"loop.collective_timeout must be > 0 seconds, got {self.collective_timeout}")
 
 
 @dataclass

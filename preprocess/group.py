@@ -14,7 +14,6 @@ view's timing; without such a protocol it is the lowest camera id.
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +25,16 @@ from mv2mae.preprocess import align as align_mod
 from mv2mae.preprocess import motion as motion_mod
 from mv2mae.preprocess.adapters import GroupSpec, ViewSource
 from mv2mae.preprocess.adapters.ntu import read_skeleton_box
-from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
-from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
+from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box
+from mv2mae.preprocess.decode import (
+    DecodeError,
+    DecodeRequest,
+    VideoInfo,
+    conform_views,
+    decode,
+    probe,
+    short_views,
+)
 from mv2mae.shards.schema import GroupMeta, frame_ext
 
 
@@ -76,27 +83,7 @@ def probe_views(spec: GroupSpec, cfg: WorkConfig, res: GroupResult) -> list[tupl
             ok.append((view, probe(view.path, cfg.image_fps)))
         except DecodeError as e:
             _fail(res, view.path, str(e))
-    return _drop_mismatched(ok, res)
-
-
-def _drop_mismatched(views: list[tuple[ViewSource, VideoInfo]], res: GroupResult):
-    """Keep the views whose size and frame rate agree with the group's majority (first view on ties)."""
-    if not views:
-        return views
-    sizes = Counter((i.width, i.height) for _, i in views)
-    rates = Counter(round(i.fps, 2) for _, i in views)
-    size = max(sizes, key=lambda s: (sizes[s], s == (views[0][1].width, views[0][1].height)))
-    rate = max(rates, key=lambda r: (rates[r], r == round(views[0][1].fps, 2)))
-    kept = []
-    for view, info in views:
-        if (info.width, info.height) != size:
-            _fail(res, view.path, f"frame size {info.width}x{info.height} differs from the group's "
-                                  f"{size[0]}x{size[1]}")
-        elif round(info.fps, 2) != rate:
-            _fail(res, view.path, f"frame rate {info.fps:g} differs from the group's {rate:g}")
-        else:
-            kept.append((view, info))
-    return kept
+    return ok
 
 
 def _require_cameras(views: list) -> None:
@@ -128,20 +115,28 @@ def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResul
 
 
 def decode_views(views: list[tuple[ViewSource, VideoInfo]], cfg: WorkConfig, res: GroupResult):
+    """Each view decoded into the group's stored size and frame rate on its own (``conform_views``);
+    views the crop policy cannot serve, that do not decode, or that are much shorter than the others
+    are left out with a record."""
+    boxed = [(view, info, box) for view, info in views if (box := crop_box(view, info, cfg, res)) is not None]
+    size, fps, boxes = conform_views([i for _, i, _ in boxed], [b for *_, b in boxed], cfg.geometry.short_side, cfg.fps)
     decoded = []
-    size = None
-    for view, info in views:
-        box = crop_box(view, info, cfg, res)
-        if box is None:
+    for (view, info, _), box in zip(boxed, boxes, strict=True):
+        if isinstance(box, str):
+            _fail(res, view.path, box)
             continue
-        size = size or stored_size(box, cfg.geometry.short_side)
-        req = DecodeRequest(box=tuple(box), size=size, fps=cfg.fps or info.fps, start=view.start,
-                            end=view.end, threads=cfg.threads)
+        req = DecodeRequest(box=box, size=size, fps=fps, start=view.start, end=view.end, threads=cfg.threads)
         try:
-            decoded.append((view, info, box, decode(view.path, info, req, cfg.backend)))
+            decoded.append((view, info, req, decode(view.path, info, req, cfg.backend)))
         except DecodeError as e:
             _fail(res, view.path, str(e))
-    return decoded
+    kept = []
+    for item, why in zip(decoded, short_views([len(f) for *_, f in decoded]), strict=True):
+        if why is None:
+            kept.append(item)
+        else:
+            _fail(res, item[0].path, why)
+    return kept
 
 
 def _source_start(view: ViewSource, info: VideoInfo, fps: float) -> int:
@@ -186,7 +181,7 @@ def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
                              reference=reference_view(cameras, cfg.reference))
     except ValueError as e:
         raise GroupFailed(str(e)) from None
-    fps = cfg.fps or decoded[0][1].fps
+    fps = decoded[0][2].fps  # every view was decoded at the group's common rate
     # Optimised Huffman tables: the same pixels in ~7% fewer bytes, decoded ~4% faster by every
     # training sample that reads the frame, for one extra encoding pass here.
     params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality, int(cv2.IMWRITE_JPEG_OPTIMIZE), 1]
@@ -208,7 +203,7 @@ def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
         cameras=cameras, fps=float(fps), frames=al.frames, size=[int(width), int(height)],
         view_frames={str(v.camera): len(f) for v, _, _, f in decoded},
         offsets={str(v.camera): off for (v, *_), off in zip(decoded, al.offsets, strict=True)},
-        crop={str(v.camera): list(map(int, b)) for v, _, b, _ in decoded},
+        crop={str(v.camera): list(map(int, req.box)) for v, _, req, _ in decoded},
         source_start={str(v.camera): _source_start(v, i, fps) for v, i, _, _ in decoded},
         source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in decoded},
         extra={**spec.extra, "align": {"reference": cameras[reference_view(cameras, cfg.reference)],

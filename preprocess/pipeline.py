@@ -13,6 +13,7 @@ anything else left by a killed run (``*.partial``, stray state or motion) is cle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -50,11 +51,11 @@ from mv2mae.shards.schema import (
     motion_grid,
     shard_name,
     shard_stem,
-    write_index,
 )
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
 
 STATE_DIR = ".state"
+TMP_SUFFIX = ".tmp"  # a small record (state, index, failures) being written; the next run deletes strays
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")
 RUN_FILE = "run.json"
 # Every dataset gets a motion cache (readers rely on it); ``both`` stores the two sources.
@@ -67,6 +68,12 @@ FORMAT_KEY = "format_version"  # in the run record beside the options
 
 class PreprocessError(RuntimeError):
     """The run cannot start or wrote nothing; the message says why."""
+
+
+class OptionError(PreprocessError):
+    """An option value the run cannot use."""
+
+    exit_code = 2  # a usage error (the command line's exit status)
 
 
 @dataclass
@@ -122,11 +129,11 @@ def _options(options: dict[str, Any]) -> Options:
         raise TypeError(f"unknown preprocess options {unknown}")
     opts = Options(**options)
     if opts.motion not in MOTION_CHOICES:
-        raise PreprocessError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
+        raise OptionError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
     if not 0 <= opts.part < opts.parts:
-        raise PreprocessError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
+        raise OptionError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
     if not 1 <= opts.jpeg_quality <= 100:
-        raise PreprocessError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
+        raise OptionError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
     return opts
 
 
@@ -142,6 +149,8 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
     scan = _scan(dataset, root, opts)
     groups = _select(scan.groups, opts)
     out.mkdir(parents=True, exist_ok=True)
+    for name in (_index_name(opts), _failures_name(opts)):  # left by a run that failed while writing them
+        (out / (name + TMP_SUFFIX)).unlink(missing_ok=True)
     _check_run_options(out, dataset, opts, scan.classes)
     records = _recover(out, {g.partition for g in groups})
     done = done_keys(records)
@@ -215,6 +224,7 @@ def _check_run_options(out: Path, dataset: str, opts: Options, classes: list[str
     path = state / (RUN_FILE if opts.parts == 1 else f"run.part-{opts.part:03d}-of-{opts.parts:03d}.json")
     # The class names too: they are written into every group's metadata (``--classes``, classes.txt).
     want = {**_run_options(dataset, opts), "classes": classes, FORMAT_KEY: FORMAT_VERSION}
+    path.with_name(path.name + TMP_SUFFIX).unlink(missing_ok=True)
     if path.exists():
         have = _read_json(path)
         if have.get(FORMAT_KEY, 1) != FORMAT_VERSION:
@@ -244,6 +254,9 @@ def _recover(out: Path, mine: set[str]) -> dict[str, _ShardRecord]:
     for tmp in (out / TMP_DIR).glob("motion-*"):
         if ours(tmp.name[len("motion-"):]):
             shutil.rmtree(tmp)
+    for tmp in (out / STATE_DIR).glob(f"*.tar.json{TMP_SUFFIX}"):
+        if ours(shard_stem(tmp.name[: -len(f".json{TMP_SUFFIX}")])):
+            tmp.unlink()
     records: dict[str, _ShardRecord] = {}
     for path in sorted((out / STATE_DIR).glob("*.tar.json")):
         name = path.name[: -len(".json")]
@@ -282,10 +295,22 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PreprocessError(f"{path}: unreadable run record ({e}); delete it to redo that part") from None
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An ``OSError`` inside the block (a full disk, a file-size limit, a read-only folder) becomes one
+    line naming ``path``; what the block left half-written is cleaned up by the next run."""
+    try:
+        yield
+    except OSError as e:
+        raise PreprocessError(f"{path}: cannot write ({e.strerror or e}); nothing half-written is kept — free "
+                              f"space and re-run the same command to resume") from None
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with _writing(tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class _ShardSink:
@@ -319,8 +344,11 @@ class _ShardSink:
         if self.writer is None:
             seq = self.next_seq.get(res.partition, 0)
             self.next_seq[res.partition] = seq + 1
-            self.writer = ShardWriter(self.out / shard_name(res.partition, seq))
-        self._append(res)
+            path = self.out / shard_name(res.partition, seq)
+            with _writing(path.with_name(path.name + PARTIAL_SUFFIX)):
+                self.writer = ShardWriter(path)
+        with _writing(self.writer.tmp):
+            self._append(res)
 
     def _append(self, res: GroupResult) -> None:
         meta = res.meta
@@ -338,9 +366,11 @@ class _ShardSink:
         """Finish the open shard: motion sub-group, state record, then the tar rename (commit order)."""
         if self.writer is None:
             return
-        size, digest = self.writer.close()
+        with _writing(self.writer.tmp):
+            size, digest = self.writer.close()
         name = self.writer.path.name
-        self._write_motion(shard_stem(name))
+        with _writing(self.out / TMP_DIR / f"motion-{shard_stem(name)}"):
+            self._write_motion(shard_stem(name))
         metas = self.metas
         entry = ShardEntry(name=name, partition=self.partition, samples=len(metas), bytes=size, sha256=digest,
                            subjects=sorted({m.subject for m in metas}),
@@ -485,10 +515,7 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
         shards=[r.entry for r in recs], layout=scan.layout, tool_version=_version(),
         args={**_run_options(scan.dataset, opts), "meta": scan.meta}, flip_classes=scan.flip_classes)
     path = out / _index_name(opts)
-    if opts.parts == 1:
-        write_index(out, index)
-    else:
-        _atomic_write(path, index.to_json())
+    _atomic_write(path, index.to_json())
     _atomic_write(out / _failures_name(opts), "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
     summary.failures, summary.shards, summary.groups = len(failures), len(recs), index.groups
     return str(path)

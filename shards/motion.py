@@ -120,7 +120,11 @@ class MotionRows:
             raise ContractError(f"{group.shard}: group {group.key} has no motion rows for camera {camera}")
         gh, gw = motion_grid(*group.meta.size, self.cell)
         first, last = int(indices.min()), int(indices.max())
-        rows = self._array(group.stem)[start + first:start + last + 1, :gh, :gw]
+        array = self._array(group.stem)
+        if array.ndim != 3 or array.shape[1] < gh or array.shape[2] < gw:
+            raise ContractError(f"{self.root}/motion.zarr/{group.stem}: {self.source} array of shape {array.shape} "
+                                f"cannot hold the {gh}x{gw} cell grid of {group.key}")
+        rows = array[start + first:start + last + 1, :gh, :gw]
         if len(rows) != last - first + 1:
             raise ContractError(f"{self.root}/motion.zarr/{group.stem}: rows {start + first}..{start + last} of "
                                 f"{group.key} camera {camera} are outside the array")

@@ -38,6 +38,8 @@ ETRI_XSUB_TRAIN = frozenset(range(1, 101)) - ETRI_XSUB_TEST
 class ProtocolError(ContractError):
     """A protocol is unknown or cannot be applied to a dataset directory."""
 
+    exit_code = 2  # a usage error (the command line's exit status)
+
 
 @dataclass(frozen=True)
 class Protocol:

@@ -50,7 +50,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -173,17 +173,57 @@ class GroupMeta:
 
     @classmethod
     def from_json(cls, data: bytes | str | dict, where: str = "") -> GroupMeta:
-        obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
-        known = {f.name for f in fields(cls)}
-        required = ["key", "dataset", "label", "subject", "cameras", "fps", "frames", "size", "partition",
-                    "view_frames", "offsets"]
-        missing = [k for k in required if k not in obj]
+        """Parse and type-check metadata that may come from a stranger's shard: anything malformed is a
+        ``ContractError`` naming ``where`` (the shard and member), never another exception."""
+        where = where or "metadata"
+        try:
+            obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+        except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ContractError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ContractError(f"{where}: metadata must be a JSON object, got {type(obj).__name__}")
+        missing = [k for k in _META_REQUIRED if k not in obj]
         if missing:
-            raise ContractError(f"{where or 'metadata'}: missing fields {missing}")
-        unknown = sorted(set(obj) - known)
+            raise ContractError(f"{where}: missing fields {missing}")
+        unknown = sorted(set(obj) - set(_META_TYPES))
         if unknown:
-            raise ContractError(f"{where or 'metadata'}: unknown fields {unknown}")
-        return cls(**obj)
+            raise ContractError(f"{where}: unknown fields {unknown}")
+        wrong = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not _META_TYPES[k](v)]
+        if wrong:
+            raise ContractError(f"{where}: fields of the wrong type: {', '.join(wrong)}")
+        try:
+            return cls(**obj)
+        except ContractError as e:
+            raise ContractError(f"{where}: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _str_map(value_ok):
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and value_ok(x) for k, x in v.items())
+
+
+# What each metadata field must hold (a stranger's shard is checked against this before any use).
+_META_TYPES = {
+    "key": lambda v: isinstance(v, str), "dataset": lambda v: isinstance(v, str), "label": _is_int,
+    "subject": _is_int, "cameras": _int_list, "frames": _is_int, "partition": lambda v: isinstance(v, str),
+    "fps": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+    "size": lambda v: _int_list(v) and len(v) == 2 and min(v) > 0,
+    "setup": lambda v: v is None or _is_int(v), "replication": lambda v: v is None or _is_int(v),
+    "label_name": lambda v: isinstance(v, str),
+    "crop": _str_map(lambda x: x is None or (_int_list(x) and len(x) == 4)),
+    "view_frames": _str_map(lambda x: _is_int(x) and x >= 1), "offsets": _str_map(_is_int),
+    "source_start": _str_map(_is_int), "motion_rows": _str_map(lambda x: _is_int(x) and x >= 0),
+    "source": _str_map(lambda x: isinstance(x, str)), "extra": lambda v: isinstance(v, dict),
+}
+_META_REQUIRED = ("key", "dataset", "label", "subject", "cameras", "fps", "frames", "size", "partition", "view_frames",
+                  "offsets")
 
 
 def camera_set_key(cameras: list[int]) -> str:

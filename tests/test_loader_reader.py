@@ -69,7 +69,8 @@ def test_plan_keeps_only_the_wanted_members(synth_data):
     groups = list(tar_groups([{"url": str(synth_data / shard.name)}], plan=plan))
     assert [g["__key__"] for g in groups] == shard.keys[1:]
     for g in groups:
-        assert sorted(k for k in g if not k.startswith("__")) == ["c002.f0003.jpg", "json"]
+        assert sorted(k for k in g if not k.startswith("__")) == ["c002.f0003.jpg"]
+        assert g["__meta__"].key == g["__key__"]  # the metadata member arrives parsed and checked
         assert g["__plan__"] == ("decision", g["__key__"])
         assert cv2.imdecode(np.frombuffer(g["c002.f0003.jpg"], np.uint8), cv2.IMREAD_COLOR) is not None
 

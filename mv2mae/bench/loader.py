@@ -286,6 +286,34 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
                                                          max(shards_repeats["samples_per_cpu_s"], 1e-9))))
 
 
+def resume_cost(work: Path, *, batches: int, workers: int, raw_size: tuple[int, int], groups: int) -> dict:
+    """Seconds to the first batch of a pretraining stream resumed after ``batches`` batches: replaying their
+    sampling decisions (``start``, what exact resume does) against consuming them, decoding included (what
+    it did before). Both give the same batch; the per-sample costs extrapolate to any step."""
+    data = prepare(work, raw_size, groups, workers)
+    model = ModelConfig()
+    data_cfg = DataConfig(root=data["shards"], protocol="all", workers=workers, normalize_on="device")
+
+    def first_batch(start: int, consume: int) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        stream = iter(build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0, start=start))
+        for _ in range(consume + 1):
+            batch = next(stream)
+        return time.perf_counter() - t0, batch
+
+    empty_s, _ = first_batch(0, 0)  # start-up and the first batch: paid by any run
+    replay_s, replayed = first_batch(batches, 0)
+    decode_s, decoded = first_batch(0, batches)
+    if replayed["key"] != decoded["key"] or not torch.equal(replayed["video"], decoded["video"]):
+        raise RuntimeError("the replayed stream did not continue where the consumed one did")
+    samples = batches * BATCH
+    per_sample = {name: max(s - empty_s, 0.0) / samples * 1e3 for name, s in (("replay", replay_s), ("decode", decode_s))}
+    return dict(batches=batches, batch=BATCH, workers=workers, samples=samples, groups=data["groups"],
+                first_batch_s=round(empty_s, 2), replay_s=round(replay_s, 2), decode_s=round(decode_s, 2),
+                replay_ms_per_sample=round(per_sample["replay"], 3), decode_ms_per_sample=round(per_sample["decode"], 3),
+                speedup=round(per_sample["decode"] / max(per_sample["replay"], 1e-9), 1))
+
+
 def print_report(r: dict) -> None:
     s = r["settings"]
     table = Table(title=f"pretraining loader: {s['views']} views × {s['frames']}×{s['size']}², stride {s['stride']}, "

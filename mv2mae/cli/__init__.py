@@ -10,7 +10,7 @@ from __future__ import annotations
 import typer
 
 from mv2mae import __version__
-from mv2mae.cli import bench, experiment, model, preprocess, shards, synth, train
+from mv2mae.cli import bench, errors, experiment, model, preprocess, shards, synth, train
 
 app = typer.Typer(
     name="mv2mae",
@@ -33,7 +33,9 @@ app.add_typer(bench_app, name="bench")
 @app.callback(invoke_without_command=True)
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    debug: bool = typer.Option(False, "--debug", help="Show the full traceback of an error."),
 ) -> None:
+    errors.DEBUG = debug
     if version:
         typer.echo(__version__)
         raise typer.Exit()

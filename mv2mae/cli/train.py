@@ -27,19 +27,22 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     """What a run raises that the user can act on (imported when a command runs: torch stays out of
     ``--help``)."""
     from mv2mae.config import ConfigError
+    from mv2mae.data.transport import LoaderError
     from mv2mae.model.checkpoint import CheckpointError
     from mv2mae.shards.schema import ContractError
+    from mv2mae.train.distributed import RankLost
     from mv2mae.train.loop import TrainingStopped
 
-    return (ConfigError, ContractError, CheckpointError, TrainingStopped, ValueError, FileNotFoundError)
+    return (ConfigError, ContractError, CheckpointError, TrainingStopped, LoaderError, RankLost, ValueError,
+            FileNotFoundError)
 
 
 @contextlib.contextmanager
-def _process_group(device: str) -> Iterator[DistEnv]:
+def _process_group(device: str, timeout: float | None = None) -> Iterator[DistEnv]:
     """This process's device (and, under torchrun, its process group), torn down however the block ends."""
     from mv2mae.train.distributed import cleanup, setup
 
-    env = setup(device)
+    env = setup(device, timeout)
     try:
         yield env
     finally:
@@ -82,7 +85,7 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
         if data is not None:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
         cfg, notes = with_init(cfg, init)
-        with _process_group(cfg.loop.device) as env:
+        with _process_group(cfg.loop.device, cfg.loop.collective_timeout) as env:
             if env.is_main:
                 for note in notes:
                     typer.echo(f"note: {note}", err=True)

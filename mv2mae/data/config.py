@@ -63,6 +63,12 @@ class DataConfig:
     # or none. Pretraining (no labels, no selection) uses the whole train split.
     val_by: str = VALIDATION_BY[0]  # subject
     val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
+    # groups a loader process may skip as unreadable (truncated or tampered shard, undecodable JPEG,
+    # missing motion rows; each logged once) before the run stops: damaged data, not a sample or two
+    max_bad_samples: int = 100
+    # seconds the loader waits for a worker's next batch before the run fails (a worker stopped, or stuck
+    # on a read): a bound on how long a run can hang, not a speed target
+    timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self.root = os.fspath(self.root)  # a Path is welcome; the saved config holds a string
@@ -87,13 +93,15 @@ class DataConfig:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
         if self.num_sources < 0:
             problems.append(f"num_sources must be >= 0, got {self.num_sources}")
-        if min(self.stride, self.eval_clips, self.eval_crops) < 1 or self.workers < 0:
-            problems.append("stride, eval_clips and eval_crops must be >= 1 and workers >= 0")
+        if min(self.stride, self.eval_clips, self.eval_crops) < 1 or min(self.workers, self.max_bad_samples) < 0:
+            problems.append("stride, eval_clips and eval_crops must be >= 1, workers and max_bad_samples >= 0")
         if self.source_policy == "fixed":
             bad = [p for p in self.fixed_pairs if len(p) != self.num_sources + 1]
             if not self.fixed_pairs or bad:
                 problems.append(f"source_policy 'fixed' needs fixed_pairs of [target, {self.num_sources} "
                                 f"source(s)], got {self.fixed_pairs}")
+        if not self.timeout > 0:
+            problems.append(f"timeout must be > 0 seconds, got {self.timeout}")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -15,7 +15,7 @@ video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the b
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +28,7 @@ from mv2mae.data.config import CACHED_MOTION, CLIP_MOTION, ClipGeometry, DataCon
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
 from mv2mae.data.motion import cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
+    Box,
     Crop,
     choose_views,
     draw_flip,
@@ -40,7 +41,7 @@ from mv2mae.data.sampling import (
 from mv2mae.data.transport import RingEnds, attach
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.protocols import Selection, hold_out, select
-from mv2mae.shards.reader import GroupSample, current_slot, eval_groups, train_groups
+from mv2mae.shards.reader import BadSamples, GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, read_index
 
 # A stream that skips this many groups in a row cannot form samples under its protocol.
@@ -110,6 +111,10 @@ class ClipDataset(IterableDataset):
         self.split, self.geom, self.data = split, geom, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
+        self.bad = BadSamples(data.max_bad_samples, split.root)  # skipped groups (each worker counts its own)
+        # a resumed run: (batches of ``batch_size`` the stream already delivered, batch_size); see _consumed
+        self.resume_at = (0, 0)
+        self._replay = 0  # samples of this pass still to replay: their sampling decisions, not their pixels
         self._epoch = -1
 
     def _start(self) -> tuple[np.random.Generator, np.random.Generator, np.random.Generator]:
@@ -120,9 +125,30 @@ class ClipDataset(IterableDataset):
             _keep_freed_memory()
         attach(self.ring)
         self._epoch += 1
-        slot = current_slot(self.rank, self.world_size)
+        self._replay = self._consumed() if self._epoch == 0 else 0
+        slot = current_slot(self.rank, self.world_size, shift=self.resume_at[0])
         root = np.random.SeedSequence([self.seed, slot.index, slot.count, self._epoch])
         return tuple(np.random.default_rng(seed) for seed in root.spawn(3))
+
+    def _consumed(self) -> int:
+        """Samples of this process's stream that a resumed run's loader delivered before the checkpoint. A
+        DataLoader hands batch i to worker i mod W, each batch ``batch_size`` samples of that worker's own
+        stream (a resumed loader rotates the workers' roles to match: ``current_slot``'s ``shift``);
+        without workers every batch comes from this stream."""
+        batches, batch_size = self.resume_at
+        slot = current_slot(self.rank, self.world_size, shift=batches)
+        workers = slot.count // self.world_size
+        return len(range(slot.worker, batches, workers)) * batch_size
+
+    def _replaying(self) -> bool:
+        """Whether the next sample was delivered before a resume: it is then replayed — every random
+        decision drawn as before, so the stream continues exactly where the checkpoint left it — but
+        nothing decoded (exact resume at a large step costs the reading of the shards, not the decoding).
+        Not exact if a bad sample was skipped in the replayed part: telling needs the decoding."""
+        if self._replay > 0:
+            self._replay -= 1
+            return True
+        return False
 
     def _video(self, clips: np.ndarray) -> torch.Tensor:
         return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
@@ -130,7 +156,20 @@ class ClipDataset(IterableDataset):
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
                             seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
-                            shuffle_buffer=self.data.shuffle_buffer, plan=plan)
+                            shuffle_buffer=self.data.shuffle_buffer, plan=plan, bad=self.bad,
+                            shift=self.resume_at[0])
+
+    def _usable(self, groups: Iterator[GroupSample], build: Callable[[GroupSample], Iterator[dict]]) -> Iterator[dict]:
+        """The samples ``build`` makes of each group; a group whose frames or motion turn out unusable
+        (undecodable JPEG, missing member, motion rows missing or misshapen) yields nothing and is counted
+        as a bad sample (:class:`~mv2mae.shards.reader.BadSamples`) instead of stopping the stream."""
+        for group in groups:
+            try:
+                samples = list(build(group))
+            except ContractError as e:
+                self.bad.skip(f"{group.shard}:{group.key}", e)
+                continue
+            yield from samples
 
     def _planner(self, choose):
         """A reader plan from ``choose(meta) -> [(camera, stored frame indices), ...] | None``; raises when a
@@ -148,6 +187,8 @@ class ClipDataset(IterableDataset):
                                         f"{self.split.selection.protocol}); last: {where}:{meta.key}")
                 return None
             skips = 0
+            if self._replay > 0:  # most likely a replayed sample: read its frames only if it turns out not to be
+                return set(), decision
             return {frame_ext(c, t) for c, indices in decision for t in np.unique(indices).tolist()}, decision
 
         return plan
@@ -184,24 +225,36 @@ class PretrainClips(ClipDataset):
             views = choose_views([c for c in meta.cameras if c in allowed], cfg, plan_rng, layout)
             return None if views is None else shared_clip(meta, views, geom, plan_rng)
 
-        for group in self._train_stream(self._planner(choose)):
-            frames = [decode_frames(group, cam, indices) for cam, indices in group.plan]
+        def build(group: GroupSample) -> Iterator[dict]:
+            frames = None
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
                 # every view flips together, or none does (mv2mae.data.sampling: a consistent mirrored scene)
                 flip = draw_flip(cfg.flip == "on", flip_rng)
-                yield self._sample(group, group.plan, frames, crop_rng, flip, motion)
+                crops = [Crop(box, flip) for box in self._boxes(group.meta, len(group.plan), crop_rng)]
+                if self._replaying():
+                    continue
+                if frames is None:
+                    frames = [decode_frames(group, cam, indices) for cam, indices in group.plan]
+                yield self._sample(group, group.plan, frames, crops, motion)
+
+        yield from self._usable(self._train_stream(self._planner(choose)), build)
+
+    def _boxes(self, meta: GroupMeta, views: int, rng: np.random.Generator) -> list[Box]:
+        """The crop box of each view of one sample: one shared box, or one per view."""
+        width, height = meta.size
+        if self.data.shared_crop:
+            return [random_resized_box(width, height, self.data, rng)] * views
+        return [random_resized_box(width, height, self.data, rng) for _ in range(views)]
 
     def _sample(self, group: GroupSample, plan: list[tuple[int, np.ndarray]], decoded: list[dict[int, np.ndarray]],
-                rng: np.random.Generator, flip: bool, motion: MotionRows | None) -> dict:
+                crops: list[Crop], motion: MotionRows | None) -> dict:
         cfg, geom = self.data, self.geom
         width, height = group.meta.size
-        shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
         channels = decoded[0][int(plan[0][1][0])].shape[2]
         # every view is resized straight into its slot of the sample
         clips = np.empty((len(plan), geom.frames, geom.size, geom.size, channels), np.uint8)
         cached = []
-        for v, ((cam, indices), frames) in enumerate(zip(plan, decoded, strict=True)):
-            crop = Crop(shared or random_resized_box(width, height, cfg, rng), flip)
+        for v, ((cam, indices), frames, crop) in enumerate(zip(plan, decoded, crops, strict=True)):
             crop_resize(frames, indices, crop, geom.size, out=clips[v])
             if motion is not None:
                 rows, first = motion.view(group, cam, indices)
@@ -236,13 +289,17 @@ class FinetuneClips(ClipDataset):
             cam = cams[int(plan_rng.integers(len(cams)))]
             return [(cam, train_frame_indices(meta.view_frames[str(cam)], self.geom, plan_rng))]
 
-        for group in self._train_stream(self._planner(choose)):
+        def build(group: GroupSample) -> Iterator[dict]:
             ((cam, indices),) = group.plan
             width, height = group.meta.size
             crop = Crop(random_resized_box(width, height, self.data, crop_rng), draw_flip(table is not None, flip_rng))
+            if self._replaying():
+                return
             clip = crop_resize(decode_frames(group, cam, indices), indices, crop, self.geom.size)
             label = table[group.meta.label] if crop.flip else group.meta.label
             yield {"video": self._video(clip), "label": label, "camera": cam, "key": group.key}
+
+        yield from self._usable(self._train_stream(self._planner(choose)), build)
 
 
 class EvalClips(ClipDataset):
@@ -258,8 +315,7 @@ class EvalClips(ClipDataset):
             return [(c, eval_frame_indices(meta.view_frames[str(c)], geom, cfg.eval_clips))
                     for c in meta.cameras if c in allowed] or None
 
-        for group in eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
-                                 world_size=self.world_size, plan=self._planner(choose)):
+        def build(group: GroupSample) -> Iterator[dict]:
             width, height = group.meta.size
             boxes = eval_boxes(width, height, cfg.eval_crops)
             for cam, clips in group.plan:
@@ -269,3 +325,7 @@ class EvalClips(ClipDataset):
                         yield {"video": self._video(crop_resize(frames, indices, Crop(box), geom.size)),
                                "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
                                "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
+
+        groups = eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
+                             world_size=self.world_size, plan=self._planner(choose), bad=self.bad)
+        yield from self._usable(groups, build)

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.datasets import ClipDataset, EvalClips, FinetuneClips, PretrainClips, ShardSplit
 from mv2mae.data.decode import collate_clips
-from mv2mae.data.transport import Batches, BatchRing
+from mv2mae.data.transport import Batches, BatchRing, WorkerPids
 from mv2mae.model.config import ModelConfig
 
 PREFETCH = 2  # batches in flight per worker
@@ -33,12 +33,15 @@ def _loader(dataset: ClipDataset, model: ModelConfig, batch_size: int, pin_memor
     workers = dataset.data.workers
     ring = BatchRing(workers, slots=PREFETCH + 2) if workers > 0 and reuse_buffers else None
     dataset.ring = ring.ends if ring is not None else None
+    pids = WorkerPids(workers) if workers > 0 else None
     collate = partial(collate_clips, mean=model.pixel_mean, std=model.pixel_std,
                       normalize=dataset.data.normalizes_in_worker())
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                         drop_last=drop_last, persistent_workers=workers > 0,
-                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate)
-    return Batches(loader, ring)
+                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate,
+                        timeout=dataset.data.timeout if workers > 0 else 0,
+                        worker_init_fn=pids.record if pids is not None else None)
+    return Batches(loader, ring, pids)
 
 
 def _split(data: DataConfig, split: str) -> ShardSplit:
@@ -48,21 +51,26 @@ def _split(data: DataConfig, split: str) -> ShardSplit:
 
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                          reuse_buffers: bool = True) -> Batches:
+                          reuse_buffers: bool = True, start: int = 0) -> Batches:
     """Infinite multi-view batches: ``video`` [B, V, C, T, H, W] (view 0 = target), ``motion`` [B, V, N]
-    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]."""
+    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]. ``start``: batches a resumed run
+    already consumed; the stream continues after them exactly, replaying their sampling but not their
+    decoding."""
     # pretraining (no labels, no model selection) always reads the whole split: no validation share held out
     ds = PretrainClips(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
                        seed=seed, rank=rank, world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
 
 
 def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False,
-                          reuse_buffers: bool = True) -> Batches:
-    """Infinite single-camera batches: ``video`` [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``."""
+                          reuse_buffers: bool = True, start: int = 0) -> Batches:
+    """Infinite single-camera batches: ``video`` [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``
+    (``start`` as for :func:`build_pretrain_loader`)."""
     ds = FinetuneClips(_split(data, split), ClipGeometry.of(model, data), data, seed=seed, rank=rank,
                        world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, model, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers)
 
 

@@ -14,6 +14,7 @@ where it was trained), then the model is built from that config and loaded stric
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,37 @@ def save_model_state(path: str | Path, model: nn.Module, cfg: ModelConfig, **ext
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_checkpoint(state, path)
     return path
+
+
+TMP_MARK = ".tmp"  # a checkpoint being written is ``.<name>.tmp<pid>`` beside its final name
+
+
+def write_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a file under the final name is always complete.
+    A failed write (a full disk, a file-size limit) removes the temporary file and is a
+    ``CheckpointError`` naming ``path``; whatever the final name held before is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError of its zip writer
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:  # torch's own words say little ("unexpected pos ..."): say what the disk says
+            reason = (f"the write stopped after {written} bytes with {shutil.disk_usage(path.parent).free} bytes "
+                      f"free: a full disk or a file-size limit? torch: {_last_line(e)}")
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); the files already there are "
+                              f"intact") from None
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
 from dataclasses import dataclass
@@ -71,8 +72,11 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup(device_pref: str = "auto") -> DistEnv:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else one process."""
+def setup(device_pref: str = "auto", timeout: float | None = None) -> DistEnv:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else one process.
+
+    ``timeout`` (seconds; None: the backend's default) bounds every collective: a rank that stopped,
+    hangs or died makes the others fail after that long instead of waiting (``loop.collective_timeout``)."""
     check_launch()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -82,8 +86,27 @@ def setup(device_pref: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+                                rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout) if timeout else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+class RankLost(RuntimeError):
+    """A collective failed: another rank stopped, died or hangs (or the network between them broke)."""
+
+
+def lost_rank(e: BaseException, timeout: float | None) -> RankLost | None:
+    """``e`` as a :class:`RankLost` when it is a failed or timed-out collective of this process group
+    (torch raises those as ``DistError`` or as a plain ``RuntimeError`` from gloo/NCCL), else None."""
+    if not dist.is_initialized() or not isinstance(e, RuntimeError) or isinstance(e, RankLost):
+        return None
+    text = str(e)
+    if not isinstance(e, dist.DistError) and not any(s in text for s in ("gloo", "NCCL", "Timed out")):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    bound = f"{timeout:g} s" if timeout else "the backend's default"
+    return RankLost(f"rank {dist.get_rank()}: a collective with the other ranks failed — one of them stopped, died "
+                    f"or hangs (loop.collective_timeout: {bound}): {first}")
 
 
 def cleanup() -> None:

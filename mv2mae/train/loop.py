@@ -34,7 +34,7 @@ from torch.nn.parallel import DistributedDataParallel
 from mv2mae.config import RunConfig
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
+from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
 
@@ -129,7 +129,10 @@ class Trainer:
         state = ckpt_io.load_run(path, map_location=self.env.device)
         if state["stage"] != self.cfg.stage:
             raise CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
-        load_state_strict(self.raw_model, state["model"], str(path))
+        try:
+            load_state_strict(self.raw_model, state["model"], str(path))
+        except CheckpointError:
+            raise self._config_mismatch(path, state["config"]) from None
         # the checkpoint gives the optimiser its moments; the run's config keeps the hyper-parameters
         # (a resumed run may change them), and the schedule is rebuilt from the config rather than
         # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
@@ -149,6 +152,14 @@ class Trainer:
                 raise CheckpointError(f"{path}: holds no EMA weights to resume finetune.ema_decay > 0 with")
             load_state_strict(self.ema.module, state["ema"], f"{path} (ema)")
         self.resumed_from = path
+
+    def _config_mismatch(self, path: Path, saved: dict[str, Any]) -> CheckpointError:
+        """The model keys in which this run's config differs from the checkpoint's (why its weights do
+        not fit), as the error to show."""
+        mine = self.raw_model.cfg.to_dict()
+        diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        return CheckpointError(f"{path}: its weights do not fit this run's model ({'; '.join(diffs) or 'same config'}); "
+                               f"resume without --config to use the run's own config, or --set those keys")
 
     def _resume_path(self) -> Path | None:
         if not self.resume:
@@ -185,6 +196,8 @@ class Trainer:
         env = self.env
         log = RunLogger(self.run_dir, env.is_main, self.steps, self.step, self.task.name)
         if env.is_main:
+            for stale in ckpt_io.remove_stale(self.run_dir):
+                log.print(f"removed {stale}, left by a checkpoint write that did not finish")
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
@@ -195,6 +208,11 @@ class Trainer:
         try:
             with contextlib.closing(self.data.batches(self.micro_batches)) as batches:
                 return self._loop(batches, log)
+        except RuntimeError as e:
+            lost = lost_rank(e, self.cfg.loop.collective_timeout)
+            if lost is None:
+                raise
+            raise RankLost(f"{lost}; last checkpoint: {ckpt_io.latest(self.run_dir) or 'none written yet'}") from None
         finally:
             log.close()
 

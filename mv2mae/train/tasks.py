@@ -8,19 +8,19 @@ A task builds its model and turns one batch on the device into a loss (``train_s
 
 from __future__ import annotations
 
+import logging
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from rich.console import Console
-from rich.progress import track
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from mv2mae.config import RunConfig
+from mv2mae.config import ConfigError, RunConfig
 from mv2mae.data.datasets import ShardSplit
 from mv2mae.data.decode import normalize_video
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
@@ -34,6 +34,7 @@ from mv2mae.train.recon import save_reconstruction
 
 # (data, env, class names) -> a function scoring a model on the validation split: what fit_stage is given
 MakeValidator = Callable[[Any, DistEnv, list[str]], Callable[[nn.Module], dict[str, float]]]
+log = logging.getLogger(__name__)
 
 
 class ShardSource:
@@ -49,6 +50,7 @@ class ShardSource:
         # finetuning trains on the train split less its validation share; pretraining on all of it
         held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
+        check_crop(cfg, self.split.index.short_side)
 
     @property
     def num_classes(self) -> int:
@@ -89,16 +91,25 @@ class ShardSource:
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
         build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
-        loader = build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
-                       rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda")
-        it = iter(loader)
-        replay = range(skip)  # exact resume: replay the stream up to where the checkpoint was taken
-        if skip and self.env.is_main:
-            replay = track(replay, description="replaying the data stream to the checkpoint",
-                           console=Console(stderr=True), transient=True)
-        for _ in replay:
-            next(it)
-        yield from it
+        # exact resume: the stream replays the sampling of the ``skip`` consumed batches, without decoding them
+        yield from build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
+                         rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda",
+                         start=skip)
+
+
+def check_crop(cfg: RunConfig, short_side: int) -> None:
+    """Refuse a crop the stored frames cannot give without upscaling every sample (a huge
+    ``model.image_size`` would otherwise run until the loader's memory runs out), and warn when a typical
+    random crop (the mean area of ``data.crop_scale``) is upscaled."""
+    size = cfg.model.image_size
+    if size > short_side:
+        raise ConfigError(f"model.image_size={size} is larger than the stored frames of {cfg.data.root} (short side "
+                          f"{short_side}): use model.image_size <= {short_side}, or preprocess with --size {size}")
+    typical = short_side * math.sqrt(sum(cfg.data.crop_scale) / 2)
+    if size > typical:
+        log.warning("model.image_size=%d upscales a typical crop (%.0f px of the stored %d-px short side at "
+                    "data.crop_scale=%s): consider preprocessing with a larger --size", size, typical, short_side,
+                    list(cfg.data.crop_scale))
 
 
 class PretrainTask:
