@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mv2mae.config import RunConfig
-from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict
+from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
@@ -290,8 +290,8 @@ class Trainer:
                 state = self._state(loss, val)
                 ckpt_io.save_step(self.run_dir, state, cfg.loop.keep_last, tuple(copies))
                 if ema_best:  # the EMA weights as the checkpoint's model: eval, predict and export use them
-                    ckpt_io.atomic_save(state | {"model": state["ema"], "weights": "ema"},
-                                        self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST_VAL_TOP1_EMA)
+                    write_checkpoint(state | {"model": state["ema"], "weights": "ema"},
+                                     self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST_VAL_TOP1_EMA)
                 if val:
                     scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}% (best {100 * self.best_val[k]:.1f}%)"
                                        for k, v in val.items() if k in self.best_val)
