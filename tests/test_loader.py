@@ -1,5 +1,6 @@
 """The streaming loader on real shards: contract of the batches, determinism, the exact evaluation pass
-across 2 ranks × 2 DataLoader workers, and cache-vs-online motion agreement."""
+across 2 ranks × 2 DataLoader workers, cache-vs-online motion agreement, and decoding on the device
+(``data.decode_on=device``, run on the CPU here) giving the workers' batches."""
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from mv2mae.data import (
     build_finetune_loader,
     build_pretrain_loader,
 )
+from mv2mae.data.device import PLAN_FIELDS
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import ContractError, read_index
@@ -40,17 +42,13 @@ def test_pretrain_batches_follow_the_model_contract(synth_data):
     index = read_index(synth_data)
     (batch,) = take(build_pretrain_loader(MODEL, data(synth_data, "synth_xview"), batch_size=4, seed=0), 1)
     assert batch["video"].shape == (4, 2, 3, GEOM.frames, GEOM.size, GEOM.size)
-    assert batch["video"].dtype == torch.float32
+    assert batch["video"].dtype == torch.uint8  # pixels: the model normalises them
     assert batch["motion"].shape == (4, 2, GEOM.tokens) and (batch["motion"] >= 0).all()
     assert batch["motion"].amax(dim=-1).min() > 0  # every view of a moving figure has motion
     assert set(batch["cameras"].flatten().tolist()) <= {2, 3}  # cross-view training cameras only
     assert (batch["cameras"][:, 0] != batch["cameras"][:, 1]).all()  # target and source differ
     for key, label in zip(batch["key"], batch["label"].tolist(), strict=True):
         assert index.classes[label] and int(key[-3:]) - 1 == label  # NTU action id -> 0-based label
-    mean = torch.tensor(MODEL.pixel_mean).view(3, 1, 1, 1)
-    std = torch.tensor(MODEL.pixel_std).view(3, 1, 1, 1)
-    pixels = batch["video"] * std + mean
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
 def test_short_clips_and_default_geometry_do_not_crash(synth_data):
@@ -74,7 +72,7 @@ def test_same_seed_same_batches_other_seed_other_batches(synth_data):
 
 def test_repeated_sampling_recrops_the_frames_it_decoded_once(synth_data):
     def run(repeats):
-        options = data(synth_data, "all", repeats=repeats, normalize_on="device")
+        options = data(synth_data, "all", repeats=repeats)
         (batch,) = take(build_pretrain_loader(MODEL, options, batch_size=6, seed=4), 1)
         return batch
 
@@ -136,3 +134,69 @@ def test_bad_requests_fail_clearly(synth_data):
         build_pretrain_loader(MODEL, data(synth_data, "synth_xview", num_sources=2), batch_size=2, seed=0)
     with pytest.raises(ContractError, match="protocol ntu60_xsub is for ntu60 data"):
         build_pretrain_loader(MODEL, data(synth_data, "ntu60_xsub"), batch_size=2, seed=0)
+
+
+# Decoding on the device (here: the CPU) against the workers' cv2 path. The two decoders are the same
+# libjpeg-turbo; the resamplers differ only in rounding (cv2's fixed-point weights against float
+# arithmetic rounded to the nearest level), so a pixel may differ by one level and most do not.
+MAX_LEVELS, MEAN_LEVELS = 1, 0.25
+
+
+def both_paths(build, synth_data, model, workers=0, **options):
+    """The first two batches of one loader per ``decode_on``, everything else equal."""
+    out = {}
+    for where in ("cpu", "device"):
+        loader = build(model, data(synth_data, "all", workers=workers, decode_on=where, **options))
+        out[where] = take(loader, 2)
+    return out["cpu"], out["device"]
+
+
+@pytest.mark.parametrize("stage, size, workers", [("pretrain", 32, 1), ("pretrain", 16, 0), ("finetune", 32, 0),
+                                                   ("eval", 32, 0)])
+def test_decoding_on_the_device_gives_the_workers_batches_within_one_level(synth_data, stage, size, workers):
+    """Same samples (one plan drives both), same shapes and fields, video within rounding; at size 16 the
+    crops shrink more than 2x, where both resample by pixel area instead of bilinearly. With a worker,
+    the plans cross processes in shared memory."""
+    model = MODEL.with_(image_size=size)
+    build = {"pretrain": lambda m, d: build_pretrain_loader(m, d, batch_size=3, seed=2),
+             "finetune": lambda m, d: build_finetune_loader(m, d, batch_size=3, seed=2),
+             "eval": lambda m, d: build_eval_loader(m, d, batch_size=5)}[stage]
+    for cpu, dev in zip(*both_paths(build, synth_data, model, workers), strict=True):
+        assert list(dev) == list(cpu) and not set(PLAN_FIELDS) & set(dev)
+        assert dev["video"].dtype == torch.uint8 and dev["video"].shape == cpu["video"].shape
+        levels = (dev["video"].int() - cpu["video"].int()).abs()
+        assert levels.max() <= MAX_LEVELS and levels.float().mean() <= MEAN_LEVELS, (levels.max(), levels.float().mean())
+        for key, value in cpu.items():
+            if key != "video":
+                assert (torch.equal(value, dev[key]) if isinstance(value, torch.Tensor) else value == dev[key]), key
+
+
+def test_online_motion_is_computed_after_decoding_on_the_device(synth_data):
+    build = lambda m, d: build_pretrain_loader(m, d, batch_size=3, seed=5)  # noqa: E731
+    for cpu, dev in zip(*both_paths(build, synth_data, MODEL, motion="online"), strict=True):
+        assert dev["motion"].shape == cpu["motion"].shape == (3, 2, GEOM.tokens)
+        # a mean of |frame differences|: pixels one level apart move a difference by at most two levels
+        error = (dev["motion"] - cpu["motion"]).abs()
+        assert error.max() <= 2 * MAX_LEVELS and error.mean() <= 2 * MEAN_LEVELS
+        assert dev["motion"].amax(dim=-1).min() > 0
+
+
+def plans(synth_data, n=1):
+    """Batches as the workers ship them with decode_on=device, and the decoder the loader applies."""
+    loader = build_pretrain_loader(MODEL, data(synth_data, "all", decode_on="device"), batch_size=3, seed=0)
+    decoder, loader.finish = loader.finish, None
+    return take(loader, n), decoder
+
+
+def test_a_bad_jpeg_or_frame_size_on_the_device_names_its_group(synth_data):
+    (batch,), decode = plans(synth_data)
+    first = int(batch["jpeg_count"][0])
+    start = int(batch["jpeg_sizes"][:first + 2].sum())  # the third JPEG of the second sample
+    broken = dict(batch, jpeg=batch["jpeg"].clone())
+    broken["jpeg"][start:start + int(batch["jpeg_sizes"][first + 2])] = 0
+    with pytest.raises(ContractError, match=f"{batch['key'][1]}: sampled JPEG 2 of the group does not decode"):
+        decode(broken)
+    resized = dict(batch, frame_size=batch["frame_size"].clone())
+    resized["frame_size"][2, 0] += 1
+    with pytest.raises(ContractError, match=f"{batch['key'][2]}: a sampled frame is .* metadata says"):
+        decode(resized)

@@ -38,9 +38,6 @@ class GlobalBatchSource:
     def samples_per_epoch(self) -> int:
         return len(self.video)
 
-    def prepare(self, batch: dict) -> dict:
-        return batch  # already float, normalised
-
     def batches(self, start: int):
         b, accum = self.cfg.optim.batch_size, self.cfg.optim.accum_steps
         i = start

@@ -15,7 +15,7 @@ from mv2mae.model.config import ModelConfig
 
 SOURCE_POLICIES = ("random", "adjacent", "fixed")
 MOTION_OPTIONS = ("framediff", "flow", "online", "none")
-NORMALIZE_ON = ("auto", "worker", "device")
+DECODE_ON = ("auto", "cpu", "device")
 
 
 @dataclass
@@ -39,10 +39,10 @@ class DataConfig:
     workers: int = 2  # loader processes per rank
     eval_clips: int = 2  # temporal clips per evaluation video
     eval_crops: int = 3  # spatial crops per evaluation clip (left/centre/right along the long side)
-    # where uint8 pixels become normalised floats: "worker" (loader processes), "device" (after the
-    # copy to the GPU: a quarter of the bytes through shared memory, ~12% more samples per worker),
-    # or "auto" = device on CUDA, worker on CPU (:meth:`normalizes_in_worker`)
-    normalize_on: str = "auto"
+    # where the sampled JPEGs are decoded, cropped and resized: "cpu" (in the loader's workers), "device"
+    # (workers only plan clips and read bytes; the training process decodes each batch at once where
+    # the model runs: nvJPEG on CUDA), or "auto" = device on CUDA, cpu elsewhere (:meth:`decodes_on_device`)
+    decode_on: str = "auto"
 
     def __post_init__(self) -> None:
         self.root = os.fspath(self.root)  # a Path is welcome; the saved config holds a string
@@ -55,8 +55,8 @@ class DataConfig:
             problems.append(f"source_policy {self.source_policy!r} not in {SOURCE_POLICIES}")
         if self.motion not in MOTION_OPTIONS:
             problems.append(f"motion {self.motion!r} not in {MOTION_OPTIONS}")
-        if self.normalize_on not in NORMALIZE_ON:
-            problems.append(f"normalize_on must be auto, worker or device, got {self.normalize_on!r}")
+        if self.decode_on not in DECODE_ON:
+            problems.append(f"decode_on must be auto, cpu or device, got {self.decode_on!r}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
         if self.num_sources < 1:
@@ -75,10 +75,16 @@ class DataConfig:
     def views(self) -> int:
         return 1 + self.num_sources
 
-    def normalizes_in_worker(self, device_type: str = "cpu") -> bool:
-        """Whether the loader's workers hand out normalised floats (else uint8 for the device to normalise)
-        when training on ``device_type``; the loaders themselves run on the CPU, where "auto" means worker."""
-        return self.normalize_on == "worker" or (self.normalize_on == "auto" and device_type != "cuda")
+    @property
+    def motion_from_clip(self) -> bool:
+        """Whether motion weights are computed from the decoded clip (in the worker with ``decode_on=cpu``,
+        right after the batch is decoded with ``device``) rather than read from the Zarr cache."""
+        return self.motion == "online"
+
+    def decodes_on_device(self, device_type: str) -> bool:
+        """Whether batches used on ``device_type`` ("cpu", "cuda") are decoded there, in the training
+        process, rather than in the loader's workers."""
+        return self.decode_on == "device" or (self.decode_on == "auto" and device_type == "cuda")
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ finetuning (one camera + label) and evaluation (every test camera × clips × cr
 
 Each ``__iter__`` runs inside a DataLoader worker (or the main process): it derives its RNG from
 (seed, rank, worker, epoch), opens the motion cache there, and yields one dict per sample with uint8
-video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the batch in one pass.
+video, or, when the dataset is ``encoded`` (``data.decode_on=device``), with the sampled JPEGs' bytes
+and the plan to cut the video from them (:mod:`mv2mae.data.device`); the same RNG draws drive both,
+so the two give the same samples. :func:`mv2mae.data.decode.collate_clips` stacks them into batches.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from torch.utils.data import IterableDataset
 
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
-from mv2mae.data.motion import cache_token_motion, online_token_motion
+from mv2mae.data.device import encode_views
+from mv2mae.data.motion import cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
+    Box,
     choose_views,
     eval_boxes,
     eval_frame_indices,
@@ -80,10 +84,11 @@ def _keep_freed_memory() -> None:
 
 class ClipDataset(IterableDataset):
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, encoded: bool = False):
         super().__init__()
         self.split, self.geom, self.data = split, geom, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.encoded = encoded  # ship JPEG bytes + plan for the training process to decode (decode_on=device)
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self._epoch = -1
 
@@ -99,8 +104,22 @@ class ClipDataset(IterableDataset):
         plan_seed, crop_seed = root.spawn(2)
         return np.random.default_rng(plan_seed), np.random.default_rng(crop_seed)
 
-    def _video(self, clips: np.ndarray) -> torch.Tensor:
-        return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
+    def _decoded(self, group: GroupSample, cams: list[int], indices: np.ndarray) -> list[dict[int, np.ndarray]] | None:
+        """The sampled frames of ``cams``, decoded here (None when the training process decodes them)."""
+        return None if self.encoded else [decode_frames(group, cam, indices) for cam in cams]
+
+    def _views(self, group: GroupSample, cams: list[int], indices: np.ndarray, boxes: list[Box],
+               decoded: list[dict[int, np.ndarray]] | None, single: bool = False) -> dict:
+        """One sample's pixels: ``video`` uint8 [V, C, T, H, W] cut from ``decoded`` frames ([C, T, H, W]
+        when ``single``), or, encoded, the JPEG bytes and plan the training process cuts it with."""
+        if self.encoded:
+            return encode_views(group, cams, indices, boxes, single)
+        channels = decoded[0][int(indices[0])].shape[2]
+        # every view is resized straight into its slot of the sample
+        clips = np.empty((len(cams), len(indices), self.geom.size, self.geom.size, channels), np.uint8)
+        for frames, box, out in zip(decoded, boxes, clips, strict=True):
+            crop_resize(frames, indices, box, self.geom.size, out=out)
+        return {"video": to_video_tensor(clips[0] if single else clips)}
 
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
@@ -154,31 +173,30 @@ class PretrainClips(ClipDataset):
 
         for group in self._train_stream(self._planner(choose)):
             views, indices = group.plan
-            frames = [decode_frames(group, cam, indices) for cam in views]
+            frames = self._decoded(group, views, indices)
             for _ in range(cfg.repeats):  # repeated sampling: new crops of the frames decoded once
                 yield self._sample(group, views, indices, frames, crop_rng, motion)
 
     def _sample(self, group: GroupSample, views: list[int], indices: np.ndarray,
-                decoded: list[dict[int, np.ndarray]], rng: np.random.Generator, motion: MotionRows | None) -> dict:
+                decoded: list[dict[int, np.ndarray]] | None, rng: np.random.Generator,
+                motion: MotionRows | None) -> dict:
         cfg, geom = self.data, self.geom
         width, height = group.meta.size
         shared = random_resized_box(width, height, cfg, rng) if cfg.shared_crop else None
-        channels = decoded[0][int(indices[0])].shape[2]
-        # every view is resized straight into its slot of the sample
-        clips = np.empty((len(views), len(indices), geom.size, geom.size, channels), np.uint8)
-        weights = []
-        for v, (cam, frames) in enumerate(zip(views, decoded, strict=True)):
-            box = shared or random_resized_box(width, height, cfg, rng)
-            clip = crop_resize(frames, indices, box, geom.size, out=clips[v])
-            if motion is not None:
+        boxes = [shared or random_resized_box(width, height, cfg, rng) for _ in views]
+        sample = self._views(group, views, indices, boxes, decoded)
+        if motion is not None:
+            weights = []
+            for cam, box in zip(views, boxes, strict=True):
                 rows, first = motion.view(group, cam, indices)
                 weights.append(cache_token_motion(rows, first, indices, box, (width, height), motion.cell, geom))
-            elif cfg.motion == "online":
-                weights.append(online_token_motion(clip, geom))
-            else:
-                weights.append(np.zeros(geom.tokens, np.float32))
-        return {"video": self._video(clips), "motion": torch.from_numpy(np.stack(weights)),
-                "cameras": torch.tensor(views), "label": group.meta.label, "key": group.key}
+            sample["motion"] = torch.from_numpy(np.stack(weights))
+        elif cfg.motion_from_clip:  # encoded: computed from the decoded batch (DeviceDecoder.clip_motion)
+            if not self.encoded:
+                sample["motion"] = clip_token_motion(sample["video"], geom.tubelet, geom.patch)
+        else:
+            sample["motion"] = torch.zeros((len(views), geom.tokens), dtype=torch.float32)
+        return sample | {"cameras": torch.tensor(views), "label": group.meta.label, "key": group.key}
 
 
 class FinetuneClips(ClipDataset):
@@ -199,8 +217,8 @@ class FinetuneClips(ClipDataset):
             (cam,), indices = group.plan
             width, height = group.meta.size
             box = random_resized_box(width, height, self.data, crop_rng)
-            clip = crop_resize(decode_frames(group, cam, indices), indices, box, self.geom.size)
-            yield {"video": self._video(clip), "label": group.meta.label, "camera": cam, "key": group.key}
+            sample = self._views(group, [cam], indices, [box], self._decoded(group, [cam], indices), single=True)
+            yield sample | {"label": group.meta.label, "camera": cam, "key": group.key}
 
 
 class EvalClips(ClipDataset):
@@ -223,8 +241,8 @@ class EvalClips(ClipDataset):
             boxes = eval_boxes(width, height, cfg.eval_crops)
             for cam in group.plan[0]:
                 for c, indices in enumerate(eval_frame_indices(group.meta.frames, geom, cfg.eval_clips)):
-                    frames = decode_frames(group, cam, indices)
+                    frames = self._decoded(group, [cam], indices)
                     for k, box in enumerate(boxes):
-                        yield {"video": self._video(crop_resize(frames, indices, box, geom.size)),
-                               "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
-                               "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
+                        yield self._views(group, [cam], indices, [box], frames, single=True) | {
+                            "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
+                            "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}

@@ -1,8 +1,8 @@
 """Features of a raw video file from a frozen encoder: what ``mv2mae embed`` computes.
 
 The video is decoded with OpenCV, clips are sampled evenly over it, each frame is resized on its short
-side and centre-cropped, and pixels are normalised exactly as the loaders do
-(:func:`mv2mae.data.decode.normalize_video` with the checkpoint's statistics).
+side and centre-cropped, and handed to the encoder as uint8 pixels, exactly as the loaders do (the
+encoder normalises them with the checkpoint's statistics).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 import torch
 
-from mv2mae.data.decode import normalize_video, to_video_tensor
+from mv2mae.data.decode import to_video_tensor
 from mv2mae.model.checkpoint import load_checkpoint, load_encoder
 
 
@@ -68,10 +68,10 @@ def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, 
     ckpt = load_checkpoint(checkpoint)
     saved = ckpt["config"]
     frames, size = frames or saved["frames"], size or saved["image_size"]
-    encoder, cfg = load_encoder(ckpt, frames=frames, image_size=size)
+    encoder, _ = load_encoder(ckpt, frames=frames, image_size=size)
     encoder = encoder.to(device).eval()
     rgb = read_video_clips(video, frames, stride, size, clips)  # [clips, T, H, W, 3]
-    x = normalize_video(to_video_tensor(rgb).to(device), cfg.pixel_mean, cfg.pixel_std)  # as the loaders do
+    x = to_video_tensor(rgb).to(device)  # uint8, as the loaders hand it out
     with torch.inference_mode():
         tokens = encoder(x)
     feats = tokens.mean(dim=1) if pool else tokens

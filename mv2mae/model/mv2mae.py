@@ -52,9 +52,11 @@ class MV2MAE(nn.Module):
 
     def forward(self, video: torch.Tensor, motion: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> PretrainOutput:
-        """video [B, V, C, T, H, W] normalised, view 0 = target, 1..K = sources; motion [B, V, N] in
-        0-255 units (None = plain MAE loss); mask [B, V, N] to impose one (else drawn per view)."""
+        """video [B, V, C, T, H, W] uint8 pixels (or a normalised float clip), view 0 = target, 1..K =
+        sources; motion [B, V, N] in 0-255 units (None = plain MAE loss); mask [B, V, N] to impose one
+        (else drawn per view)."""
         self.check_input(video)
+        video = self.encoder.normalize(video)
         cfg = self.cfg
         b, v = video.shape[:2]
         if mask is None:
@@ -84,6 +86,7 @@ class MV2MAE(nn.Module):
     def reconstructions(self, video: torch.Tensor, out: PretrainOutput) -> dict[str, torch.Tensor]:
         """Pixel clips in [0, 1] for pictures: ``original``/``masked``/``self`` [B, V, C, T, H, W] and
         ``cross`` [B, C, T, H, W] (target view; absent for a single view)."""
+        video = self.encoder.normalize(video)
         clips = {
             "original": denormalise(video.float(), self.cfg).clamp(0, 1),
             "masked": masked_input_clip(video, out.mask, self.cfg),
