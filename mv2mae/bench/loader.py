@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import re
+import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -189,7 +190,7 @@ def measure(loader: Iterable[dict], seconds: float, workers: int) -> dict:
     samples, batches, cpu0, t0 = 0, 0, _cpu_seconds(pids), time.perf_counter()
     main0 = time.process_time()
     while time.perf_counter() - t0 < seconds or batches < 3 * max(1, workers):
-        samples += len(next(it)["video"])
+        samples += len(next(it)["cameras"])  # (a batch of plans has no video yet)
         batches += 1
     _sync()
     elapsed, cpu, main = time.perf_counter() - t0, _cpu_seconds(pids) - cpu0, time.process_time() - main0
@@ -272,22 +273,50 @@ def gpu_demand(measured: float, model_json: Path | None) -> tuple[float, str]:
                   f"÷ {flops / 1e9:.0f} GFLOP per ViT-S 2-view sample (no measured H100 figure given)")
 
 
-def _loader_rows() -> dict[str, tuple[str, dict, bool]]:
-    """name -> (label, DataConfig changes, reuse shared-memory batch buffers)."""
+def _loader_rows() -> dict[str, tuple[str, dict]]:
+    """name -> (label, DataConfig changes); each loader reuses batch buffers where it does by default."""
     return {
-        "cpu": ("shards, decode_on=cpu (uint8 video)", dict(decode_on="cpu"), True),
-        "cpu_no_ring": ("  the same, fresh shared memory per batch", dict(decode_on="cpu"), False),
-        "cpu_repeats": (f"shards, decode_on=cpu, data.repeats={REPEATS}", dict(decode_on="cpu", repeats=REPEATS), True),
-        "device": ("shards, decode_on=device (JPEG bytes + plan)", dict(decode_on="device"), True),
-        "device_no_ring": ("  the same, fresh shared memory per batch", dict(decode_on="device"), False),
+        "cpu": ("shards, decode_on=cpu (uint8 video)", dict(decode_on="cpu")),
+        "cpu_repeats": (f"shards, decode_on=cpu, data.repeats={REPEATS}", dict(decode_on="cpu", repeats=REPEATS)),
+        "device": ("shards, decode_on=device (JPEG bytes + plan)", dict(decode_on="device")),
     }
 
 
+def _shard_loader(model: ModelConfig, data_cfg: DataConfig, device: torch.device, reuse: bool | None = None):
+    loader = build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0, reuse_buffers=reuse, device=device,
+                                   pin_memory=device.type == "cuda")
+    if device.type == "cpu":
+        # decoding on this process's CPU would be the bottleneck and leave the workers idle: take their
+        # plans as they come (what they cost is the row's figure); device_decode_cost times the decoding
+        loader.finish = None
+    return loader
+
+
+def ring_rounds(model: ModelConfig, data_cfg: DataConfig, device: torch.device, rounds: int, seconds: float,
+                workers: int) -> dict:
+    """The shared-memory batch ring (``mv2mae.data.transport``) on and off, per ``decode_on``: the two loaders
+    measured alternately, ``rounds`` times, so that swings of a shared machine's load fall on both; the
+    figure is the median of the per-round ratios of samples per worker CPU-second."""
+    out = {}
+    for decode_on in ("cpu", "device"):
+        options = replace(data_cfg, decode_on=decode_on)
+        loaders = {reuse: _shard_loader(model, options, device, reuse) for reuse in (True, False)}
+        rates: dict[bool, list[float]] = {True: [], False: []}
+        for k in range(rounds):
+            for reuse in (True, False) if k % 2 == 0 else (False, True):
+                rates[reuse].append(measure(loaders[reuse], seconds, workers)["samples_per_cpu_s"])
+        del loaders
+        out[decode_on] = dict(ring=rates[True], no_ring=rates[False],
+                              ratio=round(statistics.median(a / b for a, b in zip(rates[True], rates[False],
+                                                                                   strict=True)), 3))
+    return out
+
+
 def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, int], groups: int,
-              gpu_samples_per_s: float = 0.0, model_json: Path | None = None) -> dict:
+              gpu_samples_per_s: float = 0.0, model_json: Path | None = None, ring_pairs: int = 4) -> dict:
     """Every loader row (:func:`_loader_rows`) and the raw-video baseline. ``decode_on=device`` decodes on
-    CUDA when there is one (end-to-end samples/s of a GPU), else on this process's CPU, where the main
-    process's CPU-ms per sample is the decoding's cost."""
+    CUDA when there is one (end-to-end samples/s of a GPU); without one its rows measure the workers'
+    share alone, and :func:`device_decode_cost` what decoding on this process's CPU costs per sample."""
     work.mkdir(parents=True, exist_ok=True)
     data = prepare(work, raw_size, groups, workers)
     model = ModelConfig()  # the default geometry: 16 frames of 128 pixels, stride 4
@@ -295,11 +324,11 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
     geom = ClipGeometry.of(model, data_cfg)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     loaders = {}
-    for name, (_, changes, reuse) in _loader_rows().items():
-        loader = build_pretrain_loader(model, replace(data_cfg, **changes), batch_size=BATCH, seed=0,
-                                       reuse_buffers=reuse, device=device, pin_memory=device.type == "cuda")
+    for name, (_, changes) in _loader_rows().items():
+        loader = _shard_loader(model, replace(data_cfg, **changes), device)
         loaders[name] = measure(loader, seconds, workers)
         del loader
+    ring = ring_rounds(model, data_cfg, device, ring_pairs, seconds / 2, workers) if ring_pairs else None
     raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, data_cfg, seed=0), batch_size=BATCH,
                             num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_clips)
     raw = measure(raw_loader, seconds, workers)
@@ -325,8 +354,7 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
         speedup_wall=ratio(cpu["samples_per_s"], raw["samples_per_s"]),
         speedup_cpu=ratio(cpu["samples_per_cpu_s"], raw["samples_per_cpu_s"]),
         device_vs_cpu_per_worker_cpu_s=ratio(dev["samples_per_cpu_s"], cpu["samples_per_cpu_s"]),
-        ring_gain=dict(cpu=ratio(cpu["samples_per_cpu_s"], loaders["cpu_no_ring"]["samples_per_cpu_s"]),
-                       device=ratio(dev["samples_per_cpu_s"], loaders["device_no_ring"]["samples_per_cpu_s"])),
+        ring=ring,
         bars=dict(speedup_ge_20x=cpu["samples_per_s"] >= 20 * raw["samples_per_s"],
                   per_worker_cpu_ge_100=cpu["samples_per_cpu_s"] >= 100,
                   device_ge_3x_per_worker_cpu_s=dev["samples_per_cpu_s"] >= 3 * cpu["samples_per_cpu_s"]),
@@ -340,8 +368,9 @@ def print_report(r: dict) -> None:
     s = r["settings"]
     table = Table(title=f"pretraining loader: {s['views']} views × {s['frames']}×{s['size']}², stride {s['stride']}, "
                         f"{s['motion']} weights, {s['workers']} workers, {r['machine']['cpus']} CPUs "
-                        f"(load {r['machine']['load_average'][0]:.1f}); decode_on=device decodes on "
-                        f"{r['machine']['decode_device']}")
+                        f"(load {r['machine']['load_average'][0]:.1f}); decode_on=device "
+                        + ("decodes on " + r["machine"]["decode_device"] if r["machine"]["gpu"] else
+                           "rows: the workers' share (no GPU)"))
     for col in ("loader", "samples/s", "per worker CPU-s", "worker CPU-ms/sample", "main CPU-ms/sample",
                 "worker RSS MiB", "workers per GPU"):
         table.add_column(col, justify="left" if col == "loader" else "right")
@@ -360,9 +389,11 @@ def print_report(r: dict) -> None:
     console.print(f"bar ≥ 20× raw (wall clock): {mark[bars['speedup_ge_20x']]} · ≥ 100 samples per worker "
                   f"CPU-second (cpu): {mark[bars['per_worker_cpu_ge_100']]} · device ≥ 3× cpu per worker "
                   f"CPU-second: {mark[bars['device_ge_3x_per_worker_cpu_s']]}")
-    ring = r["ring_gain"]
-    console.print(f"shared-memory batch ring, samples per worker CPU-second with / without: cpu {ring['cpu']}×, "
-                  f"device {ring['device']}×")
+    if r["ring"]:
+        ring = r["ring"]
+        console.print(f"shared-memory batch ring, samples per worker CPU-second with / without (median of "
+                      f"{len(ring['cpu']['ring'])} paired rounds): decode_on=cpu {ring['cpu']['ratio']}×, "
+                      f"device {ring['device']['ratio']}×")
     f = r["jpeg_decode_floor"]
     console.print(f"JPEG decoding alone (cv2.imdecode, {f['ms_per_frame']} ms/frame, one process): {f['ms_per_sample']} "
                   f"ms per sample = at most {f['samples_per_cpu_s']} samples per CPU-second before any other work")

@@ -191,11 +191,10 @@ class PretrainClips(ClipDataset):
                 rows, first = motion.view(group, cam, indices)
                 weights.append(cache_token_motion(rows, first, indices, box, (width, height), motion.cell, geom))
             sample["motion"] = torch.from_numpy(np.stack(weights))
-        elif cfg.motion_from_clip:  # encoded: computed from the decoded batch (DeviceDecoder.clip_motion)
-            if not self.encoded:
-                sample["motion"] = clip_token_motion(sample["video"], geom.tubelet, geom.patch)
-        else:
+        elif not cfg.motion_from_clip:
             sample["motion"] = torch.zeros((len(views), geom.tokens), dtype=torch.float32)
+        elif not self.encoded:  # encoded, the training process computes it after decoding (DeviceDecoder)
+            sample["motion"] = clip_token_motion(sample["video"], geom.tubelet, geom.patch)
         return sample | {"cameras": torch.tensor(views), "label": group.meta.label, "key": group.key}
 
 

@@ -27,13 +27,16 @@ from mv2mae.model.config import ModelConfig
 PREFETCH = 2  # batches in flight per worker
 
 
-def _loader(dataset: ClipDataset, batch_size: int, pin_memory: bool, drop_last: bool, reuse_buffers: bool,
+def _loader(dataset: ClipDataset, batch_size: int, pin_memory: bool, drop_last: bool, reuse_buffers: bool | None,
             device: torch.device) -> Batches:
-    """A DataLoader whose workers reuse their batch memory (``mv2mae.data.transport``) unless
-    ``reuse_buffers`` is false; iterating the returned object yields ordinary batches the caller owns,
-    decoded on ``device`` when the dataset is encoded."""
+    """A DataLoader whose workers reuse their batch memory (``mv2mae.data.transport``) when
+    ``reuse_buffers`` says so, by default (None) where that pays: with decoded video (12-14% more
+    samples per worker CPU-second), not with JPEG bytes, which take fresh memory anyway (1.00x;
+    BENCHMARKS.md). Iterating the returned object yields ordinary batches the caller owns, decoded on
+    ``device`` when the dataset is encoded."""
     workers = dataset.data.workers
-    ring = BatchRing(workers, slots=PREFETCH + 2) if workers > 0 and reuse_buffers else None
+    reuse = not dataset.encoded if reuse_buffers is None else reuse_buffers
+    ring = BatchRing(workers, slots=PREFETCH + 2) if workers > 0 and reuse else None
     dataset.ring = ring.ends if ring is not None else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                         drop_last=drop_last, persistent_workers=workers > 0,
@@ -49,7 +52,7 @@ def _dataset(cls: type[ClipDataset], model: ModelConfig, data: DataConfig, split
 
 
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
-                          rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool = True,
+                          rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool | None = None,
                           device: torch.device | str = "cpu") -> Batches:
     """Infinite multi-view batches: ``video`` uint8 [B, V, C, T, H, W] (view 0 = target), ``motion`` [B, V, N]
     (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]."""
@@ -59,7 +62,7 @@ def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "tr
 
 
 def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
-                          rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool = True,
+                          rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool | None = None,
                           device: torch.device | str = "cpu") -> Batches:
     """Infinite single-camera batches: ``video`` uint8 [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``."""
     device = torch.device(device)
@@ -68,7 +71,7 @@ def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "tr
 
 
 def build_eval_loader(model: ModelConfig, data: DataConfig, split: str = "test", *, batch_size: int, rank: int = 0,
-                      world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool = True,
+                      world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool | None = None,
                       device: torch.device | str = "cpu") -> Batches:
     """One exact pass (this rank's share) with ``data.eval_clips`` × ``data.eval_crops`` clips per video:
     ``video`` uint8 [B, C, T, H, W], ``label``, ``camera``, ``clip``, ``crop``, ``key`` and ``video_id`` for

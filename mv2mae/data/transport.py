@@ -23,6 +23,10 @@ batch after batch into them. A buffer is only rewritten after the main process h
   otherwise never be released. A retired buffer the consumer still holds stays valid; the worker
   just never writes to it again.
 
+The loaders use the ring where it pays: for batches of decoded video (``decode_on=cpu``: 1.13x the
+samples per worker CPU-second), not for the JPEG bytes of ``decode_on=device``, which take fresh memory
+anyway (1.02x; BENCHMARKS.md, ``mv2mae bench loader``).
+
 What the weak reference cannot see: a third process (a consumer that sends an unpinned batch tensor
 on through a ``torch.multiprocessing`` queue should send a clone) and raw pointers handed to native
 code that outlive the tensor. For those, build the loader with ``reuse_buffers=False``. Shared memory
