@@ -10,7 +10,7 @@ WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench gpu-check lint preprocess pretrain finetune clean-venv
+.PHONY: setup demo test bench gpu-check lint preprocess pretrain finetune experiment clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,12 +46,22 @@ demo: $(STAMP)
 	$(call timed,pretrain,$(MV2MAE) pretrain --config tiny --data $(DEMO_DATA) --out $(DEMO_DIR)/pretrain \
 		--set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
 	$(call timed,finetune,$(MV2MAE) finetune --config tiny --data $(DEMO_DATA) --out $(DEMO_DIR)/finetune \
-		--init $(DEMO_DIR)/pretrain/checkpoints/best.pt --set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
-	$(call timed,eval,$(MV2MAE) eval --checkpoint $(DEMO_DIR)/finetune/checkpoints/best.pt \
+		--init $(DEMO_DIR)/pretrain/checkpoints/lowest-train-loss.pt --set data.protocol=$(DEMO_PROTOCOL) $(DEMO_SET))
+	$(call timed,eval,$(MV2MAE) eval --checkpoint $(DEMO_DIR)/finetune/checkpoints/best-val-top1.pt \
 		--protocol $(DEMO_PROTOCOL) --out $(DEMO_DIR)/eval)
 	$(MV2MAE) report --pretrain $(DEMO_DIR)/pretrain --finetune $(DEMO_DIR)/finetune --eval $(DEMO_DIR)/eval \
 		--timings $(DEMO_DIR)/timings.txt --out $(DEMO_DIR)/report.md
 	@echo "demo: read $(DEMO_DIR)/report.md"
+
+# make experiment [PLAN=crossview] [SCALE=default|gpu] [STUDY=experiments/crossview]: the controlled
+# cross-view study (mv2mae/experiment/plans/crossview.yaml: every arm × seed pretrained, probed and
+# finetuned under one budget) -> STUDY/RESULTS.md, results.json and plots. About 90 minutes on 2 CPU
+# cores at the default scale; run it again after an interruption and it continues where it stopped.
+PLAN ?= crossview
+SCALE ?= default
+STUDY ?= experiments/$(PLAN)
+experiment: $(STAMP)
+	$(MV2MAE) experiment --plan $(PLAN) --scale $(SCALE) --out $(STUDY)
 
 BENCH_DIR := bench-results
 bench: $(STAMP)
@@ -59,6 +69,7 @@ bench: $(STAMP)
 	$(VENV)/bin/mv2mae bench synth --json $(BENCH_DIR)/synth.json
 	$(VENV)/bin/mv2mae bench preprocess --json $(BENCH_DIR)/preprocess.json
 	$(VENV)/bin/mv2mae bench loader --json $(BENCH_DIR)/loader.json
+	$(VENV)/bin/mv2mae bench motion --samples 128 --json $(BENCH_DIR)/motion.json
 	$(VENV)/bin/mv2mae bench model --threads 1 --json $(BENCH_DIR)/model.json
 
 # make gpu-check: every CUDA-only path in one run of about 8 minutes on one GPU (README, "Feeding the
@@ -76,12 +87,12 @@ preprocess: $(STAMP)
 	$(VENV)/bin/mv2mae preprocess $(DATASET) --root $(ROOT) --out $(OUT) $(ARGS)
 
 # make pretrain CONFIG=ntu60_xsub DATA=data/ntu60 [RUN=runs/ntu60_xsub] [NPROC=8] [ARGS="--set steps=1000"]
-# make finetune CONFIG=ntu60_xsub DATA=data/ntu60 [INIT=RUN/pretrain/checkpoints/best.pt] ...
+# make finetune CONFIG=ntu60_xsub DATA=data/ntu60 [INIT=RUN/pretrain/checkpoints/lowest-train-loss.pt] ...
 # Both resume automatically from RUN's newest checkpoint; NPROC > 1 launches through torchrun.
 CONFIG ?= tiny
 DATA ?= data/synth
 RUN ?= runs/$(CONFIG)
-INIT ?= $(RUN)/pretrain/checkpoints/best.pt
+INIT ?= $(RUN)/pretrain/checkpoints/lowest-train-loss.pt
 NPROC ?= 1
 ifeq ($(NPROC),1)
 LAUNCH := $(VENV)/bin/mv2mae

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from mv2mae.data.config import DataConfig
+from mv2mae.data.config import CACHED_MOTION, DataConfig
 from mv2mae.model.config import ModelConfig
 
 STAGES = ("pretrain", "finetune")
@@ -43,6 +43,8 @@ RETIRED_KEYS = {"data.normalize_on": "loaders hand out uint8 video and the model
 
 class ConfigError(ValueError):
     """A preset, override or saved config that does not describe a valid run."""
+
+    exit_code = 2  # a usage error (the command line's exit status)
 
 
 @dataclass
@@ -82,8 +84,12 @@ class LoopConfig:
     keep_last: int = 2
     recon_every: int = 0  # pretraining: reconstruction PNG every N steps (0 = only at the end)
     max_bad_steps: int = 20  # consecutive non-finite losses before the run stops
-    # resuming the data stream: "skip" replays it and drops the consumed batches (exact, costs their
-    # decoding); "reseed" starts a fresh stream seeded by the position (instant, not the same samples)
+    # seconds a collective (gradient sync, barrier) waits for the other ranks before the run fails: a
+    # rank that stopped, hangs or died ends the run instead of hanging it (torchrun then ends the rest)
+    collective_timeout: float = 600.0
+    # resuming the data stream: "skip" replays the consumed batches' sampling decisions, reading but not
+    # decoding them (exact; BENCHMARKS.md has the cost); "reseed" starts a fresh stream seeded by the
+    # position (instant, not the same samples)
     resume_data: str = "skip"
 
     def __post_init__(self) -> None:
@@ -91,6 +97,8 @@ class LoopConfig:
             raise ConfigError(f"loop.resume_data={self.resume_data!r} must be 'skip' or 'reseed'")
         if min(self.log_every, self.ckpt_every, self.keep_last, self.max_bad_steps) < 1:
             raise ConfigError("loop.log_every, ckpt_every, keep_last and max_bad_steps must be >= 1")
+        if not self.collective_timeout > 0:
+            raise ConfigError(f"loop.collective_timeout must be > 0 seconds, got {self.collective_timeout}")
 
 
 @dataclass
@@ -106,6 +114,17 @@ class FinetuneConfig:
     mixup_prob: float = 1.0
     switch_prob: float = 0.5
     label_smoothing: float = 0.1
+    # validation (data.val_by) every N optimizer steps and at the last one (0 = at every loop.ckpt_every);
+    # each validation also writes a step checkpoint, and checkpoints/best-val-top1.pt is the best so far
+    val_every: int = 0
+    # > 0: also keep timm's exponential moving average of the weights (e.g. 0.999), validated on its own
+    # and saved as checkpoints/best-val-top1-ema.pt
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.val_every < 0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"finetune.val_every must be >= 0 and ema_decay in [0, 1), got {self.val_every} "
+                              f"and {self.ema_decay}")
 
 
 @dataclass
@@ -122,6 +141,12 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} must be one of {STAGES}")
+
+    @property
+    def motion_tau(self) -> float:
+        """The objective's τ in the units of ``data.motion``: ``model.tau_flow`` for flow (stored pixels per
+        stored frame), ``model.tau`` otherwise (framediff's 0-255 grey levels)."""
+        return self.model.tau_flow if self.data.motion in CACHED_MOTION else self.model.tau
 
     def global_batch(self, world_size: int) -> int:
         return self.optim.batch_size * self.optim.accum_steps * world_size
@@ -160,7 +185,7 @@ def load_config(spec: str, stage: str, overrides: list[str] | tuple[str, ...] = 
     if stages.get(stage) is None:
         defined = sorted(k for k, v in stages.items() if v is not None)
         raise ConfigError(f"{spec}: preset has no '{stage}' stage (it defines: {', '.join(defined) or 'none'})")
-    merged = _merge(raw, stages[stage])
+    merged = deep_merge(raw, stages[stage])
     merged["stage"] = stage
     merged["preset"] = str(spec)
     return resolve(merged, overrides)
@@ -174,32 +199,40 @@ def resolve(raw: dict[str, Any], overrides: list[str] | tuple[str, ...] = ()) ->
     return _build(RunConfig, raw, "")
 
 
-def _read_preset(spec: str, seen: tuple[str, ...]) -> dict[str, Any]:
+def read_yaml(spec: str, folder: Path, kind: str, shipped: str) -> tuple[Path, dict[str, Any]]:
+    """``spec`` as a YAML file, else as a name shipped in ``folder`` (``folder/<spec>.yaml``): its path
+    and mapping. ``kind`` and ``shipped`` name the thing in errors ("config", "preset")."""
     path = Path(spec)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = PRESET_DIR / f"{spec}.yaml"
+        path = folder / f"{spec}.yaml"
         if not path.is_file():
-            raise ConfigError(f"unknown config {spec!r}: not a YAML file and not a preset "
-                              f"(presets: {', '.join(preset_names())})")
-    if str(path) in seen:
-        raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
+            names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
+            raise ConfigError(f"unknown {kind} {spec!r}: not a YAML file and not a {shipped} ({shipped}s: {names})")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: invalid YAML ({e})") from e
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: a config must be a mapping of sections")
+        raise ConfigError(f"{path}: a {kind} must be a mapping of sections")
+    return path, raw
+
+
+def _read_preset(spec: str, seen: tuple[str, ...]) -> dict[str, Any]:
+    path, raw = read_yaml(spec, PRESET_DIR, "config", "preset")
+    if str(path) in seen:
+        raise ConfigError(f"{path}: 'base' chain loops ({' -> '.join(seen)})")
     base = raw.pop("base", None)
     if base is None:
         return raw
-    return _merge(_read_preset(str(base), seen + (str(path),)), raw)
+    return deep_merge(_read_preset(str(base), seen + (str(path),)), raw)
 
 
-def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over a copy of ``base``: mappings merge key by key, anything else is replaced."""
     out = copy.deepcopy(base)
     for key, value in top.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
     return out

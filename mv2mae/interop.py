@@ -1,5 +1,7 @@
 """Weights in and out: official VideoMAE (MCG-NJU) checkpoints, Hugging Face ``VideoMAEModel`` /
-``VideoMAEForPreTraining`` directories, and export back to the Hugging Face layout (safetensors).
+``VideoMAEForPreTraining`` directories, and export back to the Hugging Face layout (safetensors): a
+pretraining model as ``VideoMAEModel`` (or ``VideoMAEForPreTraining``), a finetuned classifier as
+``VideoMAEForVideoClassification``, each with a ``preprocessor_config.json``.
 
 Only explicit key maps are used; every imported key must land somewhere and every model key of an
 imported part must be filled, or the conversion fails naming the keys.
@@ -11,6 +13,7 @@ every key of a query, and softmax is invariant to such a shift.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -20,11 +23,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mv2mae.model.checkpoint import CheckpointError, load_state_strict, save_model_state
+from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.mv2mae import MV2MAE
 
 HEAD_DIM = 64  # every released VideoMAE size uses 64-wide heads; heads are not stored in weights
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+PREPROCESSOR_FILE = "preprocessor_config.json"
+EXPORT_TOLERANCE = 1e-4  # largest |ours - transformers'| accepted on the check after an export
 
 # Hugging Face files name the q/v biases ``q_bias``/``v_bias`` (the hub's and transformers' own
 # on-disk names); in-memory modules call them ``query.bias``/``value.bias``. Both are read.
@@ -231,24 +237,45 @@ def from_hf(hf_cfg: dict[str, Any], state: dict[str, torch.Tensor], source: str)
     return cfg, ours, parts
 
 
-def to_hf(model: MV2MAE, with_decoder: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """Our model -> (HF config dict, HF state dict) for VideoMAEModel or VideoMAEForPreTraining."""
-    cfg = model.cfg
+def _check_exportable(cfg: ModelConfig) -> None:
     if cfg.pos_embed != "sinusoid1d" or cfg.pos_embed_reference_grid is not None:
         raise CheckpointError(
             f"Hugging Face VideoMAE only has the 1D sinusoid position table on its own grid; this model uses "
             f"pos_embed={cfg.pos_embed!r} (reference grid {cfg.pos_embed_reference_grid}) and would give different "
-            "features there. Pretrain with pos_embed=sinusoid1d to export.")
+            "features there. Train with pos_embed=sinusoid1d (the default) at the geometry you export.")
     if not cfg.qkv_bias:
         raise CheckpointError("export needs qkv_bias=True (VideoMAE has q/v biases)")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    base = "videomae." if with_decoder else ""
+
+
+def _hf_config(cfg: ModelConfig, architecture: str, mean_pooling: bool) -> dict[str, Any]:
+    return dict(
+        model_type="videomae", architectures=[architecture],
+        image_size=cfg.image_size, patch_size=cfg.patch, num_channels=cfg.channels, num_frames=cfg.frames,
+        tubelet_size=cfg.tubelet, hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
+        num_attention_heads=cfg.num_heads, intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio), hidden_act="gelu",
+        layer_norm_eps=cfg.norm_eps, qv_bias=True, use_mean_pooling=mean_pooling,
+        decoder_hidden_size=cfg.decoder_dim, decoder_num_hidden_layers=cfg.decoder_depth,
+        decoder_num_attention_heads=cfg.decoder_heads, decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio),
+        norm_pix_loss=cfg.norm_pix, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
+def _encoder_to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig, base: str, final_norm: bool) -> dict[str, torch.Tensor]:
+    """Our ``encoder.*`` -> transformers' ``VideoMAEModel`` keys under ``base``."""
     out = {f"{base}embeddings.patch_embeddings.projection.{p}": state[f"encoder.patch_embed.proj.{p}"]
            for p in ("weight", "bias")}
     for i in range(cfg.depth):
         out |= _to_hf_block(state, f"encoder.blocks.{i}.", f"{base}encoder.layer.{i}.", cfg.embed_dim)
-    if cfg.encoder_final_norm:
+    if final_norm:
         out |= {f"{base}layernorm.{p}": state[f"encoder.norm.{p}"] for p in ("weight", "bias")}
+    return out
+
+
+def to_hf(model: MV2MAE, with_decoder: bool) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Our pretraining model -> (HF config dict, HF state dict) for VideoMAEModel or VideoMAEForPreTraining."""
+    cfg = model.cfg
+    _check_exportable(cfg)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    out = _encoder_to_hf(state, cfg, "videomae." if with_decoder else "", cfg.encoder_final_norm)
     if with_decoder:
         out |= {"encoder_to_decoder.weight": state["self_decoder.proj.weight"],
                 "mask_token": state["self_decoder.mask_token"]}
@@ -256,16 +283,34 @@ def to_hf(model: MV2MAE, with_decoder: bool) -> tuple[dict[str, Any], dict[str, 
             out |= _to_hf_block(state, f"self_decoder.blocks.{i}.", f"decoder.decoder_layers.{i}.", cfg.decoder_dim)
         for name in ("norm", "head"):
             out |= {f"decoder.{name}.{p}": state[f"self_decoder.{name}.{p}"] for p in ("weight", "bias")}
-    hf_cfg = dict(
-        model_type="videomae", architectures=["VideoMAEForPreTraining" if with_decoder else "VideoMAEModel"],
-        image_size=cfg.image_size, patch_size=cfg.patch, num_channels=cfg.channels, num_frames=cfg.frames,
-        tubelet_size=cfg.tubelet, hidden_size=cfg.embed_dim, num_hidden_layers=cfg.depth,
-        num_attention_heads=cfg.num_heads, intermediate_size=int(cfg.embed_dim * cfg.mlp_ratio), hidden_act="gelu",
-        layer_norm_eps=cfg.norm_eps, qv_bias=True, use_mean_pooling=not cfg.encoder_final_norm,
-        decoder_hidden_size=cfg.decoder_dim, decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_num_attention_heads=cfg.decoder_heads, decoder_intermediate_size=int(cfg.decoder_dim * cfg.mlp_ratio),
-        norm_pix_loss=cfg.norm_pix, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    architecture = "VideoMAEForPreTraining" if with_decoder else "VideoMAEModel"
+    return _hf_config(cfg, architecture, mean_pooling=not cfg.encoder_final_norm), out
+
+
+def classifier_to_hf(model: VideoClassifier, class_names: list[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Our finetuned classifier -> VideoMAEForVideoClassification with mean pooling: the encoder's blocks,
+    ``fc_norm`` and the linear head (``classifier``), ``id2label`` from ``class_names``."""
+    cfg = model.cfg
+    _check_exportable(cfg)
+    if len(class_names) != model.num_classes:
+        raise CheckpointError(f"{len(class_names)} class names for a {model.num_classes}-class head")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    out = _encoder_to_hf(state, cfg, "videomae.", final_norm=False)
+    out |= {f"fc_norm.{p}": state[f"fc_norm.{p}"] for p in ("weight", "bias")}
+    out |= {f"classifier.{p}": state[f"head.{p}"] for p in ("weight", "bias")}
+    hf_cfg = _hf_config(cfg, "VideoMAEForVideoClassification", mean_pooling=True)
+    hf_cfg |= dict(id2label={str(i): name for i, name in enumerate(class_names)},
+                   label2id={name: i for i, name in enumerate(class_names)})
     return hf_cfg, out
+
+
+def preprocessor_config(cfg: ModelConfig) -> dict[str, Any]:
+    """transformers' VideoMAE image processor set to our test-time view of a frame: short side resized to
+    the model's input size, the centre square cropped, our pixel mean and std."""
+    return dict(image_processor_type="VideoMAEImageProcessor", do_resize=True, size={"shortest_edge": cfg.image_size},
+                resample=2, do_center_crop=True, crop_size={"height": cfg.image_size, "width": cfg.image_size},
+                do_rescale=True, rescale_factor=1 / 255, do_normalize=True, image_mean=list(cfg.pixel_mean),
+                image_std=list(cfg.pixel_std))
 
 
 def _to_hf_block(state: dict[str, torch.Tensor], src: str, dst: str, dim: int) -> dict[str, torch.Tensor]:
@@ -309,10 +354,44 @@ def convert(kind: str, src: Path, out: Path, frames: int = 16, image_size: int =
     return model, parts
 
 
-def export_hf(model: MV2MAE, out_dir: Path, with_decoder: bool = False) -> Path:
-    hf_cfg, state = to_hf(model, with_decoder)
+def export_hf(model: MV2MAE | VideoClassifier, out_dir: Path, with_decoder: bool = False,
+              class_names: list[str] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and ``preprocessor_config.json``: a classifier as
+    ``VideoMAEForVideoClassification`` (``class_names`` become ``id2label``), a pretraining model as
+    ``VideoMAEModel`` (or ``VideoMAEForPreTraining`` with its self-view decoder)."""
+    if isinstance(model, VideoClassifier):
+        hf_cfg, state = classifier_to_hf(model, class_names or [f"class_{i}" for i in range(model.num_classes)])
+    else:
+        hf_cfg, state = to_hf(model, with_decoder)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
     (out_dir / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(model.cfg), indent=2) + "\n")
     return out_dir
+
+
+def check_export(model: MV2MAE | VideoClassifier, out_dir: Path, tolerance: float = EXPORT_TOLERANCE) -> float | None:
+    """Load ``out_dir`` with the installed transformers and compare its output on a random clip with ours
+    (encoder tokens, or a classifier's logits): the largest absolute difference, or None when transformers
+    is not installed. A difference above ``tolerance`` is an error: it catches a transformers version that
+    reads the weights differently (e.g. drops the ``q_bias``/``v_bias`` entries)."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    import transformers  # optional (extra "interop"), and seconds to import: only when checking
+
+    cfg = model.cfg
+    clip = torch.randn(1, cfg.channels, cfg.frames, cfg.image_size, cfg.image_size,
+                       generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        if isinstance(model, VideoClassifier):
+            theirs = transformers.VideoMAEForVideoClassification.from_pretrained(out_dir).eval()
+            diff = (theirs(clip.transpose(1, 2)).logits - model(clip)).abs().max()
+        else:
+            theirs = transformers.VideoMAEModel.from_pretrained(out_dir).eval()
+            diff = (theirs(clip.transpose(1, 2)).last_hidden_state - model.encoder(clip)).abs().max()
+    if not diff <= tolerance:
+        raise CheckpointError(f"{out_dir}: transformers {transformers.__version__} computes outputs {float(diff):.2e} "
+                              f"away from ours (tolerance {tolerance:g}); this version reads the export differently")
+    return float(diff)

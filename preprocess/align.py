@@ -4,8 +4,9 @@ The views are first resampled to a common frame rate (by the decoder) and assume
 then, within +-``max_lag`` frames, the lag of each view against the reference view is refined as the
 one that maximises the correlation of the views' global motion-energy signals (the share of
 pixels that changed between consecutive frames). Different cameras see different pixels but the same bursts
-of motion, so those signals line up when the clocks do. Finally every view is trimmed to the span
-all of them cover.
+of motion, so those signals line up when the clocks do. Finally the span all of them cover is found:
+each view's offset to it and its length (the views themselves are stored whole; the caller picks the
+reference, a training camera under cross-view protocols).
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 CROP_MODES = ("none", "center", "person")
+# a box whose aspect ratio is within this share of its group's is trimmed to it (a coded 1920x1088 beside
+# 1920x1080 loses 8 rows); beyond, cropping would cut into what --crop none promises to keep
+ASPECT_TOLERANCE = 0.02
 
 
 @dataclass(frozen=True)
@@ -51,3 +54,19 @@ def stored_size(box: list[int], short_side: int) -> tuple[int, int]:
     w, h = box[2] - box[0], box[3] - box[1]
     scale = short_side / min(w, h)
     return max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+
+
+def fit_aspect(box: list[int] | tuple[int, ...], aspect: float) -> list[int] | None:
+    """``box`` trimmed evenly on its long side to width/height ``aspect``, or None when that would cut
+    more than ``ASPECT_TOLERANCE`` of it."""
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    if abs(w / h / aspect - 1) > ASPECT_TOLERANCE:
+        return None
+    if w / h > aspect:
+        keep = int(round(h * aspect))
+        left = x0 + (w - keep) // 2
+        return [left, y0, left + keep, y1]
+    keep = int(round(w / aspect))
+    top = y0 + (h - keep) // 2
+    return [x0, top, x1, top + keep]

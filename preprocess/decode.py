@@ -10,6 +10,7 @@ H.264; the default is the faster one there.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -19,12 +20,18 @@ import ffmpeg
 import imageio_ffmpeg
 import numpy as np
 
+from mv2mae.preprocess.crop import ASPECT_TOLERANCE, fit_aspect, stored_size
+
 BACKENDS = ("ffmpeg", "opencv")
 # ``mv2mae bench preprocess``, 1080p H.264 -> 284x160, one process: ffmpeg 42.9-59.2 frames/s, OpenCV
 # 23.9-36.2 frames/s (three runs on a loaded 2-core machine): scaling inside ffmpeg wins.
 DEFAULT_BACKEND = "ffmpeg"
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 MIN_DECODED_FRACTION = 0.9  # fewer decoded frames than this share of the header's count = truncated
+# frames a header's count may be over: Matroska and WebM store no count, only a duration that OpenCV turns
+# into one (a valid 10-frame MKV reads as 12)
+HEADER_SLACK = 2
+MIN_VIEW_FRACTION = 0.5  # a view shorter than this share of its group's longest view is left out
 
 
 class DecodeError(RuntimeError):
@@ -79,6 +86,13 @@ def probe(path: Path, image_fps: float = 30.0) -> VideoInfo:
         raise DecodeError("file not found")
     if path.stat().st_size == 0:
         raise DecodeError("empty file (0 bytes)")
+    try:  # OpenCV says only that it could not open a file it may not read: ask the file system first
+        with open(path, "rb") as f:
+            f.read(1)
+    except PermissionError:
+        raise DecodeError("permission denied: the file is not readable by this user") from None
+    except OSError as e:
+        raise DecodeError(f"cannot read the file ({e.strerror or e})") from None
     cap = cv2.VideoCapture(str(path))
     try:
         if not cap.isOpened():
@@ -92,6 +106,46 @@ def probe(path: Path, image_fps: float = 30.0) -> VideoInfo:
     if not fps or fps <= 0 or fps > 1000:
         raise DecodeError(f"no usable frame rate in the header ({fps})")
     return VideoInfo(w, h, fps, max(n, 0))
+
+
+def conform_views(infos: list[VideoInfo], boxes: list[list[int]], short_side: int,
+                  fps: float | None) -> tuple[tuple[int, int], float, list[tuple[int, int, int, int] | str]]:
+    """How each view of a group becomes the group's stored geometry, on its own: real rigs mix resolutions
+    (a coded 1088 beside 1080), codecs, containers, frame rates and rotations.
+
+    Returns the stored (width, height), the common frame rate (``fps``, else the one most views have, the
+    first view's on a tie) and, per view, its crop box (source pixels, after rotation) trimmed to the
+    group's aspect ratio — the most common one among the boxes — or why the crop policy cannot serve the
+    view: a box whose aspect ratio differs by more than ``ASPECT_TOLERANCE`` (a portrait phone beside
+    landscape cameras under ``--crop none``). Every kept view is then cropped, scaled and resampled to
+    the same size and rate by the decoder."""
+    if not infos:
+        return (0, 0), float(fps or 0.0), []
+    rates = Counter(round(i.fps, 2) for i in infos)
+    rate = fps or max(infos, key=lambda i: (rates[round(i.fps, 2)], -infos.index(i))).fps
+    aspects = Counter(round(_aspect(b), 2) for b in boxes)
+    reference = max(boxes, key=lambda b: (aspects[round(_aspect(b), 2)], -boxes.index(b)))
+    planned: list[tuple[int, int, int, int] | str] = []
+    for info, box in zip(infos, boxes, strict=True):
+        fitted = fit_aspect(box, _aspect(reference))
+        planned.append(tuple(fitted) if fitted is not None else
+                       f"{box[2] - box[0]}x{box[3] - box[1]} crop of a {info.width}x{info.height} view does not fit "
+                       f"the group's aspect ratio {_aspect(reference):.3f} (more than {ASPECT_TOLERANCE:.0%} off): "
+                       f"the crop policy cannot serve it (--crop center or person can)")
+    return stored_size(list(reference), short_side), float(rate), planned
+
+
+def _aspect(box: list[int] | tuple[int, ...]) -> float:
+    return (box[2] - box[0]) / (box[3] - box[1])
+
+
+def short_views(lengths: list[int]) -> list[str | None]:
+    """Per view, why it is too short to keep (None: keep it): a view with fewer than ``MIN_VIEW_FRACTION``
+    of the longest view's frames would cut every view of the group to its length (alignment keeps only
+    the span all views cover) and leave the lag estimate too little overlap."""
+    longest = max(lengths, default=0)
+    return [f"only {n} frames where the group's longest view has {longest}: keeping it would cut every view "
+            f"to {n}" if n < MIN_VIEW_FRACTION * longest else None for n in lengths]
 
 
 def decode(path: Path, info: VideoInfo, req: DecodeRequest, backend: str = DEFAULT_BACKEND) -> np.ndarray:
@@ -120,7 +174,7 @@ def _check_complete(frames: np.ndarray, info: VideoInfo, req: DecodeRequest) -> 
     if len(frames) == 0:
         raise DecodeError("no frame could be decoded")
     want = expected_frames(info, req)
-    if want and len(frames) < MIN_DECODED_FRACTION * want:
+    if want and len(frames) + HEADER_SLACK < MIN_DECODED_FRACTION * want:
         raise DecodeError(f"truncated or damaged: decoded {len(frames)} of {want} expected frames")
 
 

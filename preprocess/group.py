@@ -2,13 +2,18 @@
 
 Pure with respect to the output directory (it writes nothing); the parent process turns the returned
 ``GroupResult`` into shard members and motion rows. Everything that can go wrong with one input file
-becomes a failure record; the group itself fails only when fewer than two usable cameras remain.
+becomes a failure record; the group itself fails only when no usable camera remains (one camera is a
+valid finetuning or test video).
+
+Every view is stored whole; alignment only says where each view's common span starts
+(``mv2mae.shards.schema``). The reference view that the others are aligned to is a training camera of
+the dataset's cross-view protocols (``WorkConfig.reference``), so a test view never sets a training
+view's timing; without such a protocol it is the lowest camera id.
 """
 
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +23,18 @@ import numpy as np
 
 from mv2mae.preprocess import align as align_mod
 from mv2mae.preprocess import motion as motion_mod
-from mv2mae.preprocess.adapters import MIN_CAMERAS, GroupSpec, ViewSource
+from mv2mae.preprocess.adapters import GroupSpec, ViewSource
 from mv2mae.preprocess.adapters.ntu import read_skeleton_box
-from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box, stored_size
-from mv2mae.preprocess.decode import DecodeError, DecodeRequest, VideoInfo, decode, probe
+from mv2mae.preprocess.crop import Geometry, center_box, full_box, person_box
+from mv2mae.preprocess.decode import (
+    DecodeError,
+    DecodeRequest,
+    VideoInfo,
+    conform_views,
+    decode,
+    probe,
+    short_views,
+)
 from mv2mae.shards.schema import GroupMeta, frame_ext
 
 
@@ -41,6 +54,7 @@ class WorkConfig:
     threads: int = 1
     drop_missing_skeletons: bool = False
     image_fps: float = 30.0
+    reference: tuple[int, ...] = ()  # cameras to align to, in order of preference (else the lowest id)
 
 
 @dataclass
@@ -69,32 +83,12 @@ def probe_views(spec: GroupSpec, cfg: WorkConfig, res: GroupResult) -> list[tupl
             ok.append((view, probe(view.path, cfg.image_fps)))
         except DecodeError as e:
             _fail(res, view.path, str(e))
-    return _drop_mismatched(ok, res)
-
-
-def _drop_mismatched(views: list[tuple[ViewSource, VideoInfo]], res: GroupResult):
-    """Keep the views whose size and frame rate agree with the group's majority (first view on ties)."""
-    if not views:
-        return views
-    sizes = Counter((i.width, i.height) for _, i in views)
-    rates = Counter(round(i.fps, 2) for _, i in views)
-    size = max(sizes, key=lambda s: (sizes[s], s == (views[0][1].width, views[0][1].height)))
-    rate = max(rates, key=lambda r: (rates[r], r == round(views[0][1].fps, 2)))
-    kept = []
-    for view, info in views:
-        if (info.width, info.height) != size:
-            _fail(res, view.path, f"frame size {info.width}x{info.height} differs from the group's "
-                                  f"{size[0]}x{size[1]}")
-        elif round(info.fps, 2) != rate:
-            _fail(res, view.path, f"frame rate {info.fps:g} differs from the group's {rate:g}")
-        else:
-            kept.append((view, info))
-    return kept
+    return ok
 
 
 def _require_cameras(views: list) -> None:
-    if len(views) < MIN_CAMERAS:
-        raise GroupFailed(f"only {len(views)} usable camera(s) left, at least {MIN_CAMERAS} are needed")
+    if not views:
+        raise GroupFailed("no usable camera left")
 
 
 def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResult) -> list[int] | None:
@@ -121,25 +115,39 @@ def crop_box(view: ViewSource, info: VideoInfo, cfg: WorkConfig, res: GroupResul
 
 
 def decode_views(views: list[tuple[ViewSource, VideoInfo]], cfg: WorkConfig, res: GroupResult):
+    """Each view decoded into the group's stored size and frame rate on its own (``conform_views``);
+    views the crop policy cannot serve, that do not decode, or that are much shorter than the others
+    are left out with a record."""
+    boxed = [(view, info, box) for view, info in views if (box := crop_box(view, info, cfg, res)) is not None]
+    size, fps, boxes = conform_views([i for _, i, _ in boxed], [b for *_, b in boxed], cfg.geometry.short_side, cfg.fps)
     decoded = []
-    size = None
-    for view, info in views:
-        box = crop_box(view, info, cfg, res)
-        if box is None:
+    for (view, info, _), box in zip(boxed, boxes, strict=True):
+        if isinstance(box, str):
+            _fail(res, view.path, box)
             continue
-        size = size or stored_size(box, cfg.geometry.short_side)
-        req = DecodeRequest(box=tuple(box), size=size, fps=cfg.fps or info.fps, start=view.start,
-                            end=view.end, threads=cfg.threads)
+        req = DecodeRequest(box=box, size=size, fps=fps, start=view.start, end=view.end, threads=cfg.threads)
         try:
-            decoded.append((view, info, box, decode(view.path, info, req, cfg.backend)))
+            decoded.append((view, info, req, decode(view.path, info, req, cfg.backend)))
         except DecodeError as e:
             _fail(res, view.path, str(e))
-    return decoded
+    kept = []
+    for item, why in zip(decoded, short_views([len(f) for *_, f in decoded]), strict=True):
+        if why is None:
+            kept.append(item)
+        else:
+            _fail(res, item[0].path, why)
+    return kept
 
 
-def _source_offset(view: ViewSource, info: VideoInfo, fps: float) -> int:
+def _source_start(view: ViewSource, info: VideoInfo, fps: float) -> int:
     """The cut's first source frame, expressed at the common frame rate."""
     return int(round((view.start or 0) * fps / info.fps))
+
+
+def reference_view(cameras: list[int], preferred: tuple[int, ...]) -> int:
+    """Index into ``cameras`` of the view to align the others to: the first ``preferred`` camera present,
+    else the first view."""
+    return next((cameras.index(c) for c in preferred if c in cameras), 0)
 
 
 def process(spec: GroupSpec, cfg: WorkConfig) -> GroupResult:
@@ -167,39 +175,39 @@ def _give_up(spec: GroupSpec, res: GroupResult, reason: str) -> None:
 def _store(spec: GroupSpec, decoded, cfg: WorkConfig, res: GroupResult) -> None:
     diffs = [motion_mod.pixel_framediff(f) if len(f) > 1 else None for _, _, _, f in decoded]
     signals = [align_mod.energy_signal(d) if d is not None else np.zeros(0) for d in diffs]
+    cameras = [view.camera for view, *_ in decoded]
     try:
-        al = align_mod.align([len(f) for *_, f in decoded], signals, cfg.max_lag)
+        al = align_mod.align([len(f) for *_, f in decoded], signals, cfg.max_lag,
+                             reference=reference_view(cameras, cfg.reference))
     except ValueError as e:
         raise GroupFailed(str(e)) from None
-    fps = cfg.fps or decoded[0][1].fps
-    t_common = al.frames
+    fps = decoded[0][2].fps  # every view was decoded at the group's common rate
     # Optimised Huffman tables: the same pixels in ~7% fewer bytes, decoded ~4% faster by every
     # training sample that reads the frame, for one extra encoding pass here.
     params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality, int(cv2.IMWRITE_JPEG_OPTIMIZE), 1]
     res.motion = {s: [] for s in cfg.motion}
-    cams = []
-    for (view, info, box, frames), off, d in zip(decoded, al.offsets, diffs, strict=True):
-        clip = frames[off: off + t_common]
-        cams.append((view, info, box, off))
-        for t, rgb in enumerate(clip):
+    for (view, _, _, frames), d in zip(decoded, diffs, strict=True):
+        for t, rgb in enumerate(frames):
             ok, jpg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), params)
             if not ok:
                 raise GroupFailed(f"JPEG encoding failed for camera {view.camera}")
             res.frames.append((frame_ext(view.camera, t), jpg.tobytes()))
         if "framediff" in cfg.motion:
-            sub = d[off: off + t_common - 1] if d is not None and t_common > 1 else None
-            res.motion["framediff"].append(motion_mod.framediff_grid(clip, cfg.cell, sub))
+            res.motion["framediff"].append(motion_mod.framediff_grid(frames, cfg.cell, d))
         if "flow" in cfg.motion:
-            res.motion["flow"].append(motion_mod.flow_grid(clip, cfg.cell))
+            res.motion["flow"].append(motion_mod.flow_grid(frames, cfg.cell))
     height, width = decoded[0][3].shape[1:3]
     res.meta = GroupMeta(
         key=spec.key, dataset=cfg.dataset, label=spec.label, label_name=spec.label_name,
         subject=spec.subject, setup=spec.setup, replication=spec.replication, partition=spec.partition,
-        cameras=[v.camera for v, *_ in cams], fps=float(fps), frames=t_common, size=[int(width), int(height)],
-        crop={str(v.camera): list(map(int, b)) for v, _, b, _ in cams},
-        offsets={str(v.camera): off + _source_offset(v, i, fps) for v, i, _, off in cams},
-        source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in cams},
-        extra={**spec.extra, "align": {"lags": al.lags, "scores": [round(s, 4) for s in al.scores]}},
+        cameras=cameras, fps=float(fps), frames=al.frames, size=[int(width), int(height)],
+        view_frames={str(v.camera): len(f) for v, _, _, f in decoded},
+        offsets={str(v.camera): off for (v, *_), off in zip(decoded, al.offsets, strict=True)},
+        crop={str(v.camera): list(map(int, req.box)) for v, _, req, _ in decoded},
+        source_start={str(v.camera): _source_start(v, i, fps) for v, i, _, _ in decoded},
+        source={str(v.camera): _relative(v.path, cfg.root) for v, *_ in decoded},
+        extra={**spec.extra, "align": {"reference": cameras[reference_view(cameras, cfg.reference)],
+                                       "lags": al.lags, "scores": [round(s, 4) for s in al.scores]}},
     )
 
 

@@ -40,8 +40,8 @@ def _check_compatible(found: list[tuple[Path, DatasetIndex]]) -> int:
     """All parts agree on dataset, classes and output options; returns the declared part count."""
     def comparable(ix: DatasetIndex) -> dict:
         args = {k: v for k, v in ix.args.items() if k not in ("part", "parts", "meta")}
-        return {"dataset": ix.dataset, "classes": ix.classes, "cell": ix.cell, "motion": ix.motion,
-                "short_side": ix.short_side, "args": args}
+        return {"dataset": ix.dataset, "classes": ix.classes, "flip_classes": ix.flip_classes, "cell": ix.cell,
+                "motion": ix.motion, "short_side": ix.short_side, "layout": ix.layout, "args": args}
 
     first_path, first = found[0]
     for path, ix in found[1:]:
@@ -104,8 +104,10 @@ def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
     shards = sorted((s for _, ix in found for s in ix.shards), key=lambda s: s.name)
     fps = next((ix.fps for _, ix in found if ix.shards), base.fps)  # a part may hold no shard (fps 0)
     merged = DatasetIndex(dataset=base.dataset, classes=base.classes, fps=fps, short_side=base.short_side,
-                          cell=base.cell, motion=base.motion, shards=shards, tool_version=base.tool_version,
-                          args={**base.args, "part": 0, "parts": 1, "merged_parts": len(found)})
+                          cell=base.cell, motion=base.motion, shards=shards, layout=base.layout,
+                          tool_version=base.tool_version,
+                          args={**base.args, "part": 0, "parts": 1, "merged_parts": len(found)},
+                          flip_classes=base.flip_classes)
     write_index(dest, merged)
     tmp = dest / f"{FAILURES_FILE}.tmp"
     tmp.write_text("".join(failures))

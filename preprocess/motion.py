@@ -1,7 +1,10 @@
-"""Motion energy of stored frames on a cell grid: ``framediff`` (the paper's signal) and ``flow`` (DIS).
+"""Motion of stored frames on a cell grid, for the Zarr cache: ``framediff`` and ``flow`` (DIS).
 
 Both return float16 [T, grid_h, grid_w] following ``mv2mae.shards.schema``: row t is the motion between stored
 frames t-1 and t, row 0 repeats row 1, cells on the right/bottom edge average only the pixels they cover.
+``flow`` is what training reads from the cache (too slow to compute per clip). Training's ``framediff`` is
+computed from the sampled, cropped clip instead (``mv2mae.data.motion``: differences of frames ``stride``
+apart cannot be rebuilt from consecutive ones); the cached rows serve inspection (``mv2mae shards show``).
 """
 
 from __future__ import annotations

@@ -13,12 +13,13 @@ anything else left by a killed run (``*.partial``, stray state or motion) is cle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing as mp
 import os
 import shutil
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -37,32 +38,42 @@ from mv2mae.preprocess.crop import Geometry
 from mv2mae.preprocess.decode import DEFAULT_BACKEND
 from mv2mae.preprocess.group import GroupResult, WorkConfig, process
 from mv2mae.shards.motion import TMP_DIR, write_shard_motion
+from mv2mae.shards.protocols import reference_cameras
 from mv2mae.shards.schema import (
     FAILURES_FILE,
+    FORMAT_VERSION,
     INDEX_FILE,
     MOTION_SOURCES,
     MOTION_STORE,
     DatasetIndex,
     ShardEntry,
+    camera_set_key,
     motion_grid,
     shard_name,
     shard_stem,
-    write_index,
 )
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
 
 STATE_DIR = ".state"
+TMP_SUFFIX = ".tmp"  # a small record (state, index, failures) being written; the next run deletes strays
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")
 RUN_FILE = "run.json"
 # Every dataset gets a motion cache (readers rely on it); ``both`` stores the two sources.
 MOTION_CHOICES = {"framediff": ("framediff",), "flow": ("flow",), "both": MOTION_SOURCES}
-# Options that change the bytes written: a resumed run must use the same values.
+# Options that change the bytes written: a resumed run must use the same values (and format version).
 OUTPUT_OPTIONS = ("dataset", "size", "fps", "crop", "margin", "motion", "jpeg_quality", "shard_size", "cell",
                   "max_lag", "backend", "drop_missing_skeletons", "image_fps", "limit", "part", "parts")
+FORMAT_KEY = "format_version"  # in the run record beside the options
 
 
 class PreprocessError(RuntimeError):
     """The run cannot start or wrote nothing; the message says why."""
+
+
+class OptionError(PreprocessError):
+    """An option value the run cannot use."""
+
+    exit_code = 2  # a usage error (the command line's exit status)
 
 
 @dataclass
@@ -95,6 +106,8 @@ class Summary:
     skipped: int = 0  # groups found in finished shards of an earlier run
     failed: int = 0  # groups that could not be written (this run)
     dropped_views: int = 0  # views left out of groups that were written (this run)
+    single_camera: int = 0  # groups written with one camera: finetuning/evaluation only (this run)
+    unlisted: int = 0  # groups the official split lists in neither split, left out (the whole scan)
     failures: int = 0  # lines in failures.jsonl
     shards: int = 0  # shards in the index
     groups: int = 0  # groups in the index
@@ -116,11 +129,11 @@ def _options(options: dict[str, Any]) -> Options:
         raise TypeError(f"unknown preprocess options {unknown}")
     opts = Options(**options)
     if opts.motion not in MOTION_CHOICES:
-        raise PreprocessError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
+        raise OptionError(f"--motion must be one of {sorted(MOTION_CHOICES)}, got {opts.motion!r}")
     if not 0 <= opts.part < opts.parts:
-        raise PreprocessError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
+        raise OptionError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
     if not 1 <= opts.jpeg_quality <= 100:
-        raise PreprocessError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
+        raise OptionError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
     return opts
 
 
@@ -136,13 +149,15 @@ def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor |
     scan = _scan(dataset, root, opts)
     groups = _select(scan.groups, opts)
     out.mkdir(parents=True, exist_ok=True)
+    for name in (_index_name(opts), _failures_name(opts)):  # left by a run that failed while writing them
+        (out / (name + TMP_SUFFIX)).unlink(missing_ok=True)
     _check_run_options(out, dataset, opts, scan.classes)
     records = _recover(out, {g.partition for g in groups})
     done = done_keys(records)
     todo = [g for g in groups if g.key not in done]
     next_seq = _next_seq(records)
-    summary = Summary(dataset=dataset, out=str(out), skipped=len(groups) - len(todo))
-    cfg = work_config(dataset, root, opts)
+    summary = Summary(dataset=dataset, out=str(out), skipped=len(groups) - len(todo), unlisted=scan.unlisted)
+    cfg = work_config(dataset, root, opts, scan.meta)
     sink = _ShardSink(out, opts, next_seq, records)
     loose = _write_all(todo, cfg, opts, sink, summary, executor)
     summary.index = _finish(out, scan, opts, records, loose, summary)
@@ -179,8 +194,9 @@ def _select(groups: list[GroupSpec], opts: Options) -> list[GroupSpec]:
     return [g for g in groups if g.partition in mine]
 
 
-def work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
-    """What every worker needs to process one group of ``dataset`` under ``opts``."""
+def work_config(dataset: str, root: Path, opts: Options, meta: dict[str, Any] | None = None) -> WorkConfig:
+    """What every worker needs to process one group of ``dataset`` under ``opts`` (``meta``: the adapter's
+    dataset facts, which may hold an official cross-view split)."""
     workers = _workers(opts)
     return WorkConfig(
         dataset=dataset, root=root if root.is_dir() else root.parent,
@@ -188,7 +204,8 @@ def work_config(dataset: str, root: Path, opts: Options) -> WorkConfig:
         max_lag=opts.max_lag, motion=MOTION_CHOICES[opts.motion], cell=opts.cell,
         jpeg_quality=opts.jpeg_quality, backend=opts.backend,
         threads=max(1, (os.cpu_count() or 1) // workers),
-        drop_missing_skeletons=opts.drop_missing_skeletons, image_fps=opts.image_fps)
+        drop_missing_skeletons=opts.drop_missing_skeletons, image_fps=opts.image_fps,
+        reference=tuple(reference_cameras(dataset, meta or {})))
 
 
 def _workers(opts: Options) -> int:
@@ -206,9 +223,13 @@ def _check_run_options(out: Path, dataset: str, opts: Options, classes: list[str
     state.mkdir(exist_ok=True)
     path = state / (RUN_FILE if opts.parts == 1 else f"run.part-{opts.part:03d}-of-{opts.parts:03d}.json")
     # The class names too: they are written into every group's metadata (``--classes``, classes.txt).
-    want = {**_run_options(dataset, opts), "classes": classes}
+    want = {**_run_options(dataset, opts), "classes": classes, FORMAT_KEY: FORMAT_VERSION}
+    path.with_name(path.name + TMP_SUFFIX).unlink(missing_ok=True)
     if path.exists():
         have = _read_json(path)
+        if have.get(FORMAT_KEY, 1) != FORMAT_VERSION:
+            raise PreprocessError(f"{out} holds shards of format {have.get(FORMAT_KEY, 1)}; this mv2mae writes "
+                                  f"format {FORMAT_VERSION}: preprocess into a new --out")
         diff = sorted(k for k in want if have.get(k) != want[k])
         if diff:
             changes = ", ".join("classes: other class names" if k == "classes" else
@@ -233,6 +254,9 @@ def _recover(out: Path, mine: set[str]) -> dict[str, _ShardRecord]:
     for tmp in (out / TMP_DIR).glob("motion-*"):
         if ours(tmp.name[len("motion-"):]):
             shutil.rmtree(tmp)
+    for tmp in (out / STATE_DIR).glob(f"*.tar.json{TMP_SUFFIX}"):
+        if ours(shard_stem(tmp.name[: -len(f".json{TMP_SUFFIX}")])):
+            tmp.unlink()
     records: dict[str, _ShardRecord] = {}
     for path in sorted((out / STATE_DIR).glob("*.tar.json")):
         name = path.name[: -len(".json")]
@@ -271,10 +295,22 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise PreprocessError(f"{path}: unreadable run record ({e}); delete it to redo that part") from None
 
 
+@contextlib.contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """An ``OSError`` inside the block (a full disk, a file-size limit, a read-only folder) becomes one
+    line naming ``path``; what the block left half-written is cleaned up by the next run."""
+    try:
+        yield
+    except OSError as e:
+        raise PreprocessError(f"{path}: cannot write ({e.strerror or e}); nothing half-written is kept — free "
+                              f"space and re-run the same command to resume") from None
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(path.name + TMP_SUFFIX)
+    with _writing(tmp):
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 class _ShardSink:
@@ -308,16 +344,19 @@ class _ShardSink:
         if self.writer is None:
             seq = self.next_seq.get(res.partition, 0)
             self.next_seq[res.partition] = seq + 1
-            self.writer = ShardWriter(self.out / shard_name(res.partition, seq))
-        self._append(res)
+            path = self.out / shard_name(res.partition, seq)
+            with _writing(path.with_name(path.name + PARTIAL_SUFFIX)):
+                self.writer = ShardWriter(path)
+        with _writing(self.writer.tmp):
+            self._append(res)
 
     def _append(self, res: GroupResult) -> None:
         meta = res.meta
-        for i, cam in enumerate(meta.cameras):
-            meta.motion_rows[str(cam)] = self.rows + i * meta.frames
+        for cam in meta.cameras:  # each view's rows follow the previous view's, one row per stored frame
+            meta.motion_rows[str(cam)] = self.rows
+            self.rows += meta.view_frames[str(cam)]
         for source, per_cam in res.motion.items():
             self.motion[source].extend(per_cam)
-        self.rows += len(meta.cameras) * meta.frames
         members = [Member(f"{meta.key}.json", meta.to_json())]
         members += [Member(f"{meta.key}.{ext}", data) for ext, data in res.frames]
         self.writer.add_sample(members)
@@ -327,14 +366,18 @@ class _ShardSink:
         """Finish the open shard: motion sub-group, state record, then the tar rename (commit order)."""
         if self.writer is None:
             return
-        size, digest = self.writer.close()
+        with _writing(self.writer.tmp):
+            size, digest = self.writer.close()
         name = self.writer.path.name
-        self._write_motion(shard_stem(name))
+        with _writing(self.out / TMP_DIR / f"motion-{shard_stem(name)}"):
+            self._write_motion(shard_stem(name))
         metas = self.metas
         entry = ShardEntry(name=name, partition=self.partition, samples=len(metas), bytes=size, sha256=digest,
                            subjects=sorted({m.subject for m in metas}),
                            setups=sorted({m.setup for m in metas if m.setup is not None}),
-                           cameras=sorted({c for m in metas for c in m.cameras}), keys=[m.key for m in metas])
+                           cameras=sorted({c for m in metas for c in m.cameras}),
+                           camera_sets=dict(sorted(Counter(camera_set_key(m.cameras) for m in metas).items())),
+                           keys=[m.key for m in metas])
         rec = _ShardRecord(entry=entry, failures=self.pending_failures, fps=metas[0].fps)
         _atomic_write(self.out / STATE_DIR / f"{name}.json",
                       json.dumps({"entry": asdict(entry), "failures": rec.failures, "fps": rec.fps}, sort_keys=True))
@@ -353,7 +396,7 @@ class _ShardSink:
         for source, rows in self.motion.items():
             padded = [np.pad(r, ((0, 0), (0, gh - r.shape[1]), (0, gw - r.shape[2]))) for r in rows]
             arrays[source] = np.concatenate(padded, axis=0)
-        attrs = {"rows": {m.key: m.motion_rows for m in self.metas}, "frames": {m.key: m.frames for m in self.metas},
+        attrs = {"rows": {m.key: m.motion_rows for m in self.metas}, "frames": {m.key: m.view_frames for m in self.metas},
                  "grid": grids, "cell": self.opts.cell}
         write_shard_motion(self.out, stem, arrays, attrs)
 
@@ -413,6 +456,7 @@ def _write_all(todo: list[GroupSpec], cfg: WorkConfig, opts: Options, sink: _Sha
             else:
                 summary.written += 1
                 summary.dropped_views += sum(1 for f in res.failures if not f.get("kept"))
+                summary.single_camera += len(res.meta.cameras) == 1
             bar.advance(res.failed)
         sink.close()
     loose = sink.pending_failures
@@ -468,13 +512,10 @@ def _finish(out: Path, scan: Scan, opts: Options, records: dict[str, _ShardRecor
     index = DatasetIndex(
         dataset=scan.dataset, classes=scan.classes, fps=float(opts.fps or (recs[0].fps if recs else 0.0)),
         short_side=opts.size, cell=opts.cell, motion=list(MOTION_CHOICES[opts.motion]),
-        shards=[r.entry for r in recs], tool_version=_version(),
-        args={**_run_options(scan.dataset, opts), "meta": scan.meta})
+        shards=[r.entry for r in recs], layout=scan.layout, tool_version=_version(),
+        args={**_run_options(scan.dataset, opts), "meta": scan.meta}, flip_classes=scan.flip_classes)
     path = out / _index_name(opts)
-    if opts.parts == 1:
-        write_index(out, index)
-    else:
-        _atomic_write(path, index.to_json())
+    _atomic_write(path, index.to_json())
     _atomic_write(out / _failures_name(opts), "".join(json.dumps(f, sort_keys=True) + "\n" for f in failures))
     summary.failures, summary.shards, summary.groups = len(failures), len(recs), index.groups
     return str(path)

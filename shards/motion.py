@@ -4,7 +4,7 @@
 inside zarr's sharding codec (one file per array, however many rows). Rows of a group's camera are found
 through ``GroupMeta.motion_rows`` (as :class:`MotionRows`, our one reader, does) or, by a reader without
 the shards, through the sub-group's attributes
-``{"rows": {key: {camera: first_row}}, "frames": {key: T}, "grid": {key: [gh, gw]}}`` — plain
+``{"rows": {key: {camera: first_row}}, "frames": {key: {camera: T}}, "grid": {key: [gh, gw]}}`` — plain
 ``zarr.open`` is all a reader needs. When the groups of one shard were stored at different sizes, the
 arrays take the largest grid and a group's cells sit in the top-left corner (``grid`` says how many).
 
@@ -120,7 +120,11 @@ class MotionRows:
             raise ContractError(f"{group.shard}: group {group.key} has no motion rows for camera {camera}")
         gh, gw = motion_grid(*group.meta.size, self.cell)
         first, last = int(indices.min()), int(indices.max())
-        rows = self._array(group.stem)[start + first:start + last + 1, :gh, :gw]
+        array = self._array(group.stem)
+        if array.ndim != 3 or array.shape[1] < gh or array.shape[2] < gw:
+            raise ContractError(f"{self.root}/motion.zarr/{group.stem}: {self.source} array of shape {array.shape} "
+                                f"cannot hold the {gh}x{gw} cell grid of {group.key}")
+        rows = array[start + first:start + last + 1, :gh, :gw]
         if len(rows) != last - first + 1:
             raise ContractError(f"{self.root}/motion.zarr/{group.stem}: rows {start + first}..{start + last} of "
                                 f"{group.key} camera {camera} are outside the array")

@@ -15,18 +15,34 @@ Layout of a dataset directory::
 Members of one sample (group key ``K``, no dots in ``K``)::
 
     K.json                        ``GroupMeta`` as JSON
-    K.c<cam:03d>.f<t:04d>.jpg     stored frame t of camera cam (all cameras share one time base)
+    K.c<cam:03d>.f<t:04d>.jpg     stored frame t of camera cam, t = 0 .. view_frames[cam] - 1
 
 (``split_member`` is the one reader of member names: key before the first dot, no directories.)
 
+Time (format 2): every view is stored whole — the official video, or the labelled cut of an untrimmed
+one — at the group's common frame rate, so a view may hold more frames than its siblings. Alignment
+only places the views on one timeline: stored frame ``offsets[cam] + k`` of every camera shows instant
+``k`` of the *common span*, the ``frames`` instants every view covers (``GroupMeta.span`` gives the
+span any subset of cameras shares). Pretraining samples the span its views share; finetuning and
+evaluation read each view's whole video. Format 1 (views trimmed to the common span, offsets counted
+in source frames) is refused with a message saying to preprocess again.
+
 Motion rows: in ``motion.zarr/<shard stem>/<source>``, camera ``cam`` of group ``K`` occupies the
-rows ``meta.motion_rows[str(cam)] ... + meta.frames``; row ``r`` holds the motion energy between stored
-frames t-1 and t on a grid of ``cell``x``cell`` pixel cells (grid = ceil(H/cell) x ceil(W/cell), the last
-row/column of cells averaging only the pixels they cover). Row t=0 repeats the value of t=1 (the
-first frame has no predecessor: reuse the next difference). ``framediff`` is in 0-255 pixel units.
-Each motion sub-group's attributes repeat that index for readers without the shards: ``rows``
-{key: {cam: first row}}, ``frames`` {key: T}, ``grid`` {key: [grid_h, grid_w]}, ``cell`` (see
-``mv2mae.shards.motion``: if a shard's groups differ in stored size, its arrays take the largest grid).
+rows ``meta.motion_rows[str(cam)] ... + meta.view_frames[str(cam)]``; row ``r`` holds the motion energy
+between stored frames t-1 and t of that camera on a grid of ``cell``x``cell`` pixel cells (grid =
+ceil(H/cell) x ceil(W/cell), the last row/column of cells averaging only the pixels they cover). Row
+t=0 repeats the value of t=1 (the first frame has no predecessor: reuse the next difference).
+``framediff`` is in 0-255 pixel units, ``flow``
+(optical-flow magnitude) in stored-frame pixels. Each motion sub-group's attributes repeat that index for readers
+without the shards: ``rows`` {key: {cam: first row}}, ``frames`` {key: {cam: stored frames}}, ``grid``
+{key: [grid_h, grid_w]}, ``cell`` (see ``mv2mae.shards.motion``: if a shard's groups differ in stored
+size, its arrays take the largest grid).
+
+Cameras: ``index.json``'s ``layout`` places the dataset's cameras ({cam: {"azimuth": degrees,
+"height": metres}}, either key optional) where the adapter knows it; the ``adjacent`` source policy
+reads it (``mv2mae.data.sampling.choose_views``). ``ShardEntry.camera_sets`` counts a shard's groups
+by the cameras they hold, so a protocol knows how many groups can form a multi-view sample without
+reading one.
 """
 
 from __future__ import annotations
@@ -34,12 +50,12 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 FORMAT = "mv2mae-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: whole views + common-span offsets; camera sets per shard; layout
 INDEX_FILE = "index.json"
 FAILURES_FILE = "failures.jsonl"
 MOTION_STORE = "motion.zarr"
@@ -109,14 +125,16 @@ class GroupMeta:
     subject: int
     cameras: list[int]  # camera ids in stored order
     fps: float  # common frame rate of the stored frames
-    frames: int  # common frame count of every view
+    frames: int  # length of the common span: the instants every view covers
     size: list[int]  # stored frame [width, height]
     partition: str
+    view_frames: dict[str, int]  # cam -> stored frames of that view (its whole video)
+    offsets: dict[str, int]  # cam -> stored frame of that view where the common span starts
     setup: int | None = None
     replication: int | None = None
     label_name: str = ""
     crop: dict[str, list[int] | None] = field(default_factory=dict)  # cam -> [x0, y0, x1, y1] source px
-    offsets: dict[str, int] = field(default_factory=dict)  # cam -> first source frame used (common fps)
+    source_start: dict[str, int] = field(default_factory=dict)  # cam -> source frame (common fps) of stored frame 0
     motion_rows: dict[str, int] = field(default_factory=dict)  # cam -> first row in the shard's motion arrays
     source: dict[str, str] = field(default_factory=dict)  # cam -> source path relative to --root
     extra: dict[str, Any] = field(default_factory=dict)  # adapter-specific fields (e.g. PKU-MMD sequence id)
@@ -129,22 +147,92 @@ class GroupMeta:
             raise ContractError(f"{self.key}: cameras must be distinct and non-empty, got {self.cameras}")
         if len(self.size) != 2:
             raise ContractError(f"{self.key}: size must be [width, height], got {self.size}")
+        self._check_timeline()
+
+    def _check_timeline(self) -> None:
+        """Every camera has a stored length and an offset, and ``frames`` is exactly the common span."""
+        cams = {str(c) for c in self.cameras}
+        for name in ("view_frames", "offsets"):
+            if set(getattr(self, name)) != cams:
+                raise ContractError(f"{self.key}: {name} {sorted(getattr(self, name))} must name the cameras "
+                                    f"{self.cameras}")
+        ends = [self.view_frames[c] - self.offsets[c] for c in cams]
+        if min(self.offsets.values()) != 0 or min(ends) != self.frames:
+            raise ContractError(f"{self.key}: offsets {self.offsets} and view_frames {self.view_frames} do not "
+                                f"give a common span of {self.frames} frames starting at offset 0 of some view")
+
+    def span(self, cameras: list[int]) -> tuple[dict[int, int], int]:
+        """The span ``cameras`` share: each camera's stored frame where it starts, and its length (at least
+        the common span's ``frames``; longer when the others' views overhang it)."""
+        start = max(-self.offsets[str(c)] for c in cameras)
+        end = min(self.view_frames[str(c)] - self.offsets[str(c)] for c in cameras)
+        return {c: start + self.offsets[str(c)] for c in cameras}, end - start
 
     def to_json(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str | dict, where: str = "") -> GroupMeta:
-        obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
-        known = {f.name for f in fields(cls)}
-        required = ["key", "dataset", "label", "subject", "cameras", "fps", "frames", "size", "partition"]
-        missing = [k for k in required if k not in obj]
+        """Parse and type-check metadata that may come from a stranger's shard: anything malformed is a
+        ``ContractError`` naming ``where`` (the shard and member), never another exception."""
+        where = where or "metadata"
+        try:
+            obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
+        except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise ContractError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise ContractError(f"{where}: metadata must be a JSON object, got {type(obj).__name__}")
+        missing = [k for k in _META_REQUIRED if k not in obj]
         if missing:
-            raise ContractError(f"{where or 'metadata'}: missing fields {missing}")
-        unknown = sorted(set(obj) - known)
+            raise ContractError(f"{where}: missing fields {missing}")
+        unknown = sorted(set(obj) - set(_META_TYPES))
         if unknown:
-            raise ContractError(f"{where or 'metadata'}: unknown fields {unknown}")
-        return cls(**obj)
+            raise ContractError(f"{where}: unknown fields {unknown}")
+        wrong = [f"{k} ({type(v).__name__})" for k, v in obj.items() if not _META_TYPES[k](v)]
+        if wrong:
+            raise ContractError(f"{where}: fields of the wrong type: {', '.join(wrong)}")
+        try:
+            return cls(**obj)
+        except ContractError as e:
+            raise ContractError(f"{where}: {e}") from None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int_list(v: Any) -> bool:
+    return isinstance(v, list) and all(_is_int(x) for x in v)
+
+
+def _str_map(value_ok):
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and value_ok(x) for k, x in v.items())
+
+
+# What each metadata field must hold (a stranger's shard is checked against this before any use).
+_META_TYPES = {
+    "key": lambda v: isinstance(v, str), "dataset": lambda v: isinstance(v, str), "label": _is_int,
+    "subject": _is_int, "cameras": _int_list, "frames": _is_int, "partition": lambda v: isinstance(v, str),
+    "fps": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+    "size": lambda v: _int_list(v) and len(v) == 2 and min(v) > 0,
+    "setup": lambda v: v is None or _is_int(v), "replication": lambda v: v is None or _is_int(v),
+    "label_name": lambda v: isinstance(v, str),
+    "crop": _str_map(lambda x: x is None or (_int_list(x) and len(x) == 4)),
+    "view_frames": _str_map(lambda x: _is_int(x) and x >= 1), "offsets": _str_map(_is_int),
+    "source_start": _str_map(_is_int), "motion_rows": _str_map(lambda x: _is_int(x) and x >= 0),
+    "source": _str_map(lambda x: isinstance(x, str)), "extra": lambda v: isinstance(v, dict),
+}
+_META_REQUIRED = ("key", "dataset", "label", "subject", "cameras", "fps", "frames", "size", "partition", "view_frames",
+                  "offsets")
+
+
+def camera_set_key(cameras: list[int]) -> str:
+    """``[3, 1]`` -> ``'1,3'``: the key of ``ShardEntry.camera_sets``."""
+    return ",".join(str(c) for c in sorted(cameras))
+
+
+def parse_camera_set(key: str) -> set[int]:
+    return {int(c) for c in key.split(",")}
 
 
 @dataclass
@@ -159,6 +247,7 @@ class ShardEntry:
     subjects: list[int]
     setups: list[int]
     cameras: list[int]
+    camera_sets: dict[str, int]  # ``camera_set_key(group cameras)`` -> groups holding exactly those cameras
     keys: list[str]
 
 
@@ -173,10 +262,24 @@ class DatasetIndex:
     cell: int
     motion: list[str]  # motion sources present in motion.zarr
     shards: list[ShardEntry]
+    layout: dict[str, dict[str, float]] = field(default_factory=dict)  # cam -> {"azimuth": deg, "height": m}
     tool_version: str = ""
     args: dict[str, Any] = field(default_factory=dict)
     format: str = FORMAT
     version: int = FORMAT_VERSION
+    # the class-swap table of a left-right mirror: flip_classes[c] is the class a mirrored video of
+    # class c shows (c itself for symmetric actions; an involution). None: the dataset does not say,
+    # so a label-keeping flip is not known to be safe (``data.flip``).
+    flip_classes: list[int] | None = None
+
+    def __post_init__(self) -> None:
+        table = self.flip_classes
+        if table is None:
+            return
+        n = len(self.classes)
+        if sorted(table) != list(range(n)) or any(table[table[c]] != c for c in range(n)):
+            raise ContractError(f"flip_classes {table} is not a class-swap table of the {n} classes "
+                                f"(a permutation that is its own inverse)")
 
     @property
     def groups(self) -> int:
@@ -192,12 +295,15 @@ class DatasetIndex:
         if obj.get("format") != FORMAT:
             raise ContractError(f"{where}: not an {FORMAT} index (format={obj.get('format')!r})")
         if obj.get("version") != FORMAT_VERSION:
-            raise ContractError(f"{where}: format version {obj.get('version')} unsupported (want {FORMAT_VERSION})")
+            old = obj.get("version") == 1
+            raise ContractError(f"{where}: format version {obj.get('version')} unsupported (want {FORMAT_VERSION})"
+                                + ("; format 1 trimmed every view to the span all views share — run "
+                                   "`mv2mae preprocess` again into a new --out" if old else ""))
         obj = {k: v for k, v in obj.items() if k != "groups"}
         try:
             obj["shards"] = [ShardEntry(**s) for s in obj["shards"]]
             return cls(**obj)
-        except (TypeError, KeyError) as e:
+        except (TypeError, KeyError, ContractError) as e:
             raise ContractError(f"{where}: malformed index ({e})") from e
 
 

@@ -2,11 +2,16 @@
 
 ``train RUN_DIR ACCUM BATCH`` trains the tiny pretraining config on the world-size-independent in-memory
 source; ``eval DATA OUT.json`` makes one exact evaluation pass over real shards and writes, on rank 0,
-the gathered rows."""
+the gathered rows; ``fault RUN_DIR SIGNAL`` trains 4 steps with a checkpoint every 2 and a 10-second
+collective timeout, and rank 1 sends itself SIGNAL (STOP or KILL) as it asks for the batch of step 3
+(writing RUN_DIR/fault first; every rank writes its pid to RUN_DIR/rank<r>.pid); ``fault RUN_DIR none``
+resumes such a run."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -32,6 +37,31 @@ def train(run_dir: str, accum: int, batch: int) -> None:
     cleanup()
 
 
+class FaultySource(GlobalBatchSource):
+    """Rank 1 sends itself a real signal when asked for micro-batch ``at`` (writing ``mark`` first)."""
+
+    def __init__(self, cfg, rank, world, sig, at, mark):
+        super().__init__(cfg, rank=rank, world=world)
+        self.sig, self.at, self.mark = sig, at, mark
+
+    def batches(self, start):
+        for i, batch in enumerate(super().batches(start), start):
+            if self.sig is not None and self.rank == 1 and i == self.at:
+                self.mark.write_text(str(self.sig))
+                os.kill(os.getpid(), self.sig)
+            yield batch
+
+
+def fault(run_dir: str, sig: str) -> None:
+    cfg = tiny_config("pretrain", "steps=4", "loop.ckpt_every=2", "loop.collective_timeout=10")
+    env = setup("cpu", cfg.loop.collective_timeout)
+    Path(run_dir, f"rank{env.rank}.pid").write_text(str(os.getpid()))  # for the test to clean up after
+    source = FaultySource(cfg, env.rank, env.world_size, None if sig == "none" else getattr(signal, f"SIG{sig}"),
+                          at=2, mark=Path(run_dir, "fault"))
+    Trainer(cfg, PretrainTask(cfg), source, run_dir, env, resume="auto").fit()
+    cleanup()
+
+
 def evaluate(data: str, out: str) -> None:
     env = setup("cpu")
     cfg = tiny_config("finetune")
@@ -45,4 +75,6 @@ def evaluate(data: str, out: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"train": lambda: train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])), "eval": lambda: evaluate(sys.argv[2], sys.argv[3])}[sys.argv[1]]()
+    {"train": lambda: train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])),
+     "eval": lambda: evaluate(sys.argv[2], sys.argv[3]),
+     "fault": lambda: fault(sys.argv[2], sys.argv[3])}[sys.argv[1]]()

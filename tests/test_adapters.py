@@ -61,10 +61,13 @@ def test_ntu_naming_classes_partitions_and_skeletons(tmp_path):
     ntu120 = scan("ntu120", tmp_path)
     assert len(ntu60.classes) == 60 and len(ntu120.classes) == 120
     assert ntu120.classes[0] == "drink water" and ntu120.classes[60] == "put on headphone"
-    assert [g.key for g in ntu60.groups] == ["S002P007R002A005", "S001P007R002A005"]  # P007-S0 first
-    assert {g.partition for g in ntu120.groups} == {"P007-S1", "P007-S0"}
+    # P007-S0 first; the lone camera's group is kept (a valid finetuning / test video), its absences recorded
+    assert [g.key for g in ntu60.groups] == ["S002P007R002A005", "S001P007R002A005", "S001P008R001A001"]
+    assert {g.partition for g in ntu120.groups} == {"P007-S1", "P007-S0", "P008-S1"}
     assert sum("outside the 60 classes" in f["reason"] for f in ntu60.failures) == 6
-    assert any("1 camera(s)" in f["reason"] for f in ntu120.failures)
+    assert [f["reason"][:16] for f in ntu120.failures if f.get("group") == "S001P008R001A001"] == [
+        "camera 2 missing", "camera 3 missing"]
+    assert ntu60.layout == {"1": {"azimuth": 0.0}, "2": {"azimuth": -45.0}, "3": {"azimuth": 45.0}}
     g = next(g for g in ntu120.groups if g.key == "S001P007R002A061")
     assert g.label == 60 and g.subject == 7 and g.setup == 1 and g.replication == 2
     assert [v.camera for v in g.views] == [1, 2, 3]
@@ -114,18 +117,22 @@ def test_nucla_image_folders_end_to_end(tmp_path):
     root = tmp_path / "multiview_action"
     for view in (1, 2, 3):
         _image_folder(root / f"view_{view}" / "a08_s03_e01", 20 + view, seed=view)
-    _image_folder(root / "view_1" / "a01_s01_e00", 20, seed=4)  # only one view: recorded, not kept
+    _image_folder(root / "view_1" / "a01_s01_e00", 20, seed=4)  # only one view: kept, its absences recorded
     result = scan("nucla", tmp_path)
-    assert [g.key for g in result.groups] == ["a08_s03_e01"]
-    g = result.groups[0]
+    assert [g.key for g in result.groups] == ["a01_s01_e00", "a08_s03_e01"]
+    g = result.groups[1]
     assert g.label == 6 and g.label_name == "donning" and g.partition == "s03" and g.subject == 3
-    assert any("1 camera(s)" in f["reason"] for f in result.failures)
+    assert [f["file"] for f in result.failures] == ["a01_s01_e00: view 2", "a01_s01_e00: view 3"]
     out = tmp_path / "out"
     summary = run("nucla", tmp_path, out, size=48, workers=1, image_fps=30.0)
-    assert summary.written == 1
-    meta = group_metas(out)["a08_s03_e01"]
+    assert (summary.written, summary.single_camera, summary.failed) == (2, 1, 0)
+    metas = group_metas(out)
+    meta = metas["a08_s03_e01"]
     assert meta.cameras == [1, 2, 3] and 20 <= meta.frames <= 21 and meta.size == [64, 48]
+    assert meta.view_frames == {"1": 21, "2": 22, "3": 23}  # whole views, whatever the common span
     assert meta.source["1"] == "multiview_action/view_1/a08_s03_e01"
+    lone = metas["a01_s01_e00"]  # a one-camera group is a whole, usable video
+    assert (lone.cameras, lone.frames, lone.view_frames, lone.offsets) == ([1], 20, {"1": 20}, {"1": 0})
 
 
 def test_nucla_video_layout(tmp_path):
@@ -144,7 +151,7 @@ def test_nucla_video_layout(tmp_path):
 # --- PKU-MMD Phase II -----------------------------------------------------------------------------
 
 def _pku_tree(root: Path) -> None:
-    for seq in ("A01N01", "A02N03"):
+    for seq in ("A01N01", "A02N03", "A03N02"):  # the split file lists A03N02 on neither side
         for i, view in enumerate("LMR"):
             _video(root / "RGB_VIDEO" / f"{seq}-{view}.avi", 60, seed=i)
             # per-view label files; R is off by one frame (views are not frame-locked)
@@ -163,25 +170,33 @@ def test_pkummd2_instances_splits_end_to_end(tmp_path):
     _pku_tree(tmp_path)
     result = scan("pkummd2", tmp_path)
     assert result.classes == ["action 03", "action 12"]
-    assert [(g.key, g.partition, g.label) for g in result.groups] == [  # sorted by (partition, key)
+    # sorted by (partition, key); A03N02 is in neither official list: in no split, not in "test"
+    assert [(g.key, g.partition, g.label) for g in result.groups] == [
         ("A02N03_i000", "xsub_test", 1), ("A02N03_i001", "xsub_test", 0),
         ("A01N01_i000", "xsub_train", 1), ("A01N01_i001", "xsub_train", 0)]
+    assert result.unlisted == 2
+    assert [f["reason"] for f in result.failures] == [
+        "sequence A03N02 is in neither list of cross_subject_v2.txt: its 2 instance(s) are left out of every split"]
     views = {v.camera: (v.start, v.end) for v in result.groups[0].views}
     assert views == {1: (5, 25), 2: (5, 25), 3: (6, 26)}
     assert result.meta["splits"]["cross_view"] == {"train_cameras": [1, 3], "test_cameras": [2]}
     out = tmp_path / "out"
-    summary = run("pkummd2", tmp_path, out, size=48, workers=1, limit=2, max_lag=0)
-    assert summary.written == 2
+    summary = run("pkummd2", tmp_path, out, size=48, workers=1, max_lag=0)
+    assert (summary.written, summary.unlisted) == (4, 2)
     meta = group_metas(out)["A02N03_i001"]
-    assert meta.frames == 20 and meta.offsets == {"1": 30, "2": 30, "3": 31}
+    assert meta.frames == 20 and meta.source_start == {"1": 30, "2": 30, "3": 31}
     assert meta.extra["sequence"] == "A02N03" and meta.extra["label_id"] == 3
     index = read_index(out)
     assert index.args["meta"]["splits"]["cross_subject"]["test_partitions"] == ["xsub_test"]
     # the protocol reads the split the adapter recorded: whole shards, one per official side
     test_keys = select(index, "pkummd2_xsub", "test").keys
     train_keys = select(index, "pkummd2_xsub", "train").keys
-    assert sorted(test_keys) == ["A02N03_i000", "A02N03_i001"]  # --limit 2 wrote only the test side
-    assert train_keys == []
+    assert sorted(test_keys) == ["A02N03_i000", "A02N03_i001"]
+    assert sorted(train_keys) == ["A01N01_i000", "A01N01_i001"]
+    (tmp_path / "Split" / "cross_subject_v2.txt").write_text(
+        "Training videos: \nA01N01-L, A02N03-M\nValidation videos: \nA02N03-L\n")
+    with pytest.raises(AdapterError, match="sequence A02N03 has views in both splits"):
+        scan("pkummd2", tmp_path)
 
 
 def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):
@@ -196,7 +211,7 @@ def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):
         stored = cv2.imdecode(np.frombuffer(tf.extractfile("A02N03_i001.c001.f0000.jpg").read(), np.uint8), 1)
     errors = [np.abs(cv2.resize(f, (64, 48), interpolation=cv2.INTER_AREA).astype(int) - stored).mean()
               for f in frames]
-    assert int(np.argmin(errors)) == meta.offsets["1"] == 30
+    assert int(np.argmin(errors)) == meta.source_start["1"] == 30
 
 
 # --- ETRI-Activity3D -------------------------------------------------------------------------------
@@ -255,6 +270,17 @@ def test_manifest_relative_paths_names_and_ranges(tmp_path):
     metas = group_metas(out)
     assert metas["take1"].frames == 24 and metas["take1"].source["2"] == "clips/take1_side.mp4"
     assert metas["take_2"].frames == 30 and metas["take_2"].cameras == [1, 2]
+
+
+def test_manifest_angle_column_places_the_cameras(tmp_path):
+    csv = tmp_path / "m.csv"
+    rows = ["group,camera,path,label,subject,angle", "g1,front,a.mp4,wave,1,0", "g1,left,b.mp4,wave,1,-60",
+            "g2,front,c.mp4,clap,2,", "g2,top,d.mp4,clap,2,"]
+    csv.write_text("\n".join(rows) + "\n")
+    assert scan("manifest", csv).layout == {"1": {"azimuth": 0.0}, "2": {"azimuth": -60.0}}  # top: no angle
+    csv.write_text("\n".join(rows[:2] + ["g2,front,c.mp4,clap,2,10"]) + "\n")
+    with pytest.raises(AdapterError, match="m.csv:3: camera 'front' at angle 10, but line 2 puts it at 0"):
+        scan("manifest", csv)
 
 
 def test_manifest_errors_name_the_line(tmp_path):

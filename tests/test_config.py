@@ -32,6 +32,15 @@ def test_paper_recipe_values():
     assert (fin.finetune.mixup, fin.finetune.cutmix, fin.finetune.label_smoothing) == (0.8, 1.0, 0.1)
 
 
+def test_transfer_presets_do_what_their_comment_says():
+    """Small target sets: more epochs, smaller batches, a steeper layer decay than the NTU recipe."""
+    ntu = load_config("ntu60_xsub", "finetune")
+    for name in TRANSFER:
+        cfg = load_config(name, "finetune")
+        assert cfg.schedule.epochs > ntu.schedule.epochs and cfg.optim.batch_size < ntu.optim.batch_size, name
+        assert cfg.optim.layer_decay == 0.7 < ntu.optim.layer_decay, name
+
+
 def test_overrides_are_typed_and_scale_the_lr():
     cfg = load_config("tiny", "pretrain", ["steps=7", "optim.base_lr=1e-3", "optim.batch_size=8",
                                            "optim.accum_steps=2", "model.tau=inf", "data.crop_scale=[0.3, 1]"])

@@ -1,6 +1,7 @@
 """Evaluation: softmax averaging over clips × crops, per-camera and fused accuracy, and the whole
 pretrain → finetune → eval → probe → report chain through the CLI on real shards."""
 
+import csv
 import json
 
 import numpy as np
@@ -11,8 +12,11 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.eval.metrics import aggregate, topk_correct
+from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
+from mv2mae.model.checkpoint import load_checkpoint
+from mv2mae.shards.schema import read_index
+from mv2mae.train.logs import read_log
 
 
 def test_averaging_softmax_over_clips_changes_the_answer():
@@ -41,6 +45,13 @@ def test_per_camera_and_fused_accuracy():
     assert res["videos"]["top1"] == 0.75 and res["fused"] == {"top1": 1.0, "top5": 1.0, "count": 2}
     assert res["chance_top1"] == pytest.approx(1 / 3)
     assert np.array(res["confusion"]).sum() == 4
+    # per class (rows = true class): class 0 both videos right, class 1 never shown, class 2 one of two
+    assert res["per_class"] == [{"top1": 1.0, "count": 2}, {"top1": None, "count": 0}, {"top1": 0.5, "count": 2}]
+    assert res["mean_class_top1"] == 0.75  # over the classes present
+    videos = video_predictions(np.array(p), vid, key, cam, lab, ["a", "b", "c"], k=2)
+    assert [(v["video_id"], v["label"], v["predicted"], v["correct"]) for v in videos] == [
+        ("g1/c1", "c", "b", False), ("g1/c2", "c", "c", True), ("g2/c1", "a", "a", True), ("g2/c2", "a", "a", True)]
+    assert videos[0]["top"] == ["b", "c"] and videos[0]["scores"] == [0.5, 0.4]
 
 
 def test_inconsistent_rows_are_rejected():
@@ -75,9 +86,10 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
                            "optim.batch_size=4", "loop.log_every=1", "loop.ckpt_every=2", "loop.recon_every=2"]
             for x in ("--set", item)]
     pre, fin, ev = tmp_path / "pre", tmp_path / "fin", tmp_path / "eval"
-    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=2")
+    stats = ["--set", "model.pixel_mean=[0.5, 0.4, 0.3]", "--set", "model.pixel_std=[0.2, 0.25, 0.3]"]
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, *stats, "--set", "steps=2")
     # continuing the same run to 4 steps: --resume auto picks the step-2 checkpoint up
-    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, "--set", "steps=4",
+    invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", pre, *sets, *stats, "--set", "steps=4",
            "--resume", "auto")
     assert [json.loads(line)["step"] for line in (pre / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert (pre / "recon" / "step-00000004.png").is_file() and (pre / "config.yaml").is_file()
@@ -85,17 +97,34 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     refused = CliRunner().invoke(app, ["pretrain", "--config", "tiny", "--data", str(synth_data), "--out", str(pre)])
     assert refused.exit_code == 1 and "--resume auto" in refused.output
 
-    invoke("finetune", "--config", "tiny", "--data", synth_data, "--init", pre / "checkpoints" / "best.pt",
-           "--out", fin, *sets, "--set", "steps=3", "--set", "finetune.mixup=0.8", "--set", "finetune.cutmix=1.0")
+    invoke("finetune", "--config", "tiny", "--data", synth_data, "--init", pre / "checkpoints" / "lowest-train-loss.pt",
+           "--out", fin, *sets, "--set", "steps=3", "--set", "finetune.mixup=0.8", "--set", "finetune.cutmix=1.0",
+           "--set", "finetune.val_every=1", "--set", "data.eval_clips=1", "--set", "data.eval_crops=1")
+    # the finetuned checkpoint is chosen on the validation split (held-out training subjects), not on the loss
+    scored = [r for r in read_log(fin) if "val_top1" in r]
+    assert [r["step"] for r in scored] == [1, 2, 3]
+    best = max(scored, key=lambda r: (r["val_top1"], -r["step"]))
+    chosen = load_checkpoint(fin / "checkpoints" / "best-val-top1.pt")
+    assert chosen["step"] == best["step"] and chosen["metrics"]["val_top1"] == best["val_top1"]
+    assert chosen["classes"] == read_index(synth_data).classes
+    assert not (fin / "checkpoints" / "lowest-train-loss.pt").exists()
+    # finetuning normalises as the pretraining did (its pixel statistics come with the encoder)
+    finetuned = load_checkpoint(fin / "checkpoints" / "step-00000003.pt")["config"]
+    assert (finetuned["pixel_mean"], finetuned["pixel_std"]) == ([0.5, 0.4, 0.3], [0.2, 0.25, 0.3])
     out = invoke("eval", "--checkpoint", fin / "checkpoints" / "step-00000003.pt", "--out", ev, "--clips", "1",
                  "--crops", "2", "--workers", "1")
-    assert "camera 1" in out and "fused" in out
+    assert "camera 1" in out and "fused" in out and "mean over classes" in out
     res = json.loads((ev / "results.json").read_text())
     assert res["protocol"] == "synth_xview" and list(res["per_camera"]) == ["1"]
     assert res["clips"]["count"] == 2 * res["videos"]["count"] and (ev / "confusion.png").is_file()
+    assert sum(c["count"] for c in res["per_class"]) == res["videos"]["count"] == sum(map(sum, res["confusion"]))
+    with (ev / "predictions.csv").open() as f:
+        videos = list(csv.DictReader(f))
+    assert len(videos) == res["videos"]["count"] and {v["video_id"][-4:] for v in videos} == {"c001"}
+    assert sum(v["correct"] == "1" for v in videos) == round(res["videos"]["top1"] * len(videos))
 
     probe = tmp_path / "probe"
-    invoke("probe", "--checkpoint", pre / "checkpoints" / "best.pt", "--method", "knn", "--out", probe,
+    invoke("probe", "--checkpoint", pre / "checkpoints" / "lowest-train-loss.pt", "--method", "knn", "--out", probe,
            "--clips", "1", "--crops", "1", "--workers", "1")
     assert json.loads((probe / "results.json").read_text())["method"] == "knn"
 
@@ -105,6 +134,7 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
            "--timings", timings, "--probe", probe)
     report = (tmp_path / "r" / "report.md").read_text()
     assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
+    assert "mean over classes" in report and f"best-val-top1.pt = step {best['step']}" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
         assert (tmp_path / "r" / png).is_file(), png
 

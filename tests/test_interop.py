@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
+import json
+
 import cv2
 import numpy as np
 import pytest
 import torch
+from fixtures_data import session_synth_data
+from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae import interop
 from mv2mae.cli import app
 from mv2mae.eval.embed import embed_video, read_video_clips
-from mv2mae.model import MV2MAE, ModelConfig
-from mv2mae.model.checkpoint import CheckpointError, load_checkpoint, load_mv2mae, save_model_state
+from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier
+from mv2mae.model.checkpoint import (
+    CheckpointError,
+    init_classifier,
+    load_checkpoint,
+    load_classifier,
+    load_mv2mae,
+    save_model_state,
+)
+from mv2mae.shards.schema import read_index
 
 transformers = pytest.importorskip("transformers")
-from transformers import VideoMAEConfig, VideoMAEForPreTraining, VideoMAEModel  # noqa: E402
+from transformers import (  # noqa: E402
+    VideoMAEConfig,
+    VideoMAEForPreTraining,
+    VideoMAEForVideoClassification,
+    VideoMAEModel,
+    pipeline,
+)
 
 torch.set_num_threads(2)
 FRAMES, SIZE = 4, 32
@@ -85,6 +103,28 @@ def test_hf_pretraining_parity_with_decoder(tmp_path, clip_batch):
         assert torch.allclose(again(clip_batch, bool_masked_pos=mask).logits, theirs.logits, atol=1e-6)
 
 
+def test_classifier_is_transformers_mean_pooling_classifier(tmp_path, clip_batch):
+    """Finetuning starts as VideoMAE's does: a pretrained encoder (with a final norm) becomes a classifier
+    whose logits equal ``VideoMAEForVideoClassification(use_mean_pooling=True)`` on the same weights —
+    the encoder without its final norm, mean pool, ``fc_norm``, linear head."""
+    pre = random_hf(VideoMAEForPreTraining, use_mean_pooling=False)
+    pre.save_pretrained(tmp_path / "pre")
+    interop.convert("hf", tmp_path / "pre", tmp_path / "ck.pt")
+    ours = init_classifier(tmp_path / "ck.pt", load_mv2mae(tmp_path / "ck.pt").cfg, num_classes=5).eval()
+    with torch.no_grad():
+        for p in (*ours.fc_norm.parameters(), *ours.head.parameters()):
+            p.copy_(torch.randn_like(p))
+    theirs = VideoMAEForVideoClassification(hf_config(use_mean_pooling=True, num_labels=5)).eval()
+    encoder = {k.removeprefix("videomae."): v for k, v in pre.state_dict().items()
+               if k.startswith("videomae.") and not k.startswith("videomae.layernorm.")}
+    theirs.videomae.load_state_dict(encoder, strict=True)
+    theirs.fc_norm.load_state_dict(ours.fc_norm.state_dict())
+    theirs.classifier.load_state_dict(ours.head.state_dict())
+    with torch.no_grad():
+        # transformers' fc_norm uses eps 1e-5 where ours follows layer_norm_eps: tiny difference
+        assert (ours(clip_batch.transpose(1, 2)) - theirs(clip_batch).logits).abs().max() < 1e-4
+
+
 def mcg_layout(hf: VideoMAEForPreTraining) -> dict[str, torch.Tensor]:
     """The MCG-NJU pretraining checkpoint layout of an HF model (fused qkv, separate q/v biases)."""
     sd = hf.state_dict()
@@ -137,7 +177,7 @@ def test_mcg_nju_videomae_checkpoint_import(tmp_path, clip_batch):
 
 def test_export_refuses_positions_transformers_cannot_represent(tmp_path):
     cfg = ModelConfig(frames=FRAMES, image_size=SIZE, embed_dim=48, depth=1, num_heads=4, decoder_dim=24,
-                      decoder_depth=1, decoder_heads=2, cross_decoder_depth=1)
+                      decoder_depth=1, decoder_heads=2, cross_decoder_depth=1, pos_embed="sincos3d")
     with pytest.raises(CheckpointError, match="sincos3d"):
         interop.export_hf(MV2MAE(cfg), tmp_path / "out")
 
@@ -209,3 +249,63 @@ def test_embed_matches_encoder_on_the_same_pixels(tmp_path):
     with torch.no_grad():
         expected = model.encoder(x).mean(dim=1)
     assert np.allclose(feats, expected.numpy(), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def synth_data(tmp_path_factory):
+    return session_synth_data(tmp_path_factory)
+
+
+def test_a_finetuned_classifier_exports_to_a_transformers_video_classification_pipeline(synth_data, tmp_path):
+    """What a user trains exports: a finetuned classifier becomes VideoMAEForVideoClassification with the
+    dataset's class names, checked against transformers right after export, and transformers' own
+    video-classification pipeline loads the directory and predicts what our model predicts."""
+    sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2",
+                           "data.workers=0", "optim.batch_size=4", "steps=2", "data.val_by=none"] for x in ("--set", item)]
+    runner = CliRunner()
+    res = runner.invoke(app, ["finetune", "--config", "tiny", "--data", str(synth_data), "--out", str(tmp_path / "ft"),
+                              *sets])
+    assert res.exit_code == 0, res.output
+    ck, out = tmp_path / "ft" / "checkpoints" / "lowest-train-loss.pt", tmp_path / "hf"
+    res = runner.invoke(app, ["export", str(ck), str(out)])
+    assert res.exit_code == 0, res.output
+    assert "checked: transformers reproduces our outputs within" in res.output
+
+    classes = read_index(synth_data).classes
+    config = json.loads((out / "config.json").read_text())
+    assert config["architectures"] == ["VideoMAEForVideoClassification"] and config["use_mean_pooling"]
+    assert [config["id2label"][str(i)] for i in range(len(classes))] == classes
+    ours = load_classifier(ck).eval()
+    pre = json.loads((out / "preprocessor_config.json").read_text())
+    assert pre["image_mean"] == list(ours.cfg.pixel_mean) and pre["crop_size"]["height"] == ours.cfg.image_size
+
+    pipe = pipeline("video-classification", model=str(out))
+    video = synth_data.parent / "raw" / "nturgb+d_rgb" / "S001C001P001R001A001_rgb.avi"
+    frames = read_video_clips(video, ours.cfg.frames, 2, 48, 1)[0]  # [T, H, W, 3] RGB, decoded by us
+    answer = pipe(frames, top_k=len(classes))  # transformers 5 decodes file paths only with torchcodec + FFmpeg
+    assert sorted(a["label"] for a in answer) == sorted(classes)
+    pixels = pipe.video_processor(list(frames), return_tensors="pt")["pixel_values"]  # what the pipeline fed
+    with torch.no_grad():
+        probs = ours(pixels.transpose(1, 2)).softmax(-1)[0]
+    assert answer[0]["label"] == classes[int(probs.argmax())]
+    assert answer[0]["score"] == pytest.approx(float(probs.max()), abs=1e-4)
+
+
+def test_classifier_export_round_trip_and_the_check_that_catches_a_wrong_reading(tmp_path):
+    cfg = ModelConfig(frames=FRAMES, image_size=SIZE, embed_dim=48, depth=2, num_heads=4, decoder_dim=24,
+                      decoder_depth=1, decoder_heads=2, cross_decoder_depth=1, encoder_final_norm=False)
+    torch.manual_seed(0)
+    ours = VideoClassifier(cfg, 3).eval()
+    with torch.no_grad():  # every norm, bias and the head off its initialisation: a dropped key would show
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    out = interop.export_hf(ours, tmp_path / "hf", class_names=["a", "b", "c"])
+    assert interop.check_export(ours, out) < 1e-4
+    clip = torch.randn(2, 3, FRAMES, SIZE, SIZE)
+    theirs = transformers.VideoMAEForVideoClassification.from_pretrained(out).eval()
+    with torch.no_grad():
+        assert (theirs(clip.transpose(1, 2)).logits - ours(clip)).abs().max() < 1e-4
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(config | {"layer_norm_eps": 0.5}))  # read differently
+    with pytest.raises(CheckpointError, match="computes outputs .* away from ours"):
+        interop.check_export(ours, out)

@@ -19,10 +19,15 @@ ALLOWED = {
     "mv2mae.config": {"mv2mae.model", "mv2mae.data"},
     "mv2mae.train": {"mv2mae.model", "mv2mae.data", "mv2mae.config"},
     "mv2mae.eval": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.train"},
+    "mv2mae.api": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.eval"},  # the stable Python API
+    # a study runs every stage in one process: data preparation, training, evaluation
+    "mv2mae.experiment": {"mv2mae", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.model", "mv2mae.data",
+                          "mv2mae.config", "mv2mae.train", "mv2mae.eval"},
     "mv2mae.bench": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",
                      "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval"},
     "mv2mae.cli": {"mv2mae", "mv2mae.interop", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.tools", "mv2mae.model",
-                   "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval", "mv2mae.bench"},
+                   "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.eval", "mv2mae.bench",
+                   "mv2mae.experiment"},
     "mv2mae": set(),  # the package root holds the version and imports nothing of ours
 }
 

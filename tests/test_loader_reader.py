@@ -1,14 +1,17 @@
 """The shard stream reader: tar parsing, member selection by plan, and the split by rank and worker."""
 
 import io
+import json
 import tarfile
 
 import cv2
 import numpy as np
 import pytest
+import webdataset as wds
 from fixtures_data import session_synth_data
 
 from mv2mae.data.decode import crop_resize, decode_frames
+from mv2mae.data.sampling import Crop
 from mv2mae.shards.reader import (
     GroupSample,
     balanced_assignment,
@@ -66,7 +69,8 @@ def test_plan_keeps_only_the_wanted_members(synth_data):
     groups = list(tar_groups([{"url": str(synth_data / shard.name)}], plan=plan))
     assert [g["__key__"] for g in groups] == shard.keys[1:]
     for g in groups:
-        assert sorted(k for k in g if not k.startswith("__")) == ["c002.f0003.jpg", "json"]
+        assert sorted(k for k in g if not k.startswith("__")) == ["c002.f0003.jpg"]
+        assert g["__meta__"].key == g["__key__"]  # the metadata member arrives parsed and checked
         assert g["__plan__"] == ("decision", g["__key__"])
         assert cv2.imdecode(np.frombuffer(g["c002.f0003.jpg"], np.uint8), cv2.IMREAD_COLOR) is not None
 
@@ -95,10 +99,10 @@ def test_decoded_frames_are_rgb_and_cropped_to_the_box():
     rgb[:, 30:] = (0, 0, 255)  # blue, right half only
     ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1], fps=30.0, frames=1, size=[60, 40],
-                     partition="p")
+                     partition="p", view_frames={"1": 1}, offsets={"1": 0})
     group = GroupSample(meta=meta, shard="s.tar", members={"c001.f0000.jpg": jpeg.tobytes()})
     frames = decode_frames(group, 1, np.array([0]))
-    out = crop_resize(frames, np.array([0, 0]), (32, 0, 60, 40), 16)
+    out = crop_resize(frames, np.array([0, 0]), Crop((32, 0, 60, 40)), 16)
     assert out.shape == (2, 16, 16, 3) and out.flags.c_contiguous
     assert (out[..., 2] > 240).all() and (out[..., :2] < 15).all()
     with pytest.raises(ContractError, match="s.tar: group K has no member K.c001.f0001.jpg"):
@@ -110,3 +114,19 @@ def test_member_names_split_at_the_first_dot_and_refuse_directories():
     for foreign in ("K1", "dir/K1.json"):
         with pytest.raises(ContractError, match="s.tar: member .* is not KEY.EXT"):
             split_member(foreign, "s.tar")
+
+
+def test_plain_webdataset_reads_a_shard_as_one_sample_per_group(synth_data):
+    """For people with their own loaders: webdataset alone, no code of ours, gives one sample per group,
+    its metadata under "json" and one JPEG per stored frame and camera ("c001.f0000.jpg")."""
+    index = read_index(synth_data)
+    urls = [str(synth_data / s.name) for s in index.shards]
+    samples = list(wds.WebDataset(urls, shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [k for s in index.shards for k in s.keys]
+    for sample in samples:
+        meta = json.loads(sample["json"])
+        frames = sorted(k for k in sample if k.endswith(".jpg"))
+        assert meta["key"] == sample["__key__"] and len(frames) == sum(meta["view_frames"].values())
+        assert frames[0] == f"c{meta['cameras'][0]:03d}.f0000.jpg"
+        image = cv2.imdecode(np.frombuffer(sample[frames[-1]], np.uint8), cv2.IMREAD_COLOR)
+        assert image.shape == (meta["size"][1], meta["size"][0], 3)

@@ -1,22 +1,28 @@
-"""Pure sampling decisions and the cell-grid -> token-grid motion resampling (no shards needed)."""
+"""Pure sampling decisions and the cached motion's cell-grid -> token-grid resampling (no shards needed)."""
 
 import cv2
 import numpy as np
 import pytest
+import torch
 from scipy.stats import spearmanr
 
 from mv2mae.config import ConfigError, RunConfig, load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.motion import area_matrix, cache_token_motion, online_token_motion
+from mv2mae.data.motion import area_matrix, cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
+    Crop,
     choose_views,
     eval_boxes,
     eval_frame_indices,
     random_resized_box,
+    shared_clip,
     train_frame_indices,
 )
 from mv2mae.model.config import ModelConfig
+from mv2mae.preprocess.adapters.etri import ETRI_LAYOUT
+from mv2mae.preprocess.adapters.ntu import NTU_LAYOUT
 from mv2mae.preprocess.motion import framediff_grid
+from mv2mae.shards.schema import GroupMeta
 
 GEOM = ClipGeometry.of(ModelConfig(frames=8, image_size=32, tubelet=2, patch=8), DataConfig(stride=2))
 
@@ -42,13 +48,56 @@ def test_views_follow_the_policy_and_the_allowed_cameras():
     for _ in range(50):
         views = choose_views(cams, DataConfig(num_sources=2), rng)
         assert len(set(views)) == 3 and set(views) <= set(cams)
-        target, source = choose_views(cams, DataConfig(source_policy="adjacent"), rng)
-        assert abs(target - source) == 1
+        (alone,) = choose_views(cams, DataConfig(num_sources=0), rng)  # single-view pretraining
+        assert alone in cams
     fixed = DataConfig(source_policy="fixed", fixed_pairs=[[1, 2], [9, 3]])
     assert all(choose_views(cams, fixed, rng) == [1, 2] for _ in range(10))  # [9, 3] lacks camera 9
     assert choose_views([2], DataConfig(), rng) is None
     with pytest.raises(ValueError, match="fixed_pairs"):
         DataConfig(source_policy="fixed", fixed_pairs=[[1, 2, 3]])
+
+
+def test_adjacent_sources_follow_the_camera_layout_not_the_ids():
+    """NTU: camera 1 stands between 2 and 3 (45 degrees from each; 2 and 3 are 90 apart), so the nearest
+    view of camera 3 is camera 1, not camera 2. ETRI: the other height of the same position comes first."""
+    rng = np.random.default_rng(1)
+    adjacent = DataConfig(source_policy="adjacent")
+    nearest = {1: set(), 2: set(), 3: set()}
+    for _ in range(60):
+        target, source = choose_views([1, 2, 3], adjacent, rng, NTU_LAYOUT)
+        nearest[target].add(source)
+    assert nearest == {1: {2, 3}, 2: {1}, 3: {1}}
+    for _ in range(20):
+        target, *sources = choose_views(range(1, 9), DataConfig(source_policy="adjacent", num_sources=3), rng,
+                                        ETRI_LAYOUT)
+        pair = target + 1 if target % 2 else target - 1  # C001/C002, C003/C004, ...: one position
+        assert sources[0] == pair and len({(s - 1) // 2 for s in sources[1:]}) == 2  # then both neighbours
+        assert all(abs((s - 1) // 2 - (target - 1) // 2) in (1, 3) for s in sources[1:])
+    with pytest.raises(ValueError, match=r"cameras \[3\] have no place"):
+        choose_views([2, 3], adjacent, rng, {"2": {"azimuth": 0.0}})
+    farthest = {1: set(), 2: set(), 3: set()}
+    for _ in range(60):
+        target, source = choose_views([1, 2, 3], DataConfig(source_policy="opposite"), rng, NTU_LAYOUT)
+        farthest[target].add(source)
+    assert farthest == {1: {2, 3}, 2: {3}, 3: {2}}  # 2 and 3 stand 90 degrees apart, 1 between them
+
+
+def test_a_pretraining_clip_takes_the_same_instants_from_the_span_its_views_share():
+    """Three views whose common span is 23 frames; cameras 1 and 2 alone share 30, and a clip of that
+    pair may use all of them (only what the pair needs is trimmed)."""
+    meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1, 2, 3], fps=30.0, frames=23,
+                     size=[32, 32], partition="p", view_frames={"1": 30, "2": 40, "3": 25},
+                     offsets={"1": 0, "2": 5, "3": 2})
+    assert meta.span([1, 2]) == ({1: 0, 2: 5}, 30) and meta.span([1, 2, 3]) == ({1: 0, 2: 5, 3: 2}, 23)
+    assert meta.span([2, 3]) == ({2: 3, 3: 0}, 25)  # camera 3 starts 2 instants before the common span
+    rng = np.random.default_rng(0)
+    last = 0
+    for _ in range(40):
+        (c2, i2), (c1, i1) = shared_clip(meta, [2, 1], GEOM, rng)
+        assert (c2, c1) == (2, 1) and np.array_equal(i2 - 5, i1)  # one instant in both views
+        assert i1.min() >= 0 and i1.max() < 30 and i2.max() < 35
+        last = max(last, int(i1.max()))
+    assert last >= 23  # past the three-view span: the pair's own span is used
 
 
 def test_crop_boxes_lie_inside_the_frame():
@@ -89,7 +138,7 @@ def test_moving_square_has_the_highest_weights_after_any_crop():
         idx = train_frame_indices(len(clip), GEOM, rng)
         box = random_resized_box(96, 72, cfg, rng)
         first, last = idx.min(), idx.max() + 1
-        motion = cache_token_motion(rows[first:last], int(first), idx, box, (96, 72), 8, GEOM)
+        motion = cache_token_motion(rows[first:last], int(first), idx, Crop(box), (96, 72), 8, GEOM)
         tokens = motion.reshape(GEOM.grid)
         x0, y0, x1, y1 = box
         _, gh, gw = GEOM.grid
@@ -114,9 +163,9 @@ def test_cache_and_online_motion_agree_in_rank_on_the_square():
     rows = framediff_grid(clip, cell=8)
     idx = np.arange(GEOM.frames) * GEOM.stride + 3
     box = (0, 0, 96, 72)
-    cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, box, (96, 72), 8, GEOM)
+    cached = cache_token_motion(rows[idx.min():idx.max() + 1], int(idx.min()), idx, Crop(box), (96, 72), 8, GEOM)
     cropped = np.stack([cv2.resize(clip[i], (GEOM.size, GEOM.size), interpolation=cv2.INTER_AREA) for i in idx])
-    online = online_token_motion(cropped, GEOM)
+    online = clip_token_motion(torch.from_numpy(cropped).movedim(-1, 0), GEOM.tubelet, GEOM.patch).numpy()
     assert online.shape == cached.shape == (GEOM.tokens,)
     moving = (online > 1) | (cached > 1)
     assert moving.sum() >= 4

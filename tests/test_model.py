@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from model_helpers import tiny_cfg, tubelet_slice
 from timm.optim import param_groups_layer_decay
 
 from mv2mae.data.motion import clip_token_motion
@@ -22,23 +23,6 @@ from mv2mae.model.objective import (
 )
 
 torch.set_num_threads(2)
-
-
-def tiny_cfg(**overrides) -> ModelConfig:
-    base = dict(frames=4, image_size=32, tubelet=2, patch=8, embed_dim=48, depth=2, num_heads=3,
-                decoder_dim=48, decoder_depth=1, decoder_heads=3, cross_decoder_depth=1, mask_ratio=0.5)
-    return ModelConfig(**{**base, **overrides})
-
-
-def token_coords(cfg: ModelConfig, index: int) -> tuple[int, int, int]:
-    _, h, w = cfg.grid
-    return index // (h * w), (index // w) % h, index % w
-
-
-def tubelet_slice(cfg: ModelConfig, index: int):
-    t, h, w = token_coords(cfg, index)
-    return (slice(t * cfg.tubelet, (t + 1) * cfg.tubelet), slice(h * cfg.patch, (h + 1) * cfg.patch),
-            slice(w * cfg.patch, (w + 1) * cfg.patch))
 
 
 # ----------------------------------------------------------------------------- config and shapes

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
+from torch import nn
 
 from mv2mae.model import MV2MAE, ModelConfig, VideoClassifier
 from mv2mae.model.checkpoint import (
@@ -13,6 +16,7 @@ from mv2mae.model.checkpoint import (
     load_checkpoint,
     load_classifier,
     load_encoder,
+    load_feature_model,
     load_mv2mae,
     save_model_state,
 )
@@ -47,6 +51,33 @@ def test_finetuned_classifier_rebuilds_exactly_and_a_pretraining_checkpoint_is_r
         load_classifier(pre_path)
 
 
+def test_a_classifier_with_the_encoder_final_norm_is_refused_in_one_line(pretrained, tmp_path):
+    """The layout before the VideoMAE head (final norm per token, then mean and fc_norm) has no exact
+    conversion: evaluating such a checkpoint fails naming the file, never silently drops the norm."""
+    model, cfg, _ = pretrained
+    clf = VideoClassifier(cfg, num_classes=5)
+    old = {**clf.state_dict(), **{f"encoder.{k}": v for k, v in model.encoder.state_dict().items()
+                                  if k.startswith("norm.")}}
+    torch.save({"model": old, "config": cfg.to_dict()}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match=r"old\.pt: a classifier of the old layout") as err:
+        load_classifier(tmp_path / "old.pt")
+    assert "\n" not in str(err.value)
+    # as the start of a new finetune, it is one more pretrained encoder: the norm is dropped by name
+    assert not init_classifier(tmp_path / "old.pt", cfg, 3).cfg.encoder_final_norm
+
+
+def test_features_are_what_the_checkpoints_next_stage_reads(pretrained, tmp_path):
+    model, cfg, path = pretrained
+    clf = init_classifier(path, cfg, 4)
+    clf_path = save_model_state(tmp_path / "clf.pt", clf, clf.cfg)
+    video = torch.randn(2, 3, cfg.frames, cfg.image_size, cfg.image_size)
+    with torch.no_grad():
+        pooled = load_feature_model(path).eval().forward_features(video)
+        assert torch.allclose(pooled, model.encoder.eval()(video).mean(dim=1), atol=1e-6)  # final norm in
+        head_input = load_feature_model(clf_path).eval().forward_features(video)
+        assert torch.allclose(head_input, clf.eval().forward_features(video), atol=1e-6)  # fc_norm of the mean
+
+
 def test_round_trip_is_exact(pretrained):
     model, cfg, path = pretrained
     ckpt = load_checkpoint(path)
@@ -59,14 +90,20 @@ def test_round_trip_is_exact(pretrained):
     assert torch.equal(a.loss, b.loss) and torch.equal(a.pred_cross, b.pred_cross)
 
 
-def test_classifier_initialised_strictly_from_pretraining(pretrained):
+def test_classifier_initialised_strictly_from_pretraining_without_the_final_norm(pretrained):
+    """VideoMAE's mean-pooling classifier: encoder (its final norm dropped) -> mean -> fc_norm -> head."""
     model, cfg, path = pretrained
     clf = init_classifier(path, cfg, 3)
-    for name, tensor in model.encoder.state_dict().items():
-        assert torch.equal(clf.encoder.state_dict()[name], tensor), name
+    assert not clf.cfg.encoder_final_norm and "norm.weight" not in clf.encoder.state_dict()
+    for name, tensor in clf.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[name], tensor), name
+    unnormed = copy.deepcopy(model.encoder).eval()
+    unnormed.norm = nn.Identity()
     video = torch.randn(2, 3, cfg.frames, cfg.image_size, cfg.image_size)
     with torch.no_grad():
-        assert torch.allclose(clf.eval().forward_tokens(video), model.encoder.eval()(video))
+        tokens = unnormed(video)
+        assert torch.allclose(clf.eval().forward_tokens(video), tokens, atol=1e-6)
+        assert torch.allclose(clf.forward_features(video), clf.fc_norm(tokens.mean(dim=1)), atol=1e-6)
 
 
 def test_missing_unexpected_and_misshaped_keys_are_named(pretrained, tmp_path):
@@ -86,9 +123,9 @@ def test_missing_unexpected_and_misshaped_keys_are_named(pretrained, tmp_path):
     with pytest.raises(CheckpointError, match=r"no place in the encoder: mystery\.weight"):
         init_classifier(tmp_path / "stray.pt", cfg, 3)
     wide = dict(ckpt["model"])
-    wide["encoder.norm.weight"] = torch.ones(50)
+    wide["encoder.blocks.0.norm1.weight"] = torch.ones(50)
     torch.save({**ckpt, "model": wide}, tmp_path / "shape.pt")
-    with pytest.raises(CheckpointError, match=r"shape mismatches: norm\.weight"):
+    with pytest.raises(CheckpointError, match=r"shape mismatches: blocks\.0\.norm1\.weight"):
         init_classifier(tmp_path / "shape.pt", cfg, 3)
 
 
@@ -152,6 +189,7 @@ def test_mv2mae_initialised_from_full_or_encoder_only_checkpoints(pretrained, tm
     from_clf = init_mv2mae(clf_path, cfg)
     assert torch.equal(from_clf.encoder.blocks[0].attn.qkv.weight, clf.encoder.blocks[0].attn.qkv.weight)
     assert torch.equal(from_clf.self_decoder.head.weight, before)
+    assert torch.equal(from_clf.encoder.norm.weight, torch.ones(cfg.embed_dim))  # a classifier has none: fresh
     one_d = tiny_cfg(pos_embed="sinusoid1d")
     src = save_model_state(tmp_path / "1d.pt", MV2MAE(one_d), one_d)
     longer = init_mv2mae(src, one_d.with_(frames=8))

@@ -21,7 +21,7 @@ import zarr
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.preprocess.merge import MergeError, merge
+from mv2mae.preprocess.merge import merge
 from mv2mae.preprocess.motion import framediff_grid
 from mv2mae.preprocess.pipeline import PreprocessError, run
 from mv2mae.preprocess.synth import generate
@@ -30,6 +30,7 @@ from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import GroupMeta, motion_grid, parse_frame_ext, read_index
 
 SIZE = 72  # stored short side = the rendered height: decoding does not rescale
+ARRAY_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "cluster" / "preprocess_array.sbatch"
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def prepared(synth_root, tmp_path_factory) -> Path:
 
 
 def _motion(out: Path, shard: str, meta: GroupMeta, cam: int, frames=None) -> np.ndarray:
-    """Camera ``cam``'s framediff rows of one group (all frames, or ``frames`` in that order)."""
-    idx = np.arange(meta.frames) if frames is None else np.asarray(frames)
+    """Camera ``cam``'s framediff rows of one group (all its stored frames, or ``frames`` in that order)."""
+    idx = np.arange(meta.view_frames[str(cam)]) if frames is None else np.asarray(frames)
     rows, first = MotionRows(out, "framediff", read_index(out)).view(GroupSample(meta, shard, {}), cam, idx)
     return rows[idx - first]
 
@@ -91,7 +92,7 @@ def test_partitions_are_subject_by_setup_parity(prepared):
 def test_members_follow_the_contract(prepared):
     for key, (_, meta, names) in _metas(prepared).items():
         frames = sorted(parse_frame_ext(n[len(key) + 1:]) for n in names if not n.endswith(".json"))
-        assert frames == sorted((c, t) for c in meta.cameras for t in range(meta.frames))
+        assert frames == sorted((c, t) for c in meta.cameras for t in range(meta.view_frames[str(c)]))
         assert meta.size == [SIZE * 96 // 72, SIZE] and meta.fps == 30.0 and len(meta.cameras) == 3
         assert meta.label_name == read_index(prepared).classes[meta.label]
 
@@ -103,13 +104,21 @@ def test_offsets_match_ground_truth(prepared, synth_root):
     for key, (_, meta, _) in metas.items():
         world = {c: truth[key]["cameras"][f"C{c:03d}"]["offset"] for c in meta.cameras}
         ref = meta.cameras[0]
-        # offsets[c] is camera c's first used frame: start-of-span minus the camera's own start.
+        # offsets[c] is where the common span starts in camera c's stored frames: it starts as many
+        # frames later in c's video as c's recording started earlier.
         good += all(abs((meta.offsets[str(c)] - meta.offsets[str(ref)]) - (world[ref] - world[c])) <= 1
                     for c in meta.cameras)
-        # and the common span fits inside every camera's recording
-        for c in meta.cameras:
-            assert meta.offsets[str(c)] + meta.frames <= truth[key]["cameras"][f"C{c:03d}"]["frames"]
+        for c in meta.cameras:  # every view is stored whole: the test camera's video is the official one
+            assert meta.view_frames[str(c)] == truth[key]["cameras"][f"C{c:03d}"]["frames"]
     assert good / len(metas) >= 0.95, f"{good}/{len(metas)} groups aligned within +-1 frame"
+
+
+def test_views_are_aligned_to_a_training_camera(prepared):
+    """synth_xview tests camera 1, so camera 2 (a training camera) is every group's reference: the test
+    view never decides when a training view's span starts."""
+    for _, meta, _ in _metas(prepared).values():
+        align = meta.extra["align"]
+        assert align["reference"] == 2 and align["lags"][meta.cameras.index(2)] == 0
 
 
 def test_motion_cache_rows_match_metadata(prepared):
@@ -120,9 +129,9 @@ def test_motion_cache_rows_match_metadata(prepared):
         assert arr.dtype == np.float16 and arr.shape[1:] == (gh, gw)
         for cam in meta.cameras:
             rows = _motion(prepared, shard, meta, cam)
-            first = meta.motion_rows[str(cam)]
-            np.testing.assert_array_equal(rows, arr[first: first + meta.frames])
-            assert rows.shape == (meta.frames, gh, gw)
+            first, count = meta.motion_rows[str(cam)], meta.view_frames[str(cam)]
+            np.testing.assert_array_equal(rows, arr[first: first + count])
+            assert rows.shape == (count, gh, gw)
             np.testing.assert_array_equal(rows[0], rows[1])  # row 0 repeats row 1 (contract)
             assert 0 <= rows.min() and rows.max() <= 255 and rows.max() > 0
             picked = _motion(prepared, shard, meta, cam, [5, 2])
@@ -136,7 +145,8 @@ def test_framediff_is_the_difference_of_the_stored_frames(synth_root, tmp_path):
     for cam in meta.cameras:
         with tarfile.open(tmp_path / shard) as tf:
             frames = np.stack([cv2.imdecode(np.frombuffer(tf.extractfile(f"{key}.c{cam:03d}.f{t:04d}.jpg").read(),
-                                                          np.uint8), cv2.IMREAD_COLOR) for t in range(meta.frames)])
+                                                          np.uint8), cv2.IMREAD_COLOR)
+                           for t in range(meta.view_frames[str(cam)])])
         approx = framediff_grid(frames, 8).astype(np.float32)
         cached = _motion(tmp_path, shard, meta, cam).astype(np.float32)
         assert np.abs(approx - cached).mean() < 0.25 and np.corrcoef(approx.ravel(), cached.ravel())[0, 1] > 0.98
@@ -197,18 +207,28 @@ def test_resume_with_other_options_is_refused(synth_root, tmp_path):
         run("synth", synth_root, tmp_path, size=SIZE, workers=1, limit=3, classes_file=str(renamed))
 
 
-def test_parts_then_merge_equals_one_run(synth_root, tmp_path):
+def test_the_array_job_recipe_on_two_parts_equals_one_run(synth_root, tmp_path):
+    """tools/cluster/preprocess_array.sbatch run as a 2-task SLURM array runs it (array ids 1-2), then
+    `mv2mae shards merge`: byte for byte the shards of one run."""
     whole = tmp_path / "whole"
     run("synth", synth_root, whole, size=SIZE, workers=1, limit=12)
     shared = tmp_path / "parts"
-    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=0, parts=2)
-    with pytest.raises(MergeError, match="missing"):
-        merge([shared])
-    run("synth", synth_root, shared, size=SIZE, workers=1, limit=12, part=1, parts=2)
-    merged = merge([shared])
-    want = read_index(whole)
+
+    def array_task(task_id: int) -> None:
+        env = dict(os.environ, SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_TASK_MIN="1", SLURM_ARRAY_TASK_COUNT="2",
+                   MV2MAE=str(Path(sys.executable).parent / "mv2mae"))
+        subprocess.run(["bash", str(ARRAY_SCRIPT), "synth", str(synth_root), str(shared), "--size", str(SIZE),
+                        "--workers", "1", "--limit", "12"], env=env, check=True, capture_output=True)
+
+    array_task(1)
+    result = CliRunner().invoke(app, ["shards", "merge", str(shared)])
+    assert result.exit_code == 1 and "missing" in result.output
+    array_task(2)
+    result = CliRunner().invoke(app, ["shards", "merge", str(shared)])
+    assert result.exit_code == 0, result.output
+    merged, want = read_index(shared), read_index(whole)
     assert [(s.name, s.sha256, s.keys) for s in merged.shards] == [(s.name, s.sha256, s.keys) for s in want.shards]
-    assert read_index(shared).groups == 12
+    assert merged.groups == 12
 
 
 def test_parts_in_separate_folders_merge_into_one(synth_root, tmp_path):
@@ -229,14 +249,15 @@ def test_flow_and_framediff_together(synth_root, tmp_path):
     root = zarr.open(str(tmp_path / "motion.zarr"), mode="r")
     shard = index.shards[0].name[:-4]
     flow, diff = root[f"{shard}/flow"][:], root[f"{shard}/framediff"][:]
-    assert flow.shape == diff.shape == (sum(3 * m for m in _frame_counts(tmp_path)), 9, 9)
+    assert flow.shape == diff.shape == (sum(_frame_counts(tmp_path)), 9, 9)
     assert flow.dtype == np.float16 and flow.min() >= 0 and flow.max() > 0
     # both sources see motion in the same places
     assert np.corrcoef(flow.astype(np.float32).ravel(), diff.astype(np.float32).ravel())[0, 1] > 0.3
 
 
 def _frame_counts(out: Path) -> list[int]:
-    return [meta.frames for _, meta, _ in _metas(out).values()]
+    """Stored frames of every view of every group."""
+    return [n for _, meta, _ in _metas(out).values() for n in meta.view_frames.values()]
 
 
 def test_person_crop_from_skeletons(synth_root, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import numpy as np
@@ -12,13 +13,29 @@ from mv2mae.cli.preprocess import parse_bytes
 from mv2mae.preprocess.align import align, best_lag
 from mv2mae.preprocess.crop import center_box, stored_size
 from mv2mae.preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
-from mv2mae.preprocess.group import GroupResult
+from mv2mae.preprocess.group import GroupResult, reference_view
 from mv2mae.preprocess.merge import MergeError, merge
 from mv2mae.preprocess.motion import cell_means, framediff_grid, pixel_framediff
-from mv2mae.preprocess.pipeline import STATE_DIR, Options, _recover, _ShardSink, done_keys
+from mv2mae.preprocess.pipeline import (
+    STATE_DIR,
+    Options,
+    PreprocessError,
+    _recover,
+    _ShardSink,
+    done_keys,
+    run,
+)
 from mv2mae.shards.motion import MotionRows, write_shard_motion
 from mv2mae.shards.reader import GroupSample
-from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, ShardEntry, frame_ext
+from mv2mae.shards.schema import (
+    INDEX_FILE,
+    ContractError,
+    DatasetIndex,
+    GroupMeta,
+    ShardEntry,
+    frame_ext,
+    read_index,
+)
 from mv2mae.shards.writer import FIXED_MTIME, Member, ShardWriter
 
 
@@ -56,6 +73,43 @@ def test_best_lag_recovers_a_known_shift():
     assert align([30, 28, 33], None, 0).frames == 28
 
 
+def test_alignment_reference_is_a_preferred_camera_when_present():
+    assert reference_view([1, 2, 3], (2, 3)) == 1  # NTU cross-view: camera 2, never the test camera 1
+    assert reference_view([1, 3], (2, 3)) == 1  # camera 2 failed: camera 3 is the reference
+    assert reference_view([1], (2, 3)) == 0 and reference_view([4, 5], ()) == 0  # else the first view
+    al = align([30, 36], [np.zeros(29), np.zeros(35)], max_lag=0, reference=1)
+    assert (al.offsets, al.frames) == ([0, 0], 30)
+
+
+def test_group_timeline_is_checked_as_it_is_read():
+    def meta(**timeline):
+        return GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1, 2], fps=30.0, size=[8, 8],
+                         partition="p", **timeline)
+
+    assert meta(frames=10, view_frames={"1": 12, "2": 10}, offsets={"1": 2, "2": 0}).span([1]) == ({1: 0}, 12)
+    for bad, why in [({"frames": 10, "view_frames": {"1": 12}, "offsets": {"1": 2, "2": 0}}, "view_frames"),
+                     ({"frames": 10, "view_frames": {"1": 12, "2": 11}, "offsets": {"1": 2, "2": 1}}, "offset 0"),
+                     ({"frames": 9, "view_frames": {"1": 12, "2": 10}, "offsets": {"1": 2, "2": 0}}, "span of 9")]:
+        with pytest.raises(ContractError, match=why):
+            meta(**bad)
+    with pytest.raises(ContractError, match=r"missing fields \['view_frames', 'offsets'\]"):
+        GroupMeta.from_json({"key": "K", "dataset": "t", "label": 0, "subject": 1, "cameras": [1], "fps": 30.0,
+                             "frames": 3, "size": [8, 8], "partition": "p"})
+
+
+def test_format_1_directories_are_refused_with_what_to_do(tmp_path):
+    index = DatasetIndex(dataset="synth", classes=["a"], fps=30.0, short_side=72, cell=8, motion=[], shards=[])
+    obj = json.loads(index.to_json())
+    (tmp_path / INDEX_FILE).write_text(json.dumps({**obj, "version": 1}))
+    with pytest.raises(ContractError, match="format version 1 unsupported.*preprocess` again into a new --out"):
+        read_index(tmp_path)
+    (tmp_path / STATE_DIR).mkdir()
+    (tmp_path / STATE_DIR / "run.json").write_text("{}")  # a run record of format 1 (before the key existed)
+    (tmp_path / "m.csv").write_text("group,camera,path,label,subject\ng,1,a.mp4,wave,1\n")
+    with pytest.raises(PreprocessError, match="holds shards of format 1.*new --out"):
+        run("manifest", tmp_path / "m.csv", tmp_path, workers=1)
+
+
 def test_stored_sizes():
     assert stored_size([0, 0, 1920, 1080], 160) == (284, 160)
     assert stored_size(center_box(1920, 1080), 160) == (160, 160)
@@ -84,6 +138,16 @@ def test_shards_are_byte_stable_and_gnu_tar_lists_them(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
+@pytest.mark.parametrize("table", [[0, 0], [1, 2], [1, 0, 2]])
+def test_an_index_with_a_bad_class_swap_table_is_refused_naming_the_file(tmp_path, table):
+    index = DatasetIndex(dataset="t", classes=["right", "left"], fps=30.0, short_side=32, cell=8, motion=[],
+                         shards=[], flip_classes=[1, 0])
+    obj = json.loads(index.to_json())
+    assert DatasetIndex.from_dict(obj).flip_classes == [1, 0]
+    with pytest.raises(ContractError, match=r"index.json: malformed index \(flip_classes .* not a class-swap table"):
+        DatasetIndex.from_dict({**obj, "flip_classes": table}, where=str(tmp_path / "index.json"))
+
+
 def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path):
     rows = np.arange(3 * 4 * 5, dtype=np.float16).reshape(3, 4, 5)
     attrs = {"rows": {"K": {"1": 0}}, "frames": {"K": 3}, "grid": {"K": [4, 5]}, "cell": 8}
@@ -93,7 +157,7 @@ def test_motion_subgroup_is_replaced_atomically_and_readable_with_zarr(tmp_path)
     np.testing.assert_array_equal(plain["P001-000000/framediff"][:], rows)
     index = DatasetIndex(dataset="t", classes=["a"], fps=30.0, short_side=32, cell=8, motion=["framediff"], shards=[])
     meta = GroupMeta(key="K", dataset="t", label=0, subject=1, cameras=[1], fps=30.0, frames=3, size=[40, 32],
-                     partition="P001", motion_rows={"1": 0})
+                     partition="P001", view_frames={"1": 3}, offsets={"1": 0}, motion_rows={"1": 0})
     group = GroupSample(meta=meta, shard="P001-000000.tar", members={})
     got, first = MotionRows(tmp_path, "framediff", index).view(group, 1, np.array([2, 0]))
     np.testing.assert_array_equal(got[np.array([2, 0]) - first], rows[[2, 0]])
@@ -125,7 +189,7 @@ def test_odd_crop_boxes_are_cut_exactly(tmp_path, backend):
 
 def _written_group(key: str, failures: list[dict]):
     meta = GroupMeta(key=key, dataset="t", label=0, subject=1, cameras=[1, 2], fps=30.0, frames=2, size=[16, 16],
-                     partition="P001-S1")
+                     partition="P001-S1", view_frames={"1": 2, "2": 2}, offsets={"1": 0, "2": 0})
     frames = [(frame_ext(c, t), bytes([t]) * 3000) for c in (1, 2) for t in range(2)]
     motion = {"framediff": [np.zeros((2, 2, 2), np.float16)] * 2}
     return GroupResult(key=key, partition="P001-S1", meta=meta, frames=frames, motion=motion, failures=failures)
@@ -154,7 +218,8 @@ def _part(folder, part: int, shard: str | None, fps: float):
     if shard:
         (folder / shard).write_bytes(b"tar bytes")
         shards.append(ShardEntry(name=shard, partition=shard[:-11], samples=1, bytes=9, sha256="0" * 64,
-                                 subjects=[part + 1], setups=[1], cameras=[1, 2], keys=[f"K{part}"]))
+                                 subjects=[part + 1], setups=[1], cameras=[1, 2], camera_sets={"1,2": 1},
+                                 keys=[f"K{part}"]))
     ix = DatasetIndex(dataset="synth", classes=["wave"], fps=fps, short_side=72, cell=8, motion=["framediff"],
                       shards=shards, args={"part": part, "parts": 2})
     (folder / f"index.part-{part:03d}-of-002.json").write_text(ix.to_json())

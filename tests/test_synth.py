@@ -13,11 +13,14 @@ import pytest
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.preprocess.merge import merge
+from mv2mae.preprocess.pipeline import run
 from mv2mae.preprocess.synth import ACTION_NAMES, MIRROR_PAIRS, SynthConfig, generate
-from mv2mae.preprocess.synth.actions import ACTIONS, perform
+from mv2mae.preprocess.synth.actions import ACTIONS, flip_classes, perform
 from mv2mae.preprocess.synth.cameras import make_rig
 from mv2mae.preprocess.synth.generate import plan_group, render_frames
 from mv2mae.preprocess.synth.skeleton import NTU_JOINTS, J, forward_kinematics, make_body, place
+from mv2mae.shards.schema import read_index
 
 NTU_NAME = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})_rgb\.avi$")
 TINY = dict(classes=4, cameras=3, subjects=1, replications=2, setups=1, frames=(24, 32), size=(160, 120), seed=7)
@@ -225,6 +228,18 @@ def test_mirror_pairs_move_opposite_sides() -> None:
                      key=lambda pair: abs(d_right[J[pair[0]]].sum() - d_right[J[pair[1]]].sum()))
         gap = d_right[J[moving[0]]].sum() - d_right[J[moving[1]]].sum()
         assert abs(gap) > 0.1 and np.sign(gap) == -np.sign(d_left[J[moving[0]]].sum() - d_left[J[moving[1]]].sum())
+
+
+def test_the_class_swap_table_is_recorded_where_every_mirror_class_exists(dataset: Path, tmp_path: Path) -> None:
+    """Flipping a video turns a right-hand wave into a left-hand one: the synthetic set records which
+    class each class's mirror image is (index.json ``flip_classes``), and a merge keeps it; with a mirror
+    class missing there is no table."""
+    run("synth", dataset, tmp_path / "run", size=64, workers=1, limit=2)
+    assert read_index(tmp_path / "run").flip_classes == [1, 0, 3, 2]  # wave and punch, right and left
+    assert merge([tmp_path / "run"], tmp_path / "merged").flip_classes == [1, 0, 3, 2]
+    assert flip_classes(ACTION_NAMES[:4] + ["clap"]) == [1, 0, 3, 2, 4]  # a symmetric action keeps its class
+    assert flip_classes(ACTION_NAMES[:3]) is None  # "punch with left hand" is not a class
+    assert flip_classes(["wave right hand", "wave left hand", "yawn"]) is None  # not a synthetic action
 
 
 def test_bad_arguments_are_named() -> None:

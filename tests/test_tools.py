@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from mv2mae.cli import app
 from mv2mae.shards.schema import read_index
-from mv2mae.tools.shardio import read_group
+from mv2mae.tools.shardio import iter_metas, read_group
 
 runner = CliRunner()
 
@@ -43,6 +43,26 @@ def test_ls_and_stats_report_what_the_index_holds(synth_data, tmp_path):
     assert sum(st["frame_histogram"]["counts"]) == index.groups
     assert st["motion"]["framediff"]["max"] > st["motion"]["framediff"]["p50"] >= 0
     assert st["failures"]["total"] == 0
+
+
+def test_ls_counts_the_groups_and_videos_of_each_split_of_a_protocol(synth_data, tmp_path):
+    """What users compare with the official counts (NTU-60 xsub: 40,320 / 16,560 videos): each split's
+    groups, and its videos (a group seen by each of the split's cameras), as the groups' metadata has them."""
+    index = read_index(synth_data)
+    metas = [m for s in index.shards for m in iter_metas(synth_data / s.name)]
+    for protocol, is_train, cameras in (("synth_xsub", lambda m: m.subject % 2 == 1, {"train": {1, 2, 3}, "test": {1, 2, 3}}),
+                                        ("synth_xview", lambda m: True, {"train": {2, 3}, "test": {1}})):
+        res = invoke("ls", synth_data, "--protocol", protocol, "--json", tmp_path / "ls.json")
+        assert res.exit_code == 0, res.output
+        splits = json.loads((tmp_path / "ls.json").read_text())["protocol"]["splits"]
+        for split, members in (("train", [m for m in metas if is_train(m)]),
+                               ("test", [m for m in metas if protocol == "synth_xview" or not is_train(m)])):
+            assert splits[split]["groups"] == len(members), (protocol, split)
+            assert splits[split]["videos"] == sum(len(cameras[split] & set(m.cameras)) for m in members), (protocol, split)
+    # synth_xview trains on both subjects: one is held out for validation; synth_xsub has one train subject
+    assert splits["val"]["groups"] + splits["train without validation"]["groups"] == splits["train"]["groups"]
+    res = invoke("ls", synth_data, "--protocol", "synth_xsub")
+    assert "no validation split" in res.output
 
 
 def test_show_writes_a_montage_and_an_animation(synth_data, tmp_path):
@@ -83,6 +103,19 @@ def test_verify_finds_a_missing_motion_subgroup(synth_data, tmp_path):
     shutil.rmtree(bad / "motion.zarr" / victim[:-4])
     res = invoke("verify", bad, "--no-decode")
     assert res.exit_code == 1 and f"{victim}: motion.zarr has no sub-group" in res.output
+
+
+def test_verify_checks_the_camera_sets_the_index_counts(synth_data, tmp_path):
+    """Protocols count multi-view groups from ``camera_sets`` without reading shards: verify holds the index
+    to what the shards contain."""
+    bad = tmp_path / "sets"
+    shutil.copytree(synth_data, bad)
+    index = json.loads((bad / "index.json").read_text())
+    victim = index["shards"][0]
+    victim["camera_sets"] = {"1": victim["samples"]}
+    (bad / "index.json").write_text(json.dumps(index))
+    res = invoke("verify", bad, "--no-decode")
+    assert res.exit_code == 1 and f"{victim['name']}: groups by cameras {{'1,2,3'" in res.output
 
 
 def test_bench_loader_runs_end_to_end_and_writes_its_figures(tmp_path):

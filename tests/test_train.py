@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import GlobalBatchSource, SimulatedCrash, tiny_config
 
-from mv2mae.model.checkpoint import load_encoder, save_model_state
+from mv2mae.model.checkpoint import load_checkpoint, load_encoder, save_model_state
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train import checkpoint as ckpt_io
@@ -32,7 +32,8 @@ def losses(run_dir):
 
 @pytest.mark.parametrize("stage", ["pretrain", "finetune"])
 def test_resume_after_a_crash_continues_the_same_loss_curve(tmp_path, stage):
-    extra = ["finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.drop_path=0.1"] if stage == "finetune" else []
+    extra = ["finetune.mixup=0.8", "finetune.cutmix=1.0", "finetune.drop_path=0.1",
+             "finetune.ema_decay=0.5"] if stage == "finetune" else []
     cfg = tiny_config(stage, "optim.accum_steps=2", *extra)
     task_cls, classes = (PretrainTask, 0) if stage == "pretrain" else (FinetuneTask, 4)
     fit(cfg, GlobalBatchSource(cfg, classes=classes), tmp_path / "straight", task_cls=task_cls)
@@ -52,6 +53,35 @@ def test_resume_after_a_crash_continues_the_same_loss_curve(tmp_path, stage):
     state = ckpt_io.load_run(ckpt_io.latest(crashed))
     assert state["step"] == 6 and state["data"]["micro_batches"] == 12
     assert state["run_config"]["stage"] == stage and state["config"]["embed_dim"] == cfg.model.embed_dim
+    if stage == "finetune":  # the EMA of the weights resumes too
+        ema = ckpt_io.load_run(ckpt_io.latest(tmp_path / "straight"))["ema"]
+        assert all(torch.allclose(state["ema"][k], v, rtol=1e-5, atol=1e-7) for k, v in ema.items())
+        assert not all(torch.equal(state["ema"][k], state["model"][k]) for k in ema)
+
+
+def test_finetuning_keeps_the_best_validation_top1_not_the_lowest_loss(tmp_path):
+    """With a validation split the loop scores the weights and their EMA every finetune.val_every steps;
+    best-val-top1.pt is the step whose weights scored best, best-val-top1-ema.pt holds the EMA weights of
+    the step where they scored best, and nothing is named after the training loss."""
+    cfg = tiny_config("finetune", "finetune.val_every=2", "finetune.ema_decay=0.5", "finetune.mixup=0",
+                      "finetune.cutmix=0")
+    scores = iter([0.2, 0.2, 0.6, 0.5, 0.4, 0.7])  # (weights, EMA) at steps 2, 4 and 6
+    scored = []
+
+    def validate(model):
+        scored.append((model, model.training))
+        return {"top1": next(scores)}
+
+    task = FinetuneTask(cfg, 4, ["a", "b", "c", "d"])
+    Trainer(cfg, task, GlobalBatchSource(cfg, classes=4), tmp_path, ENV, validate=validate).fit()
+    folder = tmp_path / "checkpoints"
+    best, best_ema = load_checkpoint(folder / ckpt_io.BEST_VAL_TOP1), load_checkpoint(folder / ckpt_io.BEST_VAL_TOP1_EMA)
+    assert best["step"] == 4 and best["metrics"]["val_top1"] == 0.6 and best["classes"] == ["a", "b", "c", "d"]
+    last = ckpt_io.load_run(folder / ckpt_io.step_name(6))
+    assert best_ema["step"] == 6 and all(torch.equal(best_ema["model"][k], v) for k, v in last["ema"].items())
+    assert not (folder / ckpt_io.LOWEST_TRAIN_LOSS).exists()
+    assert [(r["step"], r["val_top1"]) for r in read_log(tmp_path) if "val_top1" in r] == [(2, 0.2), (4, 0.6), (6, 0.4)]
+    assert scored[0][0] is not scored[1][0] and not any(training for _, training in scored)
 
 
 class PoisonedSource(GlobalBatchSource):
@@ -96,6 +126,27 @@ def test_layer_decay_groups_cover_every_parameter_exactly_once():
     # the optimiser keeps the groups and the scheduler applies lr_scale on top of the scaled lr
     opt = build_optimizer(model, cfg, world_size=1, device=torch.device("cpu"))
     assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)
+
+
+def decay_by_name(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    group_of = {id(p): g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    return {name: group_of[id(p)] for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_weight_decay_skips_mask_tokens_biases_and_norms_by_name(stage):
+    """AdamW's groups as VideoMAE sets them: decay on weight matrices only — never on the decoders'
+    mask tokens, biases or norms; position tables are fixed buffers, not parameters at all."""
+    cfg = tiny_config(stage, "optim.weight_decay=0.05")
+    model = MV2MAE(cfg.model) if stage == "pretrain" else VideoClassifier(cfg.model, num_classes=5)
+    decay = decay_by_name(model, build_optimizer(model, cfg, world_size=1, device=torch.device("cpu")))
+    assert not any("pos_embed" in name for name in decay)
+    undecayed = {n for n, wd in decay.items() if wd == 0.0}
+    expected = {n for n in decay if n.endswith((".bias", "mask_token")) or ".norm" in n or "norm." in n}
+    assert undecayed == expected
+    assert {wd for n, wd in decay.items() if n not in expected} == {0.05}
+    if stage == "pretrain":
+        assert {"self_decoder.mask_token", "cross_decoder.mask_token"} <= undecayed
 
 
 def test_pretrain_init_anchors_a_1d_position_table_where_the_checkpoint_was_trained(tmp_path):

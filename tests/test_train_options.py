@@ -7,6 +7,7 @@ from fixtures_data import session_synth_data
 from train_helpers import TINY_MODEL
 
 from mv2mae.config import load_config, preset_names
+from mv2mae.data.datasets import ShardSplit
 from mv2mae.eval.evaluate import eval_loader
 from mv2mae.model import MV2MAE
 from mv2mae.shards.protocols import PROTOCOLS, select
@@ -56,7 +57,8 @@ def test_every_preset_names_a_protocol_that_exists():
 
 def test_rocog_protocol_splits_a_manifest_dataset_by_subject():
     shards = [ShardEntry(name=f"P{s:03d}-000000.tar", partition=f"P{s:03d}", samples=2, bytes=1, sha256="0" * 64,
-                         subjects=[s], setups=[], cameras=[1, 2, 3], keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
+                         subjects=[s], setups=[], cameras=[1, 2, 3], camera_sets={"1,2,3": 2},
+                         keys=[f"g{s}a", f"g{s}b"]) for s in (1, 2, 3, 4)]
     index = DatasetIndex(dataset="manifest", classes=["a", "b"], fps=30.0, short_side=160, cell=8, motion=[],
                          shards=shards, args={})
     train, test = select(index, "rocog", "train"), select(index, "rocog", "test")
@@ -69,6 +71,23 @@ def test_a_finetuning_epoch_is_a_pass_over_the_train_videos_not_the_groups(synth
     of every group; a pretraining sample is a whole group."""
     train = select(read_index(synth_data), "synth_xview", "train")
     assert train.cameras == [2, 3] and train.groups > 0
-    finetune = load_config("tiny", "finetune", [f"data.root={synth_data}", "data.workers=0"])
+    finetune = load_config("tiny", "finetune", [f"data.root={synth_data}", "data.workers=0", "data.val_by=none"])
     assert ShardSource(finetune, ENV, "finetune").samples_per_epoch() == 2 * train.groups
     assert ShardSource(tiny(synth_data), ENV, "pretrain").samples_per_epoch() == train.groups
+
+
+def test_finetuning_holds_out_validation_subjects_that_pretraining_keeps(synth_data):
+    """The validation split is carved from the train split by subject (data.val_by): finetuning never trains
+    on it, it holds no test video, and pretraining (no labels, no selection) still sees the whole train split."""
+    index = read_index(synth_data)
+    train, test = select(index, "synth_xview", "train"), select(index, "synth_xview", "test")
+    finetune = load_config("tiny", "finetune", [f"data.root={synth_data}", "data.workers=0"])
+    fit = ShardSource(finetune, ENV, "finetune").split.selection
+    val = ShardSplit.open(synth_data, "synth_xview", "val", "subject", 0.1).selection
+    subjects = lambda sel: {v for s in sel.shards for v in s.subjects}  # noqa: E731
+    assert subjects(fit) and subjects(val) and not subjects(fit) & subjects(val)
+    assert subjects(fit) | subjects(val) == subjects(train) and val.cameras == train.cameras == [2, 3]
+    assert not set(val.cameras) & set(test.cameras)  # cross-view: the test camera never validates
+    assert ShardSource(tiny(synth_data), ENV, "pretrain").split.selection.groups == train.groups
+    val_videos = {r["video_id"] for r in eval_loader(finetune.model, finetune.data, ENV, "val").dataset}
+    assert len(val_videos) == val.videos and {v.split("/")[0] for v in val_videos} == set(val.keys)

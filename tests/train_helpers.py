@@ -38,6 +38,9 @@ class GlobalBatchSource:
     def samples_per_epoch(self) -> int:
         return len(self.video)
 
+    def describe(self) -> str:
+        return f"data: {len(self.video)} in-memory samples"
+
     def batches(self, start: int):
         b, accum = self.cfg.optim.batch_size, self.cfg.optim.accum_steps
         i = start

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 
 from mv2mae.shards.motion import open_motion
+from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, ProtocolError, Selection, hold_out, select
 from mv2mae.shards.schema import FAILURES_FILE, MOTION_STORE, read_index, shard_stem
 from mv2mae.tools.shardio import iter_metas
 
@@ -49,13 +52,36 @@ def list_shards(root: str | Path) -> dict[str, Any]:
                 motion_bytes=dir_bytes(root / MOTION_STORE), motion=index.motion, classes=len(index.classes))
 
 
+def protocol_counts(root: str | Path, protocol: str, val_by: str = "subject",
+                    val_fraction: float = DEFAULT_VAL_FRACTION) -> dict[str, Any]:
+    """Shards, groups and videos of each split of ``protocol`` on ``root``: train, the validation share
+    finetuning holds out of it (``val_by``, as ``data.val_by``), and test, to set beside official counts."""
+    index = read_index(root)
+
+    def row(sel: Selection) -> dict[str, Any]:
+        return dict(shards=len(sel.shards), groups=sel.groups, videos=sel.videos, cameras=sel.cameras,
+                    subjects=_ranges([v for s in sel.shards for v in s.subjects]))
+
+    train, test = select(index, protocol, "train"), select(index, protocol, "test")
+    splits = {"train": row(train)}
+    try:
+        fit, val = hold_out(train, val_by, val_fraction)
+        splits |= {"train without validation": row(fit), "val": row(val)}
+        note = f"validation: {val_by}s held out of train ({val_fraction:g} of them)"
+    except ProtocolError as e:
+        note = f"no validation split: {e}"
+    return dict(protocol=protocol, dataset=index.dataset, splits=splits | {"test": row(test)}, note=note)
+
+
 def _motion_stats(root: Path, index) -> dict[str, dict[str, float]]:
     if not index.motion:
         return {}
     store = open_motion(root)
     out = {}
     for source in index.motion:
-        values = [np.asarray(store[shard_stem(s.name)][source][...], np.float32).ravel() for s in index.shards
+        shards = track(index.shards, description=f"reading {source} motion", console=Console(stderr=True),
+                       transient=True)
+        values = [np.asarray(store[shard_stem(s.name)][source][...], np.float32).ravel() for s in shards
                   if shard_stem(s.name) in store]
         v = np.concatenate(values) if values else np.zeros(1, np.float32)
         out[source] = dict(mean=float(v.mean()), p50=float(np.percentile(v, 50)), p95=float(np.percentile(v, 95)),
@@ -77,7 +103,8 @@ def _failures(root: Path) -> dict[str, Any]:
 def dataset_stats(root: str | Path, bins: int = 8) -> dict[str, Any]:
     root = Path(root)
     index = read_index(root)
-    metas = [m for s in index.shards for m in iter_metas(root / s.name)]
+    shards = track(index.shards, description="reading group metadata", console=Console(stderr=True), transient=True)
+    metas = [m for s in shards for m in iter_metas(root / s.name)]
     cameras = sorted({c for m in metas for c in m.cameras})
     per_class = {index.classes[m.label] if m.label < len(index.classes) else str(m.label): None for m in metas}
     table = {name: {str(c): 0 for c in cameras} for name in sorted(per_class)}

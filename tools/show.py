@@ -1,6 +1,7 @@
-"""``mv2mae shards show``: one group as a montage — one row per camera, one column per sampled time —
-with the motion cache as a heat-map overlay. PNG (a figure with labels and a colour bar) or GIF (the
-cameras side by side, one animation frame per stored frame)."""
+"""``mv2mae shards show``: one group as a montage — one row per camera, one column per sampled instant of
+the views' common span, so a column shows the same moment in every view — with the motion cache as a
+heat-map overlay. PNG (a figure with labels and a colour bar) or GIF (the cameras side by side, one
+animation frame per instant of the common span)."""
 
 from __future__ import annotations
 
@@ -30,8 +31,8 @@ def _motion(root: Path, index: DatasetIndex, group: GroupSample, source: str | N
     if source is None:
         return {}
     rows = MotionRows(root, source, index)
-    every = np.arange(group.meta.frames)
-    return {c: np.asarray(rows.view(group, c, every)[0], np.float32) for c in group.meta.cameras}
+    every = {c: np.arange(group.meta.view_frames[str(c)]) for c in group.meta.cameras}
+    return {c: np.asarray(rows.view(group, c, every[c])[0], np.float32) for c in group.meta.cameras}
 
 
 def overlay(rgb: np.ndarray, cells: np.ndarray, vmax: float, alpha: float = 0.85) -> np.ndarray:
@@ -60,7 +61,8 @@ def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: 
     out.parent.mkdir(parents=True, exist_ok=True)
     label = group.meta.label_name or (index.classes[group.meta.label] if group.meta.label < len(index.classes)
                                       else str(group.meta.label))
-    title = (f"{key} — {label} · subject {group.meta.subject} · {group.meta.frames} frames @ {group.meta.fps:g} fps"
+    title = (f"{key} — {label} · subject {group.meta.subject} · {group.meta.frames} common frames @ "
+             f"{group.meta.fps:g} fps"
              + (f" · {source} motion" if source else ""))
     if out.suffix.lower() == ".gif":
         _gif(group, motion, vmax, out, fps or group.meta.fps)
@@ -70,9 +72,11 @@ def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: 
 
 
 def _tile(group: GroupSample, motion, vmax: float, cam: int, t: int) -> np.ndarray:
-    rgb = _frame(group, cam, t)
+    """Camera ``cam`` at instant ``t`` of the common span (its stored frame ``offsets[cam] + t``)."""
+    stored = group.meta.offsets[str(cam)] + t
+    rgb = _frame(group, cam, stored)
     if cam in motion:
-        rgb = overlay(rgb, motion[cam][t], vmax)
+        rgb = overlay(rgb, motion[cam][stored], vmax)
     return rgb
 
 

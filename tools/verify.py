@@ -1,67 +1,106 @@
 """``mv2mae shards verify``: every check a user wants before spending GPU hours on a directory.
 
-Checksums and sizes match the index; every member is where the contract puts it and decodes;
-metadata is complete and agrees with the index; the Zarr cache covers every group and camera.
+Checksums and sizes match the index; every member is where the contract puts it and decodes (each
+view's whole video); metadata is complete, its timeline consistent (``GroupMeta`` checks offsets and
+spans as it parses) and agrees with the index, camera sets included; the Zarr cache covers every
+group and camera, one row per stored frame.
 Problems are collected (never the first one only) as ``"<shard>: <what is wrong>"`` lines.
 """
 
 from __future__ import annotations
 
+import json
+import os
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import (
+    INDEX_FILE,
     META_EXT,
     ContractError,
+    DatasetIndex,
     GroupMeta,
     ShardEntry,
+    camera_set_key,
     motion_grid,
     parse_frame_ext,
     read_index,
     shard_stem,
 )
+from mv2mae.shards.tarindex import read_member, shard_table
 from mv2mae.shards.writer import sha256_file
-from mv2mae.tools.shardio import iter_members
 
 
 def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[str], dict[str, GroupMeta]]:
+    """Every problem of one shard's members, each naming shard and member: links, devices and foreign
+    names among the members, a cut-off tail, metadata that does not parse, frames that do not decode
+    or are missing, and disagreement with index.json. Checking goes on past each problem."""
     problems, metas, frames, shapes = [], {}, {}, {}
-    for key, ext, data in iter_members(path, wanted=lambda e: e == META_EXT or decode):
-        if ext == META_EXT:
-            metas[key] = GroupMeta.from_json(data, where=f"{path.name}:{key}.{ext}")
-            continue
-        parsed = parse_frame_ext(ext)
-        if parsed is None:
-            problems.append(f"{path.name}: unexpected member {key}.{ext}")
-            continue
-        frames.setdefault(key, set()).add(parsed)
-        if decode:
-            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-            if img is None:
-                problems.append(f"{path.name}: {key}.{ext} does not decode as JPEG")
-            else:
-                shapes.setdefault(key, set()).add((img.shape[1], img.shape[0]))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for group in shard_table(str(path), path.name):
+            if group.problem:
+                problems.append(group.problem)
+            if group.key in metas:
+                problems.append(f"{path.name}: group {group.key} appears twice")
+            for i, ext in enumerate(group.exts):
+                member = f"{group.key}.{ext}"
+                if ext != META_EXT and parse_frame_ext(ext) is None:
+                    problems.append(f"{path.name}: unexpected member {member}")
+                    continue
+                if ext != META_EXT and not decode:
+                    frames.setdefault(group.key, set()).add(parse_frame_ext(ext))
+                    continue
+                try:
+                    data = read_member(fd, group.span(i), path.name, member)
+                    if ext == META_EXT:
+                        metas[group.key] = GroupMeta.from_json(data, where=f"{path.name}:{member}")
+                        continue
+                except ContractError as e:
+                    problems.append(str(e))
+                    continue
+                frames.setdefault(group.key, set()).add(parse_frame_ext(ext))
+                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+                if img is None:
+                    problems.append(f"{path.name}: {member} does not decode as JPEG")
+                else:
+                    shapes.setdefault(group.key, set()).add((img.shape[1], img.shape[0]))
+    finally:
+        os.close(fd)
+    return problems + _check_groups(path.name, entry, metas, frames, shapes), metas
+
+
+def _check_groups(name: str, entry: ShardEntry, metas: dict[str, GroupMeta], frames: dict, shapes: dict) -> list[str]:
+    """What the parsed metadata says against the members found and against index.json."""
+    problems = []
     if sorted(metas) != sorted(entry.keys):
-        problems.append(f"{path.name}: groups {sorted(set(entry.keys) ^ set(metas))[:5]} differ from index.json")
-    if entry.samples != len(metas):
-        problems.append(f"{path.name}: {len(metas)} groups, index.json says {entry.samples}")
+        problems.append(f"{name}: groups {sorted(set(entry.keys) ^ set(metas))[:5]} differ from index.json")
+    if entry.samples != len(metas) or entry.samples != len(entry.keys):
+        problems.append(f"{name}: {len(metas)} readable groups, index.json says {entry.samples} "
+                        f"and lists {len(entry.keys)} keys")
     for key, meta in metas.items():
         if shapes.get(key, {tuple(meta.size)}) != {tuple(meta.size)}:
-            problems.append(f"{path.name}: {key} frames are {sorted(shapes[key])}, metadata says {meta.size}")
-        want = {(c, t) for c in meta.cameras for t in range(meta.frames)}
+            problems.append(f"{name}: {key} frames are {sorted(shapes[key])}, metadata says {meta.size}")
+        want = {(c, t) for c in meta.cameras for t in range(meta.view_frames[str(c)])}
         have = frames.get(key, set())
         if want != have:
-            problems.append(f"{path.name}: {key} has {len(have)} frame members, metadata implies {len(want)} "
+            problems.append(f"{name}: {key} has {len(have)} frame members, metadata implies {len(want)} "
                             f"(e.g. missing {sorted(want - have)[:2]}, extra {sorted(have - want)[:2]})")
         if meta.subject not in entry.subjects or not set(meta.cameras) <= set(entry.cameras):
-            problems.append(f"{path.name}: {key} subject/cameras disagree with index.json")
+            problems.append(f"{name}: {key} subject/cameras disagree with index.json")
         if set(meta.motion_rows) != {str(c) for c in meta.cameras}:
-            problems.append(f"{path.name}: {key} motion_rows {sorted(meta.motion_rows)} != cameras {meta.cameras}")
-    return problems, metas
+            problems.append(f"{name}: {key} motion_rows {sorted(meta.motion_rows)} != cameras {meta.cameras}")
+    sets = dict(Counter(camera_set_key(m.cameras) for m in metas.values()))
+    if sets != entry.camera_sets:
+        problems.append(f"{name}: groups by cameras {sets}, index.json says {entry.camera_sets}")
+    return problems
 
 
 def _check_motion(root: Path, entry: ShardEntry, metas: dict[str, GroupMeta], sources: list[str], cell: int):
@@ -73,20 +112,34 @@ def _check_motion(root: Path, entry: ShardEntry, metas: dict[str, GroupMeta], so
     if stem not in store:
         return [f"{entry.name}: motion.zarr has no sub-group {stem}"]
     for source in sources:
-        if source not in store[stem]:
-            problems.append(f"{entry.name}: motion.zarr/{stem} has no {source} array")
-            continue
-        arr = store[stem][source]
-        for key, meta in metas.items():
-            gh, gw = motion_grid(*meta.size, cell)
-            if gh > arr.shape[1] or gw > arr.shape[2]:
-                problems.append(f"{entry.name}: {key} motion grid {gh}x{gw} exceeds {source} array {arr.shape}")
-            for cam, first in meta.motion_rows.items():
-                if first < 0 or first + meta.frames > arr.shape[0]:
-                    problems.append(f"{entry.name}: {key} camera {cam} rows {first}+{meta.frames} outside "
-                                    f"{source} array of {arr.shape[0]} rows")
-        if not np.isfinite(np.asarray(arr[...], np.float32)).all():
-            problems.append(f"{entry.name}: {source} motion holds non-finite values")
+        try:
+            if source not in store[stem]:
+                problems.append(f"{entry.name}: motion.zarr/{stem} has no {source} array")
+                continue
+            problems += _check_motion_array(entry, metas, store[stem][source], f"motion.zarr/{stem}/{source}", cell)
+        except Exception as e:  # a damaged store breaks zarr in many ways: each is a problem to name
+            problems.append(f"{entry.name}: motion.zarr/{stem}/{source} unreadable ({type(e).__name__}: {e})")
+    return problems
+
+
+def _check_motion_array(entry: ShardEntry, metas: dict[str, GroupMeta], arr, where: str, cell: int) -> list[str]:
+    if arr.ndim != 3:
+        return [f"{entry.name}: {where} has shape {arr.shape}, want [rows, grid_h, grid_w]"]
+    problems = []
+    rows = sum(sum(m.view_frames.values()) for m in metas.values())
+    if arr.shape[0] != rows:
+        problems.append(f"{entry.name}: {where} has {arr.shape[0]} rows, its groups' views need {rows}")
+    for key, meta in metas.items():
+        gh, gw = motion_grid(*meta.size, cell)
+        if gh > arr.shape[1] or gw > arr.shape[2]:
+            problems.append(f"{entry.name}: {key} motion grid {gh}x{gw} exceeds {where} {arr.shape}")
+        for cam, first in meta.motion_rows.items():
+            rows = meta.view_frames.get(cam, 0)
+            if first < 0 or first + rows > arr.shape[0]:
+                problems.append(f"{entry.name}: {key} camera {cam} rows {first}+{rows} outside "
+                                f"{where} of {arr.shape[0]} rows")
+    if not np.isfinite(np.asarray(arr[...], np.float32)).all():
+        problems.append(f"{entry.name}: {where} holds non-finite values")
     return problems
 
 
@@ -97,27 +150,43 @@ def verify_shard(root: Path, entry: ShardEntry, sources: list[str], cell: int, d
     problems = []
     if path.stat().st_size != entry.bytes:
         problems.append(f"{entry.name}: {path.stat().st_size} bytes, index.json says {entry.bytes}")
-    if sha256_file(path) != entry.sha256:
-        problems.append(f"{entry.name}: sha256 does not match index.json (corrupted or rewritten)")
     try:
+        if sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.name}: sha256 does not match index.json (corrupted or rewritten)")
         member_problems, metas = _check_members(path, entry, decode)
-    except ContractError as e:
-        return problems + [f"{entry.name}: {e}" if not str(e).startswith(entry.name) else str(e)]
+    except OSError as e:
+        return problems + [f"{entry.name}: unreadable ({e.strerror or e})"]
     problems += member_problems
     return problems + _check_motion(root, entry, metas, sources, cell)
+
+
+def _check_index(root: Path, index: DatasetIndex) -> list[str]:
+    """The manifest against itself and the folder: unlisted shard files, duplicate keys, the total."""
+    listed = {s.name for s in index.shards}
+    problems = [f"{p.name}: shard file not listed in index.json" for p in sorted(root.glob("*.tar"))
+                if p.name not in listed]
+    seen: dict[str, str] = {}
+    for shard in index.shards:
+        for key in shard.keys:
+            if key in seen:
+                problems.append(f"{shard.name}: group {key} is also listed in {seen[key]}")
+            seen.setdefault(key, shard.name)
+    stated = json.loads((root / INDEX_FILE).read_text()).get("groups")
+    if stated is not None and stated != index.groups:
+        problems.append(f"{INDEX_FILE}: says {stated} groups, its shards hold {index.groups}")
+    return problems
 
 
 def verify(root: str | Path, decode: bool = True, workers: int = 1) -> tuple[int, list[str]]:
     """(shards checked, problems); an empty list means the directory is sound."""
     root = Path(root)
     index = read_index(root)
-    listed = {s.name for s in index.shards}
-    problems = [f"{p.name}: shard file not listed in index.json" for p in sorted(root.glob("*.tar"))
-                if p.name not in listed]
+    problems = _check_index(root, index)
     args = [(root, s, list(index.motion), index.cell, decode) for s in index.shards]
+    bar = dict(description="verifying shards", total=len(args), console=Console(stderr=True), transient=True)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(pool.map(verify_shard, *zip(*args, strict=True)))
+            results = list(track(pool.map(verify_shard, *zip(*args, strict=True)), **bar))
     else:
-        results = [verify_shard(*a) for a in args]
+        results = [verify_shard(*a) for a in track(args, **bar)]
     return len(args), problems + [p for r in results for p in r]

@@ -4,10 +4,11 @@ Both loaders draw the same kind of sample — two views of one group, the same 1
 stride 4 in both views, an independent random resized crop per view to 128², uint8 video (the model
 normalises it) and per-token motion weights — with the same number of DataLoader workers on the same
 machine. The baseline decodes the raw H.264 videos per sample (seek to the clip, decode through it,
-resize to the stored short side) and computes motion online; the shard loader decodes only the sampled
-JPEGs and reads motion from the Zarr cache — in its workers (``decode_on=cpu``), or, with
-``decode_on=device``, the workers only plan and read bytes and this process decodes each batch (on the
-GPU when there is one). The benchmark renders and preprocesses its own data.
+resize to the stored short side); the shard loader decodes only the sampled JPEGs — in its workers
+(``decode_on=cpu``), or, with ``decode_on=device``, the workers only plan and read bytes and this process
+decodes each batch (on the GPU when there is one). Both compute the framediff motion from the cropped
+clip (``clip_token_motion``; with ``decode_on=device``, after decoding). The benchmark renders and
+preprocesses its own data.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from mv2mae.data import ClipGeometry, DataConfig, build_pretrain_loader
 from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
-from mv2mae.data.motion import online_token_motion
-from mv2mae.data.sampling import choose_views, random_resized_box, train_frame_indices
+from mv2mae.data.motion import clip_token_motion
+from mv2mae.data.sampling import Crop, choose_views, random_resized_box, train_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.flops import pretrain_step_flops
 from mv2mae.preprocess.pipeline import run
@@ -98,15 +99,15 @@ class RawVideoClips(IterableDataset):
             cams = choose_views(list(views), self.data_cfg, rng)
             counts = [self._count(views[c]) for c in cams]
             indices = train_frame_indices(min(counts), self.geom, rng)
-            clips, motion = [], []
+            clips = []
             for cam in cams:
                 frames = self._decode(views[cam], indices)
                 h, w = next(iter(frames.values())).shape[:2]
-                clip = crop_resize(frames, indices, random_resized_box(w, h, self.data_cfg, rng), self.geom.size)
-                clips.append(clip)
-                motion.append(online_token_motion(clip, self.geom))
-            yield {"video": to_video_tensor(np.stack(clips)),
-                   "motion": torch.from_numpy(np.stack(motion)), "cameras": torch.tensor(cams)}
+                clips.append(crop_resize(frames, indices, Crop(random_resized_box(w, h, self.data_cfg, rng)),
+                                         self.geom.size))
+            video = to_video_tensor(np.stack(clips))
+            yield {"video": video, "motion": clip_token_motion(video, self.geom.tubelet, self.geom.patch),
+                   "cameras": torch.tensor(cams)}
 
     @staticmethod
     def _open(path: str) -> cv2.VideoCapture:
@@ -362,6 +363,34 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
                          formula="workers = ceil(headroom × GPU samples/s ÷ samples per worker CPU-second)",
                          needed={name: math.ceil(HEADROOM * gpu_rate / max(m["samples_per_cpu_s"], 1e-9))
                                  for name, m in loaders.items()}))
+
+
+def resume_cost(work: Path, *, batches: int, workers: int, raw_size: tuple[int, int], groups: int) -> dict:
+    """Seconds to the first batch of a pretraining stream resumed after ``batches`` batches: replaying their
+    sampling decisions (``start``, what exact resume does) against consuming them, decoding included (what
+    it did before). Both give the same batch; the per-sample costs extrapolate to any step."""
+    data = prepare(work, raw_size, groups, workers)
+    model = ModelConfig()
+    data_cfg = DataConfig(root=data["shards"], protocol="all", workers=workers, decode_on="cpu")
+
+    def first_batch(start: int, consume: int) -> tuple[float, dict]:
+        t0 = time.perf_counter()
+        stream = iter(build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0, start=start))
+        for _ in range(consume + 1):
+            batch = next(stream)
+        return time.perf_counter() - t0, batch
+
+    empty_s, _ = first_batch(0, 0)  # start-up and the first batch: paid by any run
+    replay_s, replayed = first_batch(batches, 0)
+    decode_s, decoded = first_batch(0, batches)
+    if replayed["key"] != decoded["key"] or not torch.equal(replayed["video"], decoded["video"]):
+        raise RuntimeError("the replayed stream did not continue where the consumed one did")
+    samples = batches * BATCH
+    per_sample = {name: max(s - empty_s, 0.0) / samples * 1e3 for name, s in (("replay", replay_s), ("decode", decode_s))}
+    return dict(batches=batches, batch=BATCH, workers=workers, samples=samples, groups=data["groups"],
+                first_batch_s=round(empty_s, 2), replay_s=round(replay_s, 2), decode_s=round(decode_s, 2),
+                replay_ms_per_sample=round(per_sample["replay"], 3), decode_ms_per_sample=round(per_sample["decode"], 3),
+                speedup=round(per_sample["decode"] / max(per_sample["replay"], 1e-9), 1))
 
 
 def print_report(r: dict) -> None:

@@ -1,4 +1,4 @@
-"""``mv2mae bench synth|preprocess|loader|model|gpu``: every benchmark, each a table plus ``--json`` figures.
+"""``mv2mae bench synth|preprocess|loader|motion|model|resume|gpu``: every benchmark, each a table plus ``--json`` figures.
 
 The measurements themselves live in :mod:`mv2mae.bench`; these commands only parse options and print.
 """
@@ -10,6 +10,7 @@ from pathlib import Path
 import typer
 import yaml
 
+from mv2mae.cli.choices import ModelPreset
 from mv2mae.cli.errors import fail, write_json
 
 
@@ -79,6 +80,42 @@ def bench_loader(
     write_json(json_out, result)
 
 
+def bench_motion(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    work: Path = typer.Option(Path("bench-results/motion-data"), help="Scratch folder for the rendered set."),
+    samples: int = typer.Option(64, help="Pretraining samples (2 views each) per geometry and source."),
+    workers: int = typer.Option(2, help="Processes rendering and preprocessing the set."),
+) -> None:
+    """Spread of the motion weights under framediff and flow; the flow τ matching framediff's τ = 60."""
+    from mv2mae.bench.motion import print_report, run_bench
+
+    result = run_bench(work, samples=samples, workers=workers)
+    print_report(result)
+    write_json(json_out, result)
+
+
+def bench_resume(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    work: Path = typer.Option(Path("bench-results/loader-data"), help="Scratch folder for the rendered set."),
+    batches: int = typer.Option(200, help="Batches consumed before the resume."),
+    workers: int = typer.Option(2, help="DataLoader workers."),
+    raw_size: str = typer.Option("320x240", help="Raw video size rendered (the shards store 160 px)."),
+    groups: int = typer.Option(6, help="Multi-view groups rendered."),
+) -> None:
+    """Time to the first batch of an exactly resumed stream: replayed sampling vs decoding the consumed batches."""
+    from rich.console import Console
+
+    from mv2mae.bench.loader import resume_cost
+
+    w, h = (int(v) for v in raw_size.lower().split("x"))
+    r = resume_cost(work, batches=batches, workers=workers, raw_size=(w, h), groups=groups)
+    Console().print(f"resume after {r['batches']} batches ({r['samples']} samples, {r['workers']} workers): "
+                    f"{r['replay_s']} s replaying the sampling vs {r['decode_s']} s decoding them "
+                    f"(first batch alone {r['first_batch_s']} s); per consumed sample {r['replay_ms_per_sample']} ms vs "
+                    f"{r['decode_ms_per_sample']} ms, {r['speedup']}x")
+    write_json(json_out, r)
+
+
 def _parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
@@ -91,7 +128,7 @@ def _parse_overrides(items: list[str]) -> dict:
 
 def bench_model(
     json_path: Path = typer.Option(None, "--json", help="Write the figures here as JSON."),
-    preset: str = typer.Option("vit_small", help="Model preset."),
+    preset: ModelPreset = typer.Option(ModelPreset.vit_small, help="Model preset."),
     batch: int = typer.Option(2, help="Samples per step on the CPU/default device."),
     steps: int = typer.Option(5, help="Timed rounds per measurement (median reported; rounds interleave the variants)."),
     warmup: int = typer.Option(1, help="Untimed warm-up steps per measurement."),
@@ -111,7 +148,7 @@ def bench_model(
         torch.set_num_threads(threads)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    settings = ModelBenchSettings(preset=preset, batch=batch, steps=steps, warmup=warmup,
+    settings = ModelBenchSettings(preset=preset.value, batch=batch, steps=steps, warmup=warmup,
                                   views=tuple(int(v) for v in views.split(",")), compare_hf=compare_hf,
                                   gpu_batch=gpu_batch, overrides=_parse_overrides(override))
     result = run_model_bench(settings, dev)
@@ -158,5 +195,7 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
     bench_app.command("synth")(bench_synth)
     bench_app.command("preprocess")(bench_preprocess)
     bench_app.command("loader")(bench_loader)
+    bench_app.command("motion")(bench_motion)
     bench_app.command("model")(bench_model)
+    bench_app.command("resume")(bench_resume)
     bench_app.command("gpu")(bench_gpu)

@@ -1,13 +1,15 @@
-"""``mv2mae convert``, ``export`` and ``embed``: weights in and out, features of a video."""
+"""``mv2mae convert``, ``export``, ``embed`` and ``predict``: weights in and out, features and classes of videos."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
 import typer
 
-from mv2mae.cli.errors import fail, reported
+from mv2mae.cli.choices import ExportFormat, WeightsLayout
+from mv2mae.cli.errors import reported
 
 # what reading, converting and writing weights raises that the user can act on (CheckpointError is a
 # ValueError; imported with the command, so torch stays out of ``--help``)
@@ -16,7 +18,8 @@ WEIGHT_ERRORS = (ValueError, FileNotFoundError)
 
 def convert(
     source: Path = typer.Argument(..., help="MCG-NJU VideoMAE .pth file, or a Hugging Face VideoMAE directory."),
-    from_: str = typer.Option(..., "--from", help="Source layout: 'videomae' (MCG-NJU) or 'hf' (transformers)."),
+    from_: WeightsLayout = typer.Option(..., "--from", help="Source layout: videomae (MCG-NJU .pth) or hf "
+                                                              "(a transformers directory)."),
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (an mv2mae MV2MAE checkpoint)."),
     frames: int = typer.Option(16, help="Clip length the VideoMAE weights were trained with (MCG-NJU files do not store it)."),
     image_size: int = typer.Option(224, help="Input size the VideoMAE weights were trained with (MCG-NJU only)."),
@@ -27,7 +30,7 @@ def convert(
     from mv2mae.interop import convert as do_convert
 
     with reported(*WEIGHT_ERRORS):
-        model, parts = do_convert(from_, source, out, frames=frames, image_size=image_size, num_heads=heads,
+        model, parts = do_convert(from_.value, source, out, frames=frames, image_size=image_size, num_heads=heads,
                                   decoder_heads=decoder_heads)
     fresh = [p for p in ("encoder", "self_decoder", "cross_decoder") if p not in parts]
     typer.echo(f"wrote {out}: imported {', '.join(parts)}; freshly initialised {', '.join(fresh)}; "
@@ -35,21 +38,34 @@ def convert(
 
 
 def export(
-    checkpoint: Path = typer.Argument(..., help="An mv2mae checkpoint."),
-    out_dir: Path = typer.Argument(..., help="Directory to write config.json + model.safetensors into."),
-    to: str = typer.Option("hf", "--to", help="Target layout (only 'hf': Hugging Face transformers)."),
+    checkpoint: Path = typer.Argument(..., help="An mv2mae checkpoint: a finetuned classifier, or a pretraining one."),
+    out_dir: Path = typer.Argument(..., help="Directory to write config.json, model.safetensors and "
+                                             "preprocessor_config.json into."),
+    to: ExportFormat = typer.Option(ExportFormat.hf, "--to", help="Target layout (hf: Hugging Face transformers)."),
     with_decoder: bool = typer.Option(False, "--with-decoder/--encoder-only",
-                                      help="Write VideoMAEForPreTraining (with the self-view decoder) instead of VideoMAEModel."),
+                                      help="Pretraining checkpoints: write VideoMAEForPreTraining (with the self-view "
+                                           "decoder) instead of VideoMAEModel."),
 ) -> None:
-    """Write the encoder (and optionally the self-view decoder) in the Hugging Face VideoMAE layout."""
-    from mv2mae.interop import export_hf
-    from mv2mae.model.checkpoint import load_mv2mae
+    """Write a model in the Hugging Face VideoMAE layout: a classifier as VideoMAEForVideoClassification
+    (labels from the dataset's class names), an encoder as VideoMAEModel; checked against transformers
+    when it is installed."""
+    from mv2mae.interop import EXPORT_TOLERANCE, check_export, export_hf
+    from mv2mae.model.checkpoint import load_checkpoint, load_classifier, load_mv2mae
 
-    if to != "hf":
-        fail(f"--to {to!r}: only 'hf' is supported")
     with reported(*WEIGHT_ERRORS):
-        export_hf(load_mv2mae(checkpoint), out_dir, with_decoder=with_decoder)
-    typer.echo(f"wrote {out_dir}/config.json and {out_dir}/model.safetensors")
+        ckpt = load_checkpoint(checkpoint)
+        if "head.weight" in ckpt["model"]:
+            model = load_classifier(ckpt, str(checkpoint))
+            export_hf(model, out_dir, class_names=ckpt.get("classes"))
+        else:
+            model = load_mv2mae(ckpt)
+            export_hf(model, out_dir, with_decoder=with_decoder)
+        diff = check_export(model, out_dir)
+    typer.echo(f"wrote {out_dir}: config.json, model.safetensors, preprocessor_config.json")
+    if diff is None:
+        typer.echo("not checked: transformers is not installed (pip install 'mv2mae[interop]')")
+    else:
+        typer.echo(f"checked: transformers reproduces our outputs within {diff:.1e} (tolerance {EXPORT_TOLERANCE:g})")
 
 
 def embed(
@@ -60,7 +76,8 @@ def embed(
     stride: int = typer.Option(4, help="Temporal stride between sampled frames."),
     size: int = typer.Option(None, help="Square crop size (default: the checkpoint's)."),
     clips: int = typer.Option(1, help="Evenly spaced clips to embed (rows of the output)."),
-    pool: bool = typer.Option(True, "--pool/--tokens", help="Mean-pooled [clips, D] or every token [clips, N, D]."),
+    pool: bool = typer.Option(True, "--pool/--tokens", help="Mean-pooled features, one row per clip (clips × D), "
+                                                             "or every token (clips × N × D)."),
     device: str = typer.Option("cpu", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Features of a video from the frozen encoder — the feature-extraction entry point."""
@@ -75,7 +92,44 @@ def embed(
     typer.echo(f"wrote {out}: features {list(feats.shape)}")
 
 
+def predict(
+    videos: list[Path] = typer.Argument(..., help="Video files, or folders of them."),
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuned classifier (e.g. "
+                                                               "RUN/finetune/checkpoints/best-val-top1.pt)."),
+    views: bool = typer.Option(False, "--views/--separate",
+                               help="The videos are synchronised views of one recording: also give their fused "
+                                    "prediction (probabilities averaged, as eval fuses cameras)."),
+    top_k: int = typer.Option(5, "--top-k", help="Classes listed per video."),
+    clips: int = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips)."),
+    crops: int = typer.Option(None, "--crops", help="Spatial crops per clip (default: the run's data.eval_crops)."),
+    out: Path = typer.Option(None, "--out", help="Also write the predictions to this .json or .csv file."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
+) -> None:
+    """Classify videos with a finetuned model: top classes with their scores, sampled as eval samples."""
+    from mv2mae.eval.predict import Predictor, predict_videos, video_files
+    from mv2mae.train.distributed import pick_device
+
+    if out is not None and out.suffix not in (".json", ".csv"):
+        raise typer.BadParameter(f"{out}: write .json or .csv", param_hint="--out")
+    with reported(*WEIGHT_ERRORS, RuntimeError):  # RuntimeError: a CUDA device asked for and not there
+        predictor = Predictor.load(checkpoint, pick_device(device))
+        rows = predict_videos(predictor, video_files(videos), views=views, top_k=top_k, clips=clips, crops=crops)
+    for row in rows:
+        typer.echo(f"{row['video']}: " + ", ".join(f"{t['class']} {100 * t['score']:.1f}%" for t in row["top"]))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.suffix == ".json":
+            out.write_text(json.dumps({"checkpoint": str(checkpoint), "predictions": rows}, indent=2) + "\n")
+        else:
+            with out.open("w", newline="") as f:
+                writer = csv.writer(f)
+                writer.writerow(["video", "rank", "class", "score"])
+                writer.writerows([r["video"], k + 1, t["class"], t["score"]] for r in rows for k, t in enumerate(r["top"]))
+        typer.echo(f"wrote {out}")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
     app.command("convert")(convert)
     app.command("export")(export)
     app.command("embed")(embed)
+    app.command("predict")(predict)

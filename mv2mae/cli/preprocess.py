@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 
+from mv2mae.cli.choices import Backend, Crop, Dataset, StoredMotion
 from mv2mae.cli.errors import reported
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
@@ -23,13 +24,14 @@ def parse_bytes(text: str) -> int:
 
 
 def preprocess(
-    dataset: str = typer.Argument(..., help="synth, ntu60, ntu120, nucla, pkummd2, etri or manifest."),
+    dataset: Dataset = typer.Argument(..., help="Which dataset layout --root holds (manifest: a CSV file)."),
     root: Path = typer.Option(..., "--root", help="Dataset folder (for 'manifest': the CSV file)."),
     out: Path = typer.Option(..., "--out", help="Output shard directory (re-running resumes it)."),
     size: int = typer.Option(160, "--size", help="Stored short side in pixels."),
     fps: float = typer.Option(None, "--fps", help="Common output frame rate (default: the source rate)."),
-    crop: str = typer.Option("none", "--crop", help="none | center | person (person: NTU skeletons)."),
-    motion: str = typer.Option("framediff", "--motion", help="framediff | flow | both."),
+    crop: Crop = typer.Option(Crop.none, "--crop", help="Stored view of each frame (person: a box around the "
+                                                          "NTU skeletons)."),
+    motion: StoredMotion = typer.Option(StoredMotion.framediff, "--motion", help="Motion caches to compute."),
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of stored frames (1-100)."),
     shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GiB)."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
@@ -40,7 +42,7 @@ def preprocess(
     drop_missing_skeletons: bool = typer.Option(False, "--drop-missing-skeletons",
                                                 help="NTU: leave out videos whose skeleton is missing."),
     cell: int = typer.Option(8, "--cell", help="Motion cell size in stored pixels."),
-    backend: str = typer.Option("ffmpeg", "--backend", help="Decoder: ffmpeg | opencv."),
+    backend: Backend = typer.Option(Backend.ffmpeg, "--backend", help="Video decoder."),
     classes: Path = typer.Option(None, "--classes", help="Text file of class names, one per line."),
     image_fps: float = typer.Option(30.0, "--image-fps", help="Frame rate of per-frame image folders."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar."),
@@ -49,22 +51,21 @@ def preprocess(
     from rich.console import Console
 
     from mv2mae.preprocess.adapters import AdapterError
-    from mv2mae.preprocess.decode import BACKENDS
     from mv2mae.preprocess.pipeline import PreprocessError, run
 
     console = Console(stderr=True)
-    if backend not in BACKENDS:
-        raise typer.BadParameter(f"--backend must be one of {BACKENDS}")
     with reported(AdapterError, PreprocessError, ValueError, OSError):
-        summary = run(dataset, root, out, size=size, fps=fps, crop=crop, motion=motion,
+        summary = run(dataset.value, root, out, size=size, fps=fps, crop=crop.value, motion=motion.value,
                       jpeg_quality=jpeg_quality, shard_size=parse_bytes(shard_size), workers=workers,
                       part=part, parts=parts, limit=limit, max_lag=max_lag,
-                      drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend,
+                      drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend.value,
                       classes_file=str(classes) if classes else None, image_fps=image_fps, progress=progress)
     console.print(
-        f"{summary.written} group(s) written, {summary.skipped} already done, {summary.failed} failed, "
-        f"{summary.dropped_views} view(s) dropped; {summary.groups} groups in {summary.shards} shard(s); "
-        f"{summary.failures} failure record(s); {summary.seconds:.1f} s -> {summary.index}")
+        f"{summary.written} group(s) written ({summary.single_camera} with one camera: finetuning and "
+        f"evaluation only), {summary.skipped} already done, {summary.failed} failed, "
+        f"{summary.dropped_views} view(s) dropped, {summary.unlisted} left out as in no official split; "
+        f"{summary.groups} groups in {summary.shards} shard(s); {summary.failures} failure record(s); "
+        f"{summary.seconds:.1f} s -> {summary.index}")
 
 
 def merge(

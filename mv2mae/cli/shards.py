@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from mv2mae.cli.choices import Overlay, Protocol
 from mv2mae.cli.errors import fail, reported, write_json
 
 DIR_ARG = typer.Argument(..., help="A preprocessed dataset directory (holds index.json).")
@@ -21,12 +22,17 @@ def _guard(fn):
         return fn()
 
 
-def ls(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json", help="Also write JSON here.")) -> None:
-    """A table of shards: groups, bytes, subjects, setups, cameras."""
+def ls(
+    directory: Path = DIR_ARG,
+    protocol: Protocol = typer.Option(None, "--protocol", help="Also count the groups and videos of each split of "
+                                                               "this protocol (train, validation, test)."),
+    json_out: Path = typer.Option(None, "--json", help="Also write JSON here."),
+) -> None:
+    """A table of shards: groups, bytes, subjects, setups, cameras; with --protocol, the counts per split."""
     from rich.console import Console
     from rich.table import Table
 
-    from mv2mae.tools.listing import human_bytes, list_shards
+    from mv2mae.tools.listing import human_bytes, list_shards, protocol_counts
 
     info = _guard(lambda: list_shards(directory))
     table = Table(title=f"{directory} — {info['dataset']}, {info['classes']} classes")
@@ -39,6 +45,15 @@ def ls(directory: Path = DIR_ARG, json_out: Path = typer.Option(None, "--json", 
     table.add_row(f"motion.zarr ({', '.join(info['motion']) or 'none'})", "", human_bytes(info["motion_bytes"]),
                   "", "", "")
     Console().print(table)
+    if protocol is not None:
+        info["protocol"] = counts = _guard(lambda: protocol_counts(directory, protocol.value))
+        split_table = Table(title=f"protocol {counts['protocol']} ({counts['note']})")
+        for col in ("split", "shards", "groups", "videos", "cameras", "subjects"):
+            split_table.add_column(col, justify="right" if col in ("shards", "groups", "videos") else "left")
+        for name, row in counts["splits"].items():
+            split_table.add_row(name, str(row["shards"]), str(row["groups"]), str(row["videos"]),
+                                ",".join(map(str, row["cameras"])), row["subjects"])
+        Console().print(split_table)
     write_json(json_out, info)
 
 
@@ -89,7 +104,8 @@ def show(
     key: str = typer.Argument(None, help="Group key (default: the first group of the first shard)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output .png (montage) or .gif (animation)."),
     columns: int = typer.Option(8, help="Sampled times (columns) in a PNG montage."),
-    motion: str = typer.Option("auto", help="Motion overlay: auto (first cached source), framediff, flow, none."),
+    motion: Overlay = typer.Option(Overlay.auto, help="Motion overlay: auto (the first cached source), a source, "
+                                                       "or none."),
 ) -> None:
     """A montage of one group: one row per camera, one column per sampled time, motion heat-map overlaid."""
     from mv2mae.shards.schema import read_index
@@ -97,7 +113,8 @@ def show(
 
     def run() -> Path:
         group = key or read_index(directory).shards[0].keys[0]
-        return show_group(directory, group, out, columns=columns, source=None if motion == "none" else motion)
+        return show_group(directory, group, out, columns=columns,
+                          source=None if motion == Overlay.none else motion.value)
 
     typer.echo(f"wrote {_guard(run)}")
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mv2mae.cli.choices import ProbeMethod, Protocol, Split
 from mv2mae.cli.errors import reported, write_json
 
 if TYPE_CHECKING:
@@ -26,19 +27,22 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     """What a run raises that the user can act on (imported when a command runs: torch stays out of
     ``--help``)."""
     from mv2mae.config import ConfigError
+    from mv2mae.data.transport import LoaderError
     from mv2mae.model.checkpoint import CheckpointError
     from mv2mae.shards.schema import ContractError
+    from mv2mae.train.distributed import RankLost
     from mv2mae.train.loop import TrainingStopped
 
-    return (ConfigError, ContractError, CheckpointError, TrainingStopped, ValueError, FileNotFoundError)
+    return (ConfigError, ContractError, CheckpointError, TrainingStopped, LoaderError, RankLost, ValueError,
+            FileNotFoundError)
 
 
 @contextlib.contextmanager
-def _process_group(device: str) -> Iterator[DistEnv]:
+def _process_group(device: str, timeout: float | None = None) -> Iterator[DistEnv]:
     """This process's device (and, under torchrun, its process group), torn down however the block ends."""
     from mv2mae.train.distributed import cleanup, setup
 
-    env = setup(device)
+    env = setup(device, timeout)
     try:
         yield env
     finally:
@@ -72,31 +76,21 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
          init: Path | None) -> None:
     import dataclasses
 
-    from mv2mae.train.loop import Trainer
-    from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource, finetune_model_config
+    from mv2mae.eval.evaluate import validator
+    from mv2mae.train.tasks import fit_stage, with_init
 
     with reported(*_run_errors()):
         _check_fresh(out, resume)
         cfg = _resolve_config(stage, config, sets, out, resume)
         if data is not None:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
-        notes = []
-        if stage == "finetune" and (init or cfg.finetune.init):
-            init_path = str(init or cfg.finetune.init)
-            model_cfg, notes = finetune_model_config(cfg, init_path)
-            cfg = dataclasses.replace(cfg, model=model_cfg,
-                                      finetune=dataclasses.replace(cfg.finetune, init=init_path))
-        with _process_group(cfg.loop.device) as env:
-            source = ShardSource(cfg, env, stage)
-            if stage == "pretrain":
-                task = PretrainTask(cfg, init=str(init) if init else "")
-            else:
-                task = FinetuneTask(cfg, cfg.finetune.num_classes or source.num_classes)
-            trainer = Trainer(cfg, task, source, out, env, resume=resume)
+        cfg, notes = with_init(cfg, init)
+        with _process_group(cfg.loop.device, cfg.loop.collective_timeout) as env:
             if env.is_main:
                 for note in notes:
                     typer.echo(f"note: {note}", err=True)
-            summary = trainer.fit()
+            summary = fit_stage(cfg, out, env, resume=resume, pretrain_init=init if stage == "pretrain" else None,
+                                make_validator=validator)
             if env.is_main:
                 typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                            f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
@@ -129,6 +123,7 @@ def finetune(
 # the test-time options eval and probe share (defaults: what the checkpoint's run was trained with)
 TEST_DATA = typer.Option(None, "--data", help="Dataset directory (default: the one it was trained on).")
 TEST_PROTOCOL = typer.Option(None, "--protocol", help="Protocol (default: the one it was trained on).")
+SPLIT_HELP = "Which split to score: test, val (the validation share held out of train) or train."
 TEST_CLIPS = typer.Option(None, "--clips", help="Temporal clips per video (default: the run's data.eval_clips).")
 TEST_CROPS = typer.Option(None, "--crops", help="Spatial crops per clip (default: data.eval_crops).")
 TEST_BATCH = typer.Option(16, "--batch-size", help="Clips per batch.")
@@ -139,8 +134,8 @@ TEST_DEVICE = typer.Option("auto", "--device", help="auto (cuda if available), c
 def eval_(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuning checkpoint."),
     data: Path = TEST_DATA,
-    protocol: str = TEST_PROTOCOL,
-    split: str = typer.Option("test", "--split"),
+    protocol: Protocol = TEST_PROTOCOL,
+    split: Split = typer.Option(Split.test, "--split", help=SPLIT_HELP),
     out: Path = typer.Option(None, "--out", help="Where results.json and confusion.png go (default: RUN/eval-PROTOCOL)."),
     clips: int = TEST_CLIPS,
     crops: int = TEST_CROPS,
@@ -149,14 +144,15 @@ def eval_(
     device: str = TEST_DEVICE,
 ) -> None:
     """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
-    _eval(checkpoint, data, protocol, split, out, clips, crops, batch_size, workers, device)
+    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device)
 
 
 def probe(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="Any checkpoint (pretraining or finetuning)."),
     data: Path = TEST_DATA,
-    protocol: str = TEST_PROTOCOL,
-    method: str = typer.Option("knn", "--method", help="linear | knn"),
+    protocol: Protocol = TEST_PROTOCOL,
+    method: ProbeMethod = typer.Option(ProbeMethod.knn, "--method", help="Linear classifier or k nearest "
+                                                                         "neighbours on the frozen features."),
     out: Path = typer.Option(None, "--out", help="Default: RUN/probe-METHOD-PROTOCOL."),
     clips: int = TEST_CLIPS,
     crops: int = TEST_CROPS,
@@ -165,7 +161,7 @@ def probe(
     device: str = TEST_DEVICE,
 ) -> None:
     """Frozen-feature linear probe or k-NN: train on the train cameras, score the test cameras."""
-    _probe(checkpoint, data, protocol, method, out, clips, crops, batch_size, workers, device)
+    _probe(checkpoint, data, protocol and protocol.value, method.value, out, clips, crops, batch_size, workers, device)
 
 
 def report(
@@ -204,26 +200,27 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
         ckpt = load_checkpoint(checkpoint)
         model = load_classifier(ckpt, str(checkpoint)).to(env.device).eval()
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
-        results = evaluate(model, d, env, read_index(d.root).classes, split=split, batch_size=batch_size)
+        classes = ckpt.get("classes") or read_index(d.root).classes
+        results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
         if env.is_main:
             out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
-            path, png = write_results(results, out)
+            path, table, png = write_results(results, videos, out)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
-            typer.echo(f"results: {path}  confusion matrix: {png}")
+            typer.echo(f"results: {path}  per-video predictions: {table}  confusion matrix: {png}")
 
 
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.probe import load_feature_model, run_probe
-    from mv2mae.model.checkpoint import load_checkpoint
+    from mv2mae.eval.probe import run_probe
+    from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env:
         ckpt = load_checkpoint(checkpoint)
-        model = load_feature_model(ckpt, env.device)
+        model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
-        results = run_probe(model, d, env, method, len(classes), batch_size=batch_size)
+        results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]
         results["classes"] = classes
         if env.is_main:
             out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
@@ -245,8 +242,18 @@ def _print_results(results: dict, title: str) -> None:
                   f"{100 * results['videos']['top5']:.1f}")
     table.add_row("fused (groups)", str(results["fused"]["count"]), f"{100 * results['fused']['top1']:.1f}",
                   f"{100 * results['fused']['top5']:.1f}")
+    if "mean_class_top1" in results:
+        table.add_row("mean over classes", "", f"{100 * results['mean_class_top1']:.1f}", "")
     table.add_row("chance", "", f"{100 * results['chance_top1']:.1f}", "")
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if "per_class" in results and "classes" in results:
+        per_class = Table(title="per class (videos)")
+        for col in ("class", "count", "top-1 %"):
+            per_class.add_column(col, justify="left" if col == "class" else "right")
+        for name, acc in zip(results["classes"], results["per_class"], strict=True):
+            per_class.add_row(name, str(acc["count"]), "-" if acc["top1"] is None else f"{100 * acc['top1']:.1f}")
+        console.print(per_class)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:

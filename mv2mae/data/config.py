@@ -12,10 +12,18 @@ import os
 from dataclasses import dataclass, field
 
 from mv2mae.model.config import ModelConfig
+from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, VALIDATION_BY
 
-SOURCE_POLICIES = ("random", "adjacent", "fixed")
-MOTION_OPTIONS = ("framediff", "flow", "online", "none")
+SOURCE_POLICIES = ("random", "adjacent", "opposite", "fixed")
+# Motion weights (METHOD.md, Objective): "framediff" is the method's signal, computed from the clip itself
+# (mv2mae.data.motion.clip_token_motion); "online", the name that path had beside the cached framediff,
+# means the same. "flow" is DIS optical flow from the Zarr cache, in its own units (stored pixels per
+# stored frame) with its own τ (model.tau_flow). "none" trains the plain MAE loss.
+CLIP_MOTION = ("framediff", "online")
+CACHED_MOTION = ("flow",)
+MOTION_OPTIONS = (*CLIP_MOTION, *CACHED_MOTION, "none")
 DECODE_ON = ("auto", "cpu", "device")
+FLIP_OPTIONS = ("auto", "on", "off")
 
 
 @dataclass
@@ -25,12 +33,19 @@ class DataConfig:
     root: str = ""  # preprocessed dataset directory (``--data``)
     protocol: str = "synth_xview"
     stride: int = 4  # stored frames between two sampled frames
-    num_sources: int = 1  # K source views per pretraining target (the paper: one is best)
-    source_policy: str = "random"  # random | adjacent | fixed
+    # K source views per pretraining target (the paper: one is best); 0 = single-view pretraining: each
+    # sample is one camera's clip and only the self-view decoder trains (VideoMAE on the same videos)
+    num_sources: int = 1
+    source_policy: str = "random"  # random | adjacent | opposite (the farthest cameras) | fixed
     fixed_pairs: list[list[int]] = field(default_factory=list)  # policy "fixed": [target, *sources] camera ids
-    motion: str = "framediff"  # framediff | flow (from the Zarr cache) | online (from the clip) | none
+    motion: str = "framediff"  # framediff (= online, from the clip) | flow (from the Zarr cache) | none
     crop_scale: tuple[float, float] = (0.5, 1.0)  # random resized crop: area fraction of the frame
     shared_crop: bool = False  # one crop box for every view of a sample (default: independent)
+    # horizontal flip, p = 0.5, decided with each crop (mv2mae.data.sampling.Crop): "auto" flips finetuning
+    # clips when the dataset records a class-swap table (index.json ``flip_classes``: a flipped clip takes
+    # its mirror class) and never flips pretraining; "on" flips in both stages (finetuning then needs the
+    # table; pretraining flips every view of a sample together); "off" never flips
+    flip: str = "auto"
     shuffle_buffer: int = 256  # groups held by each worker's shuffle buffer
     # pretraining samples cut from each decoded group, each with new crops (and masks) of the same frames
     # and views (MAE-ST's repeated sampling; 1 = off, as in VideoMAE and the paper). Epochs still count
@@ -43,6 +58,17 @@ class DataConfig:
     # (workers only plan clips and read bytes; the training process decodes each batch at once where
     # the model runs: nvJPEG on CUDA), or "auto" = device on CUDA, cpu elsewhere (:meth:`decodes_on_device`)
     decode_on: str = "auto"
+    # validation split carved from the protocol's train split for finetuning's model selection (no test
+    # video is ever in it): whole subjects (the default), whole shards (datasets whose shards mix subjects),
+    # or none. Pretraining (no labels, no selection) uses the whole train split.
+    val_by: str = VALIDATION_BY[0]  # subject
+    val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
+    # groups a loader process may skip as unreadable (truncated or tampered shard, undecodable JPEG,
+    # missing motion rows; each logged once) before the run stops: damaged data, not a sample or two
+    max_bad_samples: int = 100
+    # seconds the loader waits for a worker's next batch before the run fails (a worker stopped, or stuck
+    # on a read): a bound on how long a run can hang, not a speed target
+    timeout: float = 300.0
 
     def __post_init__(self) -> None:
         self.root = os.fspath(self.root)  # a Path is welcome; the saved config holds a string
@@ -55,31 +81,33 @@ class DataConfig:
             problems.append(f"source_policy {self.source_policy!r} not in {SOURCE_POLICIES}")
         if self.motion not in MOTION_OPTIONS:
             problems.append(f"motion {self.motion!r} not in {MOTION_OPTIONS}")
+        if self.flip not in FLIP_OPTIONS:
+            problems.append(f"flip must be auto, on or off, got {self.flip!r}")
         if self.decode_on not in DECODE_ON:
             problems.append(f"decode_on must be auto, cpu or device, got {self.decode_on!r}")
+        if self.val_by not in VALIDATION_BY:
+            problems.append(f"val_by {self.val_by!r} not in {VALIDATION_BY}")
+        if not 0.0 < self.val_fraction < 1.0:
+            problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
-        if self.num_sources < 1:
-            problems.append(f"sources must be >= 1, got {self.num_sources}")
-        if min(self.stride, self.eval_clips, self.eval_crops) < 1 or self.workers < 0:
-            problems.append("stride, eval_clips and eval_crops must be >= 1 and workers >= 0")
+        if self.num_sources < 0:
+            problems.append(f"num_sources must be >= 0, got {self.num_sources}")
+        if min(self.stride, self.eval_clips, self.eval_crops) < 1 or min(self.workers, self.max_bad_samples) < 0:
+            problems.append("stride, eval_clips and eval_crops must be >= 1, workers and max_bad_samples >= 0")
         if self.source_policy == "fixed":
             bad = [p for p in self.fixed_pairs if len(p) != self.num_sources + 1]
             if not self.fixed_pairs or bad:
                 problems.append(f"source_policy 'fixed' needs fixed_pairs of [target, {self.num_sources} "
                                 f"source(s)], got {self.fixed_pairs}")
+        if not self.timeout > 0:
+            problems.append(f"timeout must be > 0 seconds, got {self.timeout}")
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def views(self) -> int:
         return 1 + self.num_sources
-
-    @property
-    def motion_from_clip(self) -> bool:
-        """Whether motion weights are computed from the decoded clip (in the worker with ``decode_on=cpu``,
-        right after the batch is decoded with ``device``) rather than read from the Zarr cache."""
-        return self.motion == "online"
 
     def decodes_on_device(self, device_type: str) -> bool:
         """Whether batches used on ``device_type`` ("cpu", "cuda") are decoded there, in the training

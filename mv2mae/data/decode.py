@@ -14,7 +14,7 @@ import torch
 import torch.utils.data
 
 from mv2mae.data.device import JPEG_FIELDS
-from mv2mae.data.sampling import Box
+from mv2mae.data.sampling import Crop
 from mv2mae.data.transport import batch_buffer, fresh_buffer, ship
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import ContractError, frame_member
@@ -46,11 +46,12 @@ def decode_frames(group: GroupSample, camera: int, indices: np.ndarray) -> dict[
     return frames
 
 
-def crop_resize(frames: dict[int, np.ndarray], indices: np.ndarray, box: Box, size: int,
+def crop_resize(frames: dict[int, np.ndarray], indices: np.ndarray, crop: Crop, size: int,
                 out: np.ndarray | None = None) -> np.ndarray:
-    """``[T, size, size, C]`` uint8: each sampled frame cropped to ``box`` and resized (channels kept),
-    written into ``out`` when given (e.g. one view of a multi-view sample, which then needs no stacking)."""
-    x0, y0, x1, y1 = box
+    """``[T, size, size, C]`` uint8: each sampled frame cut to ``crop.box``, resized (channels kept) and
+    mirrored when ``crop.flip``, written into ``out`` when given (e.g. one view of a multi-view sample,
+    which then needs no stacking)."""
+    x0, y0, x1, y1 = crop.box
     # Bilinear (VideoMAE's choice) unless shrinking by more than 2x, where it would alias; area
     # resampling is ~8x slower and at the usual 160 -> 128 ratio indistinguishable.
     interp = cv2.INTER_AREA if min(x1 - x0, y1 - y0) > 2 * size else cv2.INTER_LINEAR
@@ -62,6 +63,8 @@ def crop_resize(frames: dict[int, np.ndarray], indices: np.ndarray, box: Box, si
                          f"{out.dtype} {out.shape}")
     for k, t in enumerate(indices):
         cv2.resize(frames[int(t)][y0:y1, x0:x1], (size, size), dst=out[k], interpolation=interp)
+        if crop.flip:
+            cv2.flip(out[k], 1, dst=out[k])
     return out
 
 
@@ -99,7 +102,8 @@ def collate_clips(samples: list[dict]) -> dict:
             out.numpy()[:] = values
             batch[key] = ship(out)
         elif key in JPEG_FIELDS:  # a length of its own per batch: fresh memory, not a reused buffer
-            batch[key] = torch.cat(values, out=fresh_buffer((sum(len(v) for v in values),), values[0].dtype))
+            shape = (sum(len(v) for v in values), *values[0].shape[1:])
+            batch[key] = torch.cat(values, out=fresh_buffer(shape, values[0].dtype))
         elif not all(isinstance(v, torch.Tensor) and v.device.type == "cpu" for v in values) or \
                 len({(v.dtype, tuple(v.shape)) for v in values}) != 1:
             plain.append(key)

@@ -21,7 +21,7 @@ from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.datasets import ClipDataset, EvalClips, FinetuneClips, PretrainClips, ShardSplit
 from mv2mae.data.decode import collate_clips
 from mv2mae.data.device import DeviceDecoder
-from mv2mae.data.transport import Batches, BatchRing
+from mv2mae.data.transport import Batches, BatchRing, WorkerPids
 from mv2mae.model.config import ModelConfig
 
 PREFETCH = 2  # batches in flight per worker
@@ -38,35 +38,50 @@ def _loader(dataset: ClipDataset, batch_size: int, pin_memory: bool, drop_last: 
     reuse = not dataset.encoded if reuse_buffers is None else reuse_buffers
     ring = BatchRing(workers, slots=PREFETCH + 2) if workers > 0 and reuse else None
     dataset.ring = ring.ends if ring is not None else None
+    pids = WorkerPids(workers) if workers > 0 else None
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
                         drop_last=drop_last, persistent_workers=workers > 0,
-                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate_clips)
-    decoder = DeviceDecoder(dataset.geom, device, dataset.data.motion_from_clip) if dataset.encoded else None
-    return Batches(loader, ring, decoder)
+                        prefetch_factor=PREFETCH if workers > 0 else None, collate_fn=collate_clips,
+                        timeout=dataset.data.timeout if workers > 0 else 0,
+                        worker_init_fn=pids.record if pids is not None else None)
+    decoder = DeviceDecoder(dataset.geom, device, dataset.clip_motion) if dataset.encoded else None
+    return Batches(loader, ring, pids, decoder)
 
 
-def _dataset(cls: type[ClipDataset], model: ModelConfig, data: DataConfig, split: str, device: torch.device,
+def _split(data: DataConfig, split: str) -> ShardSplit:
+    """A labelled split: ``train`` without the validation share ``val`` holds (``data.val_by``)."""
+    return ShardSplit.open(data.root, data.protocol, split, data.val_by, data.val_fraction)
+
+
+def _dataset(cls: type[ClipDataset], split: ShardSplit, model: ModelConfig, data: DataConfig, device: torch.device,
              **kwargs) -> ClipDataset:
-    return cls(ShardSplit.open(data.root, data.protocol, split), ClipGeometry.of(model, data), data,
-               encoded=data.decodes_on_device(device.type), **kwargs)
+    return cls(split, ClipGeometry.of(model, data), data, encoded=data.decodes_on_device(device.type), **kwargs)
 
 
 def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool | None = None,
-                          device: torch.device | str = "cpu") -> Batches:
+                          start: int = 0, device: torch.device | str = "cpu") -> Batches:
     """Infinite multi-view batches: ``video`` uint8 [B, V, C, T, H, W] (view 0 = target), ``motion`` [B, V, N]
-    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]."""
+    (0-255 units), ``cameras`` [B, V], ``label`` [B], ``key`` list[str]. ``start``: batches a resumed run
+    already consumed; the stream continues after them exactly, replaying their sampling but not their
+    decoding."""
     device = torch.device(device)
-    ds = _dataset(PretrainClips, model, data, split, device, seed=seed, rank=rank, world_size=world_size)
+    # pretraining (no labels, no model selection) always reads the whole split: no validation share held out
+    ds = _dataset(PretrainClips, ShardSplit.open(data.root, data.protocol, split), model, data, device,
+                  seed=seed, rank=rank, world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers, device=device)
 
 
 def build_finetune_loader(model: ModelConfig, data: DataConfig, split: str = "train", *, batch_size: int, seed: int,
                           rank: int = 0, world_size: int = 1, pin_memory: bool = False, reuse_buffers: bool | None = None,
-                          device: torch.device | str = "cpu") -> Batches:
-    """Infinite single-camera batches: ``video`` uint8 [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``."""
+                          start: int = 0, device: torch.device | str = "cpu") -> Batches:
+    """Infinite single-camera batches: ``video`` uint8 [B, C, T, H, W], ``label`` [B], ``camera`` [B], ``key``
+    (``start`` as for :func:`build_pretrain_loader`)."""
     device = torch.device(device)
-    ds = _dataset(FinetuneClips, model, data, split, device, seed=seed, rank=rank, world_size=world_size)
+    ds = _dataset(FinetuneClips, _split(data, split), model, data, device, seed=seed, rank=rank,
+                  world_size=world_size)
+    ds.resume_at = (start, batch_size)
     return _loader(ds, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers, device=device)
 
 
@@ -77,5 +92,5 @@ def build_eval_loader(model: ModelConfig, data: DataConfig, split: str = "test",
     ``video`` uint8 [B, C, T, H, W], ``label``, ``camera``, ``clip``, ``crop``, ``key`` and ``video_id`` for
     softmax averaging per video and per group."""
     device = torch.device(device)
-    ds = _dataset(EvalClips, model, data, split, device, rank=rank, world_size=world_size)
+    ds = _dataset(EvalClips, _split(data, split), model, data, device, rank=rank, world_size=world_size)
     return _loader(ds, batch_size, pin_memory, drop_last=False, reuse_buffers=reuse_buffers, device=device)

@@ -1,21 +1,58 @@
-"""Pure sampling decisions: which frames, which cameras, which crop box. No I/O, numpy RNG only.
+"""Pure sampling decisions: which frames, which cameras, which crop. No I/O, numpy RNG only.
 
-Every decision is a plain value (index array, camera list, integer box) so that the same decision
+Every decision is a plain value (index array, camera list, :class:`Crop`) so that the same decision
 drives the pixels and the motion weights — the two can never disagree about what was sampled.
+
+Augmentation, and where it departs from VideoMAE's recipes [ours]:
+
+- Pretraining: a random resized crop (area ``data.crop_scale``, aspect 3/4-4/3) drawn for each view
+  independently (VideoMAE's pretraining crops and nothing else; METHOD.md). The views come from
+  different cameras, so one box would not cut matching content from them anyway; independent boxes
+  give each view its own scale and framing, as separate VideoMAE samples would have.
+  ``data.shared_crop`` cuts one box from every view. No flip unless ``data.flip=on``, and then every
+  view of a sample flips together: a mirrored scene filmed by mirrored cameras is still one
+  consistent multi-view recording, while flipping a subset would ask the cross-view decoder to
+  reconstruct a view of the mirror-image scene from the other.
+- Finetuning: a random resized crop, and a horizontal flip (p = 0.5) only where the dataset records
+  which class a mirrored video shows (``flip_classes``): left/right action pairs (the synthetic set's
+  waves, punches, kicks and bends) would otherwise be taught with the wrong label. VideoMAE also
+  applies RandAugment (m7, n4) and random erasing (0.25); we leave both out. METHOD.md's recipe
+  regularises with mixup, cutmix, label smoothing and drop path, and RandAugment is per-frame image
+  work on the loader's CPU: timm's rand-m7-n4-mstd0.5-inc1 took ~32 ms for a 16-frame 128² clip on
+  one core of the 2-core box, four times what a whole two-view pretraining sample costs a worker
+  (~8.2 ms, BENCHMARKS.md).
+- Evaluation: fixed crops (:func:`eval_boxes`), never flipped.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from mv2mae.data.config import ClipGeometry, DataConfig
+from mv2mae.shards.schema import GroupMeta
 
 CROP_RATIO = (3 / 4, 4 / 3)  # random resized crop: aspect ratio range (torchvision's default)
+FLIP_PROB = 0.5  # horizontal flip, when flipping is on (VideoMAE's and torchvision's rate)
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in stored-frame pixels, end exclusive
+
+
+class Crop(NamedTuple):
+    """Where one view of a sample comes from in its stored frames: ``box`` is cut and resized to the
+    clip size, then mirrored left-right when ``flip``. The clip's pixels and its motion weights are
+    both taken through the one Crop."""
+
+    box: Box
+    flip: bool = False
+
+
+def draw_flip(enabled: bool, rng: np.random.Generator) -> bool:
+    """One flip decision (no draw when flipping is off)."""
+    return enabled and bool(rng.random() < FLIP_PROB)
 
 
 def _effective_stride(num_frames: int, geom: ClipGeometry) -> int:
@@ -43,6 +80,16 @@ def train_frame_indices(num_frames: int, geom: ClipGeometry, rng: np.random.Gene
     return _clip_at(start, num_frames, geom)
 
 
+def shared_clip(meta: GroupMeta, views: list[int], geom: ClipGeometry,
+                rng: np.random.Generator) -> list[tuple[int, np.ndarray]]:
+    """One random clip of the same instants in every view of ``views``: ``[(camera, stored frame indices)]``,
+    drawn from the span those views share (``GroupMeta.span``: a pair of views may share more than the
+    span common to all the group's views)."""
+    first, length = meta.span(views)
+    indices = train_frame_indices(length, geom, rng)
+    return [(cam, first[cam] + indices) for cam in views]
+
+
 def eval_frame_indices(num_frames: int, geom: ClipGeometry, clips: int) -> list[np.ndarray]:
     """``clips`` clips with evenly spaced starts covering the video (VideoMAE multi-clip testing)."""
     stride = _effective_stride(num_frames, geom)
@@ -51,11 +98,26 @@ def eval_frame_indices(num_frames: int, geom: ClipGeometry, clips: int) -> list[
     return [_clip_at(int(round(s)), num_frames, geom) for s in starts]
 
 
-def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Generator) -> list[int] | None:
+Layout = dict[str, dict[str, float]]  # ``index.json``'s ``layout``: cam -> {"azimuth": deg, "height": m}
+
+
+def view_distance(layout: Layout, a: int, b: int) -> tuple[float, float]:
+    """How far camera ``b`` stands from camera ``a``: (azimuth difference in degrees, 0-180; height
+    difference in metres), compared in that order — the other height of the same position is nearer
+    than the next position (ETRI's pairs), and ids play no part."""
+    pa, pb = layout[str(a)], layout[str(b)]
+    turn = abs(pa.get("azimuth", 0.0) - pb.get("azimuth", 0.0)) % 360
+    return min(turn, 360 - turn), abs(pa.get("height", 0.0) - pb.get("height", 0.0))
+
+
+def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Generator,
+                 layout: Layout | None = None) -> list[int] | None:
     """``[target, *sources]`` camera ids drawn from ``available`` by the configured policy.
 
     ``available`` is already the intersection of the group's cameras and the protocol's allowed ones;
-    ``None`` when the group cannot provide 1 + K distinct views."""
+    ``None`` when the group cannot provide 1 + K distinct views. The ``adjacent`` policy takes the K
+    cameras nearest the target in the dataset's ``layout`` (:func:`view_distance`, random among equals),
+    ``opposite`` the K farthest."""
     cams = sorted(set(available))
     if len(cams) < cfg.views:
         return None
@@ -67,10 +129,15 @@ def choose_views(available: Sequence[int], cfg: DataConfig, rng: np.random.Gener
     if cfg.source_policy == "random":
         picks = rng.permutation(len(others))[: cfg.num_sources]
         return [target] + [others[i] for i in picks]
-    # adjacent: nearest camera ids to the target (camera ids enumerate positions); random tie-break.
-    pos = cams.index(target)
-    dist = np.array([abs(cams.index(c) - pos) for c in others], dtype=float) + rng.random(len(others)) * 0.5
-    return [target] + [others[i] for i in np.argsort(dist)[: cfg.num_sources]]
+    # adjacent / opposite: the nearest / farthest cameras in the recorded layout; random tie-break
+    unplaced = [c for c in cams if layout is None or str(c) not in layout]
+    if unplaced:
+        raise ValueError(f"source policy {cfg.source_policy!r} needs the camera layout; cameras {unplaced} have no place")
+    ties = rng.random(len(others))
+    sign = 1 if cfg.source_policy == "adjacent" else -1
+    order = sorted(range(len(others)),
+                   key=lambda i: (*(sign * d for d in view_distance(layout, target, others[i])), ties[i]))
+    return [target] + [others[i] for i in order[: cfg.num_sources]]
 
 
 def random_resized_box(width: int, height: int, cfg: DataConfig, rng: np.random.Generator) -> Box:

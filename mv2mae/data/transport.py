@@ -36,11 +36,14 @@ use is at most ``slots`` buffers per field per worker beyond what a plain DataLo
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import multiprocessing
 import os
+import signal
 import struct
 import threading
+import traceback
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -53,10 +56,24 @@ from torch.multiprocessing.reductions import StorageWeakRef
 _MESSAGE = struct.Struct("<qq")  # (worker pid, slot): one atomic pipe write (< PIPE_BUF)
 
 
+class LoaderError(RuntimeError):
+    """The loader's workers cannot deliver: one died, none answered within ``data.timeout``, or batches
+    cannot be handed over (no shared memory)."""
+
+
 def _shared_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor in (fresh) shared memory, as ``default_collate`` builds in a worker."""
+    """An uninitialised tensor in (fresh) shared memory, as ``default_collate`` builds in a worker.
+
+    Shared memory is a file (in /dev/shm): a file-size limit (``ulimit -f``) or a full /dev/shm refuses
+    it, and there is no way round that for batches that cross processes — so the error says what to do."""
     elem = torch.empty(0, dtype=dtype)
-    storage = elem._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    try:
+        storage = elem._typed_storage()._new_shared(math.prod(shape), device="cpu")
+    except RuntimeError as e:
+        size = math.prod(shape) * elem.element_size()
+        raise LoaderError(f"a loader worker cannot allocate {size} bytes of shared memory for a batch ({e}): "
+                          f"a file-size limit (ulimit -f) or a full /dev/shm; raise the limit or free the space, "
+                          f"or set data.workers=0 to load batches in the training process") from None
     return elem.new(storage).resize_(shape)
 
 
@@ -242,28 +259,125 @@ def ship(view: torch.Tensor):
     return _ACTIVE.ship(view) if _ACTIVE is not None else view
 
 
+class WorkerPids:
+    """The process ids of one DataLoader's workers, each recorded by the worker as it starts (pass
+    :meth:`record` as ``worker_init_fn``). A loader that gave up on a stopped worker wakes it
+    (:meth:`wake`) so that the DataLoader's shutdown can end it: a stopped process holds back the SIGTERM
+    it is sent, and the interpreter would wait for it forever on exit."""
+
+    def __init__(self, workers: int):
+        self.pids = multiprocessing.Array("q", workers, lock=False)
+
+    def record(self, worker_id: int) -> None:
+        self.pids[worker_id] = os.getpid()
+
+    def wake(self) -> None:
+        """SIGCONT every recorded worker that is still a child of this process."""
+        children = {p.pid for p in multiprocessing.active_children()}
+        for pid in self.pids:
+            if pid in children:
+                os.kill(pid, signal.SIGCONT)
+
+
+def _stalled(timeout: float) -> LoaderError:
+    return LoaderError(f"no batch from the data-loader workers in {timeout:g} s (data.timeout): a worker is stopped "
+                       f"or stuck (e.g. on a network file system read); raise data.timeout if the storage is this slow")
+
+
+def _worker_error(e: Exception, timeout: float) -> Exception:
+    """The error a consumer should see for what a DataLoader raised: a worker's own error as the worker
+    raised it (the DataLoader wraps it in a message holding the worker's traceback), a dead or stalled
+    worker as a :class:`LoaderError` that says so — also when it died with a batch still queued, whose
+    shared memory this process then cannot fetch from it (``EOFError`` or a refused connection)."""
+    text = str(e)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        kind = type(e)
+        marker = f"\n{kind.__module__}.{kind.__qualname__}: " if kind.__module__ != "builtins" else f"\n{kind.__name__}: "
+        _, found, original = text.rpartition(marker)
+        if found:
+            try:
+                return kind(original.strip())
+            except Exception:  # an exception type that takes other arguments: keep the DataLoader's message
+                return e
+    if isinstance(e, RuntimeError) and text.startswith("DataLoader timed out"):
+        return _stalled(timeout)
+    if isinstance(e, RuntimeError) and text.startswith("DataLoader worker"):
+        return LoaderError(f"a data-loader worker died ({text}; killed, or out of memory?)")
+    if isinstance(e, (EOFError, ConnectionError)):  # a queued batch's shared memory is fetched from its worker
+        return LoaderError(f"a data-loader worker died before its batch was received ({type(e).__name__}; killed, "
+                           f"or out of memory?)")
+    return e
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float) -> Iterator[None]:
+    """Raise :func:`_stalled` in the main thread if the block takes longer than ``seconds``. The
+    DataLoader's own ``timeout`` covers waiting for a worker's message, but not what follows: receiving
+    a batch's shared memory asks the worker that sent it for a file descriptor, and a stopped worker
+    never answers. Only the main thread can take the alarm; elsewhere only the DataLoader's timeout holds."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum, frame):
+        raise _stalled(seconds)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Batches:
     """A DataLoader whose workers write into reused buffers (see the module notes), iterated as plain
     batches the consumer may keep as long as it likes, each passed through ``finish`` (when given) in
-    this process as it is taken: the device decoding of ``mv2mae.data.device``."""
+    this process as it is taken: the device decoding of ``mv2mae.data.device``. A worker's failure
+    reaches the consumer as the worker's own one-line error (:func:`_worker_error`); a batch that takes
+    longer than the loader's ``timeout`` is an error too (:func:`_deadline`). A loader whose workers died
+    or stalled is done: a stopped worker is woken (``pids``) and the DataLoader and its iterator dropped
+    at once (the frames of the error's traceback would otherwise keep the iterator, and with it the
+    DataLoader's watch on its workers' exits, alive), so that its shutdown ends the workers (and the
+    failing process can exit)."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None,
+    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None, pids: WorkerPids | None = None,
                  finish: Callable[[dict], dict] | None = None):
-        self.loader, self.ring, self.finish = loader, ring, finish
-
-    @property
-    def dataset(self):
-        return self.loader.dataset
-
-    @property
-    def batch_size(self):
-        return self.loader.batch_size
+        self.loader: torch.utils.data.DataLoader | None = loader
+        self.ring, self.pids, self.finish = ring, pids, finish
+        self.dataset, self.batch_size = loader.dataset, loader.batch_size
 
     def __iter__(self) -> Iterator:
+        if self.loader is None:
+            raise LoaderError("this loader's workers failed earlier; build a new loader")
+        timeout = self.loader.timeout
+        try:
+            yield from self._batches(timeout)
+        except Exception as e:
+            error = _worker_error(e, timeout)
+            if isinstance(error, LoaderError):
+                if self.pids is not None:
+                    self.pids.wake()
+                self.loader = None
+                traceback.clear_frames(e.__traceback__)
+            if error is e:
+                raise
+            raise error from None
+
+    def _batches(self, timeout: float) -> Iterator:
         if self.ring is not None:
             self.ring.reclaim()  # before the workers start their pass and retire what is still out
-        for batch in self.loader:
+        batches = iter(self.loader)
+        while True:
+            with _deadline(timeout):
+                batch = next(batches, _END)
+            if batch is _END:
+                return
             if self.ring is not None:
                 self.ring.reclaim()
                 batch = self.ring.hand_out(batch)
             yield batch if self.finish is None else self.finish(batch)
+
+
+_END = object()

@@ -1,28 +1,35 @@
 """Evaluation of a finetuned checkpoint: one exact pass over a protocol's test split (split across
-ranks), clip softmax gathered on rank 0, aggregated, written as ``results.json`` and a confusion PNG."""
+ranks), clip softmax gathered on rank 0, aggregated, written as ``results.json`` (per camera, fused and
+per class), ``predictions.csv`` (one row per video) and a confusion PNG. The same pass over the
+validation split scores finetuning runs as they train (:func:`validator`)."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
+from rich.progress import track
 from torch import nn
 
 from mv2mae.config import RunConfig
 from mv2mae.data.config import DataConfig
 from mv2mae.data.loaders import build_eval_loader
-from mv2mae.eval.metrics import aggregate
+from mv2mae.eval.metrics import aggregate, video_predictions
 from mv2mae.model.config import ModelConfig
 from mv2mae.train.distributed import DistEnv, gather_objects
 
 RESULTS_FILE = "results.json"
+PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion.png"
 
 
@@ -51,12 +58,23 @@ def eval_loader(model_cfg: ModelConfig, data: DataConfig, env: DistEnv, split: s
                              world_size=env.world_size, pin_memory=env.device.type == "cuda", device=env.device)
 
 
+def _with_progress(loader: Iterable[dict], env: DistEnv, what: str) -> Iterable[dict]:
+    """``loader`` with a progress bar on rank 0, in batches of this rank's estimated share of the clips."""
+    dataset = getattr(loader, "dataset", None)
+    if dataset is None or not env.is_main:
+        return loader
+    clips = dataset.split.selection.videos * dataset.data.eval_clips * dataset.data.eval_crops
+    total = math.ceil(clips / env.world_size / loader.batch_size)
+    return track(loader, description=what, total=total, console=Console(stderr=True), transient=True)
+
+
 @torch.no_grad()
-def predict(model: nn.Module, loader: Iterable[dict], env: DistEnv, features: bool = False) -> dict[str, list]:
+def predict(model: nn.Module, loader: Iterable[dict], env: DistEnv, features: bool = False,
+            what: str = "evaluating") -> dict[str, list]:
     """This rank's rows: softmax probabilities (or pooled features) with their ids."""
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if env.device.type == "cuda" else contextlib.nullcontext()
     rows: dict[str, list] = {"out": [], "video_id": [], "key": [], "camera": [], "label": []}
-    for batch in loader:
+    for batch in _with_progress(loader, env, what):
         video = batch["video"].to(env.device, non_blocking=True)
         with amp:
             out = model.forward_features(video) if features else model(video).float().softmax(dim=-1)
@@ -75,26 +93,51 @@ def gather_rows(rows: dict[str, list]) -> dict[str, list]:
 
 
 def evaluate(model: nn.Module, data: DataConfig, env: DistEnv, class_names: list[str], split: str = "test",
-             batch_size: int = EVAL_BATCH) -> dict[str, Any]:
+             batch_size: int = EVAL_BATCH) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(metrics, one prediction row per video) of ``model`` on ``split``, the same on every rank."""
     t0 = time.perf_counter()
-    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env))
+    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env,
+                               what=f"{split} {data.protocol}"))
     if not rows["out"]:
         raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no test clips")
-    results = aggregate(np.asarray(rows["out"]), rows["video_id"], rows["key"], rows["camera"], rows["label"],
-                        num_classes=len(class_names))
+    probs = np.asarray(rows["out"])
+    ids = (rows["video_id"], rows["key"], rows["camera"], rows["label"])
+    results = aggregate(probs, *ids, num_classes=len(class_names))
     results.update(protocol=data.protocol, split=split, data=str(data.root), clips_per_video=data.eval_clips,
                    crops_per_clip=data.eval_crops, classes=class_names, world_size=env.world_size,
                    seconds=time.perf_counter() - t0)
-    return results
+    return results, video_predictions(probs, *ids, class_names)
 
 
-def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+def validator(data: DataConfig, env: DistEnv, class_names: list[str],
+              batch_size: int = EVAL_BATCH) -> Callable[[nn.Module], dict[str, float]]:
+    """What finetuning calls to score a model on the validation split (``data.val_by``): video top-1,
+    top-5 and mean-class top-1, tested as ``eval`` tests (``data.eval_clips`` × ``data.eval_crops``)."""
+
+    def validate(model: nn.Module) -> dict[str, float]:
+        results, _ = evaluate(model, data, env, class_names, split="val", batch_size=batch_size)
+        return {"top1": results["videos"]["top1"], "top5": results["videos"]["top5"],
+                "mean_class_top1": results["mean_class_top1"]}
+
+    return validate
+
+
+def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path, Path]:
+    """``results.json``, ``predictions.csv`` (a row per video: true class, top classes and their scores)
+    and the confusion matrix PNG in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / RESULTS_FILE
     path.write_text(json.dumps(results, indent=1))
+    table = out_dir / PREDICTIONS_FILE
+    with table.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "key", "camera", "label", "predicted", "correct", "top", "scores"])
+        for v in videos:
+            writer.writerow([v["video_id"], v["key"], v["camera"], v["label"], v["predicted"], int(v["correct"]),
+                             "|".join(v["top"]), "|".join(f"{p:.4f}" for p in v["scores"])])
     png = plot_confusion(np.asarray(results["confusion"]), results["classes"], out_dir / CONFUSION_FILE,
                          title=f"{results['protocol']} ({results['split']}): video top-1 {100 * results['videos']['top1']:.1f}%")
-    return path, png
+    return path, table, png
 
 
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:

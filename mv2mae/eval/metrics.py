@@ -38,8 +38,9 @@ def aggregate(probs: np.ndarray, video_ids: Sequence[str], keys: Sequence[str], 
               labels: Sequence[int], num_classes: int) -> dict[str, Any]:
     """Clip rows (softmax ``probs`` [M, C] with their video id, group key, camera and label) -> metrics.
 
-    Returns clip-level accuracy (no averaging, for reference), video-level accuracy overall and per
-    camera, fused group-level accuracy, and the video-level confusion matrix (rows = true class).
+    Returns clip-level accuracy (no averaging, for reference), video-level accuracy overall, per camera
+    and per class (``per_class[c]``, and their mean over the classes present: ``mean_class_top1``), fused
+    group-level accuracy, and the video-level confusion matrix (rows = true class).
     """
     probs = np.asarray(probs, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -60,11 +61,32 @@ def aggregate(probs: np.ndarray, video_ids: Sequence[str], keys: Sequence[str], 
 
     confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(confusion, (vlabels, vprobs.argmax(axis=1)), 1)
+    counts = confusion.sum(axis=1)
+    per_class = [{"top1": float(confusion[c, c] / counts[c]) if counts[c] else None, "count": int(counts[c])}
+                 for c in range(num_classes)]
     return {
         "clips": _accuracy(probs, labels),
         "videos": _accuracy(vprobs, vlabels),
         "per_camera": {int(c): _accuracy(vprobs[vcams == c], vlabels[vcams == c]) for c in sorted(set(vcams.tolist()))},
+        "per_class": per_class,
+        "mean_class_top1": float(np.mean([p["top1"] for p in per_class if p["count"]])),
         "fused": _accuracy(gprobs, glabels),
         "chance_top1": 1.0 / num_classes,
         "confusion": confusion.tolist(),
     }
+
+
+def video_predictions(probs: np.ndarray, video_ids: Sequence[str], keys: Sequence[str], cameras: Sequence[int],
+                      labels: Sequence[int], class_names: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
+    """One row per video (clip softmax averaged, as :func:`aggregate` scores it): its ids, true class and the
+    ``k`` most probable classes with their probabilities."""
+    meta = {vid: (key, int(cam), int(lab)) for vid, key, cam, lab in zip(video_ids, keys, cameras, labels, strict=True)}
+    vids, vprobs = _mean_by(video_ids, np.asarray(probs, dtype=np.float64))
+    top = np.argsort(-vprobs, axis=1, kind="stable")[:, :min(k, vprobs.shape[1])]
+    rows = []
+    for vid, p, best in zip(vids, vprobs, top, strict=True):
+        key, cam, lab = meta[vid]
+        rows.append({"video_id": vid, "key": key, "camera": cam, "label": class_names[lab],
+                     "predicted": class_names[best[0]], "correct": bool(best[0] == lab),
+                     "top": [class_names[c] for c in best], "scores": [round(float(p[c]), 6) for c in best]})
+    return rows

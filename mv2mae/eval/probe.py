@@ -1,14 +1,16 @@
 """Frozen-feature probes: the quick check of view invariance between pretraining and finetuning.
 
-Features are the encoder's mean-pooled tokens (no masking), averaged over each video's clips × crops.
+Features are :func:`mv2mae.model.checkpoint.load_feature_model`'s (a pretraining checkpoint: the
+encoder's tokens with its final norm, mean-pooled; a finetuned one: its head's input), no masking,
+averaged over each video's clips × crops.
 Train features come from the protocol's train split (train cameras), test features from its test
 split (test cameras), so a probe trained on cameras 2 and 3 is scored on the unseen camera 1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,26 +20,15 @@ from torch import nn
 from mv2mae.data.config import DataConfig
 from mv2mae.eval.evaluate import EVAL_BATCH, eval_loader, gather_rows, predict
 from mv2mae.eval.metrics import aggregate
-from mv2mae.model.checkpoint import load_encoder
 from mv2mae.train.distributed import DistEnv
 
 METHODS = ("linear", "knn")
 
 
-class PooledEncoder(nn.Module):
-    """An encoder seen as a feature extractor: all tokens in, mean-pooled feature out."""
-
-    def __init__(self, encoder: nn.Module, cfg: Any) -> None:
-        super().__init__()
-        self.encoder, self.cfg = encoder, cfg
-
-    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        return self.encoder(video).mean(dim=1)
-
-
 def video_features(model: nn.Module, data: DataConfig, env: DistEnv, split: str,
                    batch_size: int = EVAL_BATCH) -> dict[str, Any]:
-    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env, features=True))
+    rows = gather_rows(predict(model, eval_loader(model.cfg, data, env, split, batch_size), env, features=True,
+                               what=f"features of {split} {data.protocol}"))
     if not rows["out"]:
         raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no clips")
     feats = np.asarray(rows["out"], dtype=np.float32)
@@ -83,24 +74,26 @@ def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
     return votes / votes.sum(dim=1, keepdim=True)
 
 
-def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, method: str, num_classes: int,
-              batch_size: int = EVAL_BATCH) -> dict[str, Any]:
-    """Fit on one clip and crop per train video (``eval_clips = eval_crops = 1``: features are cheap to
-    fit but slow to extract), score on the test split with the full clips × crops."""
-    if method not in METHODS:
-        raise ValueError(f"probe method {method!r} must be one of {METHODS}")
-    train = video_features(model, replace(data, eval_clips=1, eval_crops=1), env, "train", batch_size)
+def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, methods: Sequence[str], num_classes: int,
+              batch_size: int = EVAL_BATCH) -> dict[str, dict[str, Any]]:
+    """Results per method (``linear``, ``knn``) on one extraction of the features: fit on one clip and crop
+    per train video (``eval_clips = eval_crops = 1``: features are cheap to fit but slow to extract), score
+    on the test split with the full clips × crops. The probe fits on the whole train split: it chooses no
+    model, so no validation share (``data.val_by``) is held out of it."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"probe method(s) {unknown or 'none'}: choose from {METHODS}")
+    train = video_features(model, replace(data, eval_clips=1, eval_crops=1, val_by="none"), env, "train", batch_size)
     test = video_features(model, data, env, "test", batch_size)
     tr_x, te_x = standardise(train["x"], test["x"])
     tr_y = torch.from_numpy(train["label"]).long()
-    probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
-             else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
-    results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
-    results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
-                   test_videos=len(test["video_id"]))
-    return results
+    out = {}
+    for method in methods:
+        probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
+                 else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
+        results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
+        results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
+                       test_videos=len(test["video_id"]))
+        out[method] = results
+    return out
 
-
-def load_feature_model(ckpt: dict[str, Any] | str | Path, device: torch.device) -> PooledEncoder:
-    encoder, cfg = load_encoder(ckpt)
-    return PooledEncoder(encoder, cfg).to(device).eval()

@@ -52,7 +52,33 @@ def _accuracy_table(results: dict[str, Any]) -> list[str]:
     lines.append(f"| fused over test cameras (per group) | {f['count']} | {_pct(f['top1'])} | {_pct(f['top5'])} |")
     lines.append(f"| single clip, single crop (no averaging) | {results['clips']['count']} | "
                  f"{_pct(results['clips']['top1'])} | {_pct(results['clips']['top5'])} |")
+    if "mean_class_top1" in results:
+        lines.append(f"| mean over classes (per-class top-1 averaged) | {len(results['per_class'])} classes | "
+                     f"{_pct(results['mean_class_top1'])} | |")
     lines.append(f"| chance | | {_pct(results['chance_top1'])} | {_pct(min(1.0, 5 * results['chance_top1']))} |")
+    return lines
+
+
+def _per_class_table(results: dict[str, Any]) -> list[str]:
+    lines = ["| class | test videos | top-1 % |", "|---|---:|---:|"]
+    for name, acc in zip(results["classes"], results["per_class"], strict=True):
+        lines.append(f"| {name} | {acc['count']} | {'-' if acc['top1'] is None else _pct(acc['top1'])} |")
+    return lines
+
+
+def _validation(log: list[dict[str, Any]]) -> list[str]:
+    """How the finetuned checkpoint was chosen: validation top-1 over the run, and the best step."""
+    scored = [r for r in log if "val_top1" in r]
+    if not scored:
+        return ["- no validation split (data.val_by=none): lowest-train-loss.pt is the lowest training loss"]
+    best = max(scored, key=lambda r: (r["val_top1"], -r["step"]))
+    curve = ", ".join(f"{r['step']}: {_pct(r['val_top1'])}" for r in scored)
+    lines = [f"- validation top-1 % by step (a split held out of the training data: no test video): {curve}",
+             f"- best-val-top1.pt = step {best['step']} ({_pct(best['val_top1'])}% validation top-1)"]
+    if any("val_ema_top1" in r for r in scored):
+        ema = max(scored, key=lambda r: (r.get("val_ema_top1", -1.0), -r["step"]))
+        lines.append(f"- best-val-top1-ema.pt = EMA weights at step {ema['step']} "
+                     f"({_pct(ema['val_ema_top1'])}% validation top-1)")
     return lines
 
 
@@ -112,6 +138,8 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
     lines += ["## Accuracy", ""] + _accuracy_table(results)
     if len(results["per_camera"]) == 1:
         lines += ["", "(One test camera: the fused score equals that camera's.)"]
+    if "per_class" in results:
+        lines += ["", "Per class (all test videos):", ""] + _per_class_table(results)
     shutil.copyfile(eval_dir / "confusion.png", out_dir / "confusion.png")
     lines += ["", "![confusion matrix](confusion.png)", ""]
     for pdir in probe_dirs or []:
@@ -126,5 +154,6 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
                   "the masked input the encoder saw, the self-view reconstruction, and for the target view the "
                   "cross-view reconstruction from the source view):", "", "![reconstruction](reconstruction.png)", ""]
     lines += _stage_section("finetune", finetune_run, out_dir, ["loss"])
+    lines += ["### Model selection", ""] + _validation(read_log(finetune_run)) + [""]
     out.write_text("\n".join(lines))
     return out

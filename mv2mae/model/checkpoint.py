@@ -14,13 +14,14 @@ where it was trained), then the model is built from that config and loaded stric
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mv2mae.model.classifier import VideoClassifier
+from mv2mae.model.classifier import PooledEncoder, VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.encoder import Encoder
 from mv2mae.model.mv2mae import MV2MAE
@@ -29,6 +30,8 @@ FORMAT = "mv2mae-checkpoint"
 ENCODER_PREFIX = "encoder."
 PRETRAIN_ONLY_PREFIXES = ("self_decoder.", "cross_decoder.")
 CLASSIFIER_HEAD_PREFIXES = ("fc_norm.", "head.")
+# the encoder's final LayerNorm (inside the encoder's state): pretraining has it, a classifier does not
+FINAL_NORM_PREFIX = "norm."
 # fields an encoder's weights are tied to, the pixel statistics it was trained on included;
 # frames and image_size may differ (positions adapt)
 WEIGHT_GEOMETRY = ("tubelet", "patch", "channels", "embed_dim", "depth", "num_heads", "mlp_ratio",
@@ -44,10 +47,37 @@ def save_model_state(path: str | Path, model: nn.Module, cfg: ModelConfig, **ext
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"format": FORMAT, "model": model.state_dict(), "config": cfg.to_dict(), **extra}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    write_checkpoint(state, path)
     return path
+
+
+TMP_MARK = ".tmp"  # a checkpoint being written is ``.<name>.tmp<pid>`` beside its final name
+
+
+def write_checkpoint(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` to a temporary name, then rename: a file under the final name is always complete.
+    A failed write (a full disk, a file-size limit) removes the temporary file and is a
+    ``CheckpointError`` naming ``path``; whatever the final name held before is untouched."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch reports a failed write as a RuntimeError of its zip writer
+        written = tmp.stat().st_size if tmp.exists() else 0
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.strerror:
+            reason = e.strerror
+        else:  # torch's own words say little ("unexpected pos ..."): say what the disk says
+            reason = (f"the write stopped after {written} bytes with {shutil.disk_usage(path.parent).free} bytes "
+                      f"free: a full disk or a file-size limit? torch: {_last_line(e)}")
+        raise CheckpointError(f"{path}: could not write the checkpoint ({reason}); the files already there are "
+                              f"intact") from None
+
+
+def _last_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[-1] if lines else type(e).__name__
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -152,41 +182,77 @@ def load_mv2mae(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> M
 def init_mv2mae(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig) -> MV2MAE:
     """An :class:`MV2MAE` of ``wanted``'s geometry (e.g. to continue pretraining at another size) initialised
     strictly: a full MV2MAE checkpoint fills every part; an encoder-only one (a converted VideoMAE
-    finetune, a classifier) fills the encoder and leaves the decoders freshly initialised."""
+    finetune, a classifier) fills the encoder and leaves the decoders freshly initialised, and the
+    encoder's final norm too when the checkpoint has none (a classifier never has one)."""
     ckpt, source = _read(ckpt)
     model = MV2MAE(fit_config(ckpt, wanted, source))
     if any(k.startswith(PRETRAIN_ONLY_PREFIXES) for k in ckpt["model"]):
         load_state_strict(model, ckpt["model"], source)
-    else:
-        load_state_strict(model.encoder, encoder_state(ckpt["model"], source), source)
+        return model
+    state = encoder_state(ckpt["model"], source)
+    if model.cfg.encoder_final_norm and not _has_final_norm(state):
+        state |= {k: v for k, v in model.encoder.state_dict().items() if k.startswith(FINAL_NORM_PREFIX)}
+    load_state_strict(model.encoder, state, source)
     return model
+
+
+def _has_final_norm(encoder_state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(FINAL_NORM_PREFIX) for k in encoder_state)
 
 
 def init_classifier(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig, num_classes: int,
                     **classifier_args: Any) -> VideoClassifier:
     """A :class:`VideoClassifier` whose encoder is strictly loaded from an MV2MAE (or classifier)
-    checkpoint; the head stays freshly initialised. Frames/size may differ from the checkpoint's."""
+    checkpoint; the head stays freshly initialised. Frames/size may differ from the checkpoint's. The
+    pretraining encoder's final norm is dropped by name: the classifier normalises after pooling
+    (``fc_norm``, fresh), as VideoMAE's mean-pooling finetune does."""
     ckpt, source = _read(ckpt)
     model = VideoClassifier(fit_config(ckpt, wanted, source), num_classes, **classifier_args)
-    load_state_strict(model.encoder, encoder_state(ckpt["model"], source), source)
+    state = {k: v for k, v in encoder_state(ckpt["model"], source).items() if not k.startswith(FINAL_NORM_PREFIX)}
+    load_state_strict(model.encoder, state, source)
     return model
 
 
-def load_classifier(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint") -> VideoClassifier:
-    """Rebuild a finetuned :class:`VideoClassifier` (encoder and head) strictly from its checkpoint."""
+def _is_classifier(ckpt: dict[str, Any]) -> bool:
+    return "head.weight" in ckpt["model"]
+
+
+def load_classifier(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint",
+                    **config_overrides: Any) -> VideoClassifier:
+    """Rebuild a finetuned :class:`VideoClassifier` (encoder and head) strictly from its checkpoint
+    (overrides: e.g. frames and image_size, which positions adapt to)."""
     ckpt, source = _read(ckpt, source)
-    if "head.weight" not in ckpt["model"]:
+    if not _is_classifier(ckpt):
         raise CheckpointError(f"{source}: not a finetuned classifier (no head.weight); evaluate a finetune "
                               f"checkpoint, or use `mv2mae probe` on a pretraining one")
-    model = VideoClassifier(fit_config(ckpt, source=source), num_classes=int(ckpt["model"]["head.weight"].shape[0]))
+    if _has_final_norm(encoder_state(ckpt["model"], source)):
+        # LayerNorm per token does not commute with the mean: no exact conversion exists
+        raise CheckpointError(f"{source}: a classifier of the old layout (the encoder's final norm before mean "
+                              f"pooling and fc_norm), which has no exact conversion to the VideoMAE head; "
+                              f"finetune again from its pretraining checkpoint")
+    model = VideoClassifier(fit_config(ckpt, source=source, **config_overrides),
+                            num_classes=int(ckpt["model"]["head.weight"].shape[0]))
     load_state_strict(model, ckpt["model"], source)
     return model
 
 
-def load_encoder(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> tuple[Encoder, ModelConfig]:
-    """The frozen-feature entry point: the encoder of any mv2mae checkpoint, strictly loaded."""
-    ckpt, source = _read(ckpt)
+def load_encoder(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint",
+                 **config_overrides: Any) -> tuple[Encoder, ModelConfig]:
+    """The encoder of any mv2mae checkpoint, strictly loaded (with its final norm where it has one)."""
+    ckpt, source = _read(ckpt, source)
     cfg = fit_config(ckpt, source=source, **config_overrides)
     encoder = Encoder(cfg)
     load_state_strict(encoder, encoder_state(ckpt["model"], source), source)
     return encoder, cfg
+
+
+def load_feature_model(ckpt: dict[str, Any] | str | Path, source: str = "checkpoint",
+                       **config_overrides: Any) -> VideoClassifier | PooledEncoder:
+    """The frozen-feature entry point (``mv2mae embed``, ``mv2mae probe``): ``forward_features`` gives the
+    features the checkpoint's own next stage reads. A finetuned classifier: its head's input, the
+    mean-pooled tokens through ``fc_norm``. Any other checkpoint: its encoder's tokens, final norm
+    included where it has one (what the decoders read), mean-pooled."""
+    ckpt, source = _read(ckpt, source)
+    if _is_classifier(ckpt):
+        return load_classifier(ckpt, source, **config_overrides)
+    return PooledEncoder(*load_encoder(ckpt, source, **config_overrides))

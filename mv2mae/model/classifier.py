@@ -1,4 +1,10 @@
-"""The finetuning model: the encoder on all tokens, mean pool, LayerNorm, dropout, linear head."""
+"""The finetuning model: the encoder on all tokens, mean pool, LayerNorm, dropout, linear head.
+
+Its encoder has no final LayerNorm: the pooled features are normalised once, by ``fc_norm`` after the
+mean, as in VideoMAE's mean-pooling classifier (and transformers' ``VideoMAEForVideoClassification``
+with ``use_mean_pooling``); a pretraining encoder's final norm is dropped when it initialises one
+(:func:`mv2mae.model.checkpoint.init_classifier`). [ours, VideoMAE convention]
+"""
 
 from __future__ import annotations
 
@@ -17,9 +23,9 @@ class VideoClassifier(nn.Module):
     def __init__(self, cfg: ModelConfig, num_classes: int, drop_path: float = 0.0,
                  head_dropout: float = 0.0) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg.with_(encoder_final_norm=False)  # what its checkpoints record
         self.num_classes = num_classes
-        self.encoder = Encoder(cfg, drop_path=drop_path)
+        self.encoder = Encoder(self.cfg, drop_path=drop_path)
         self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
         self.head_drop = nn.Dropout(head_dropout)
         self.head = nn.Linear(cfg.embed_dim, num_classes)
@@ -32,12 +38,13 @@ class VideoClassifier(nn.Module):
             raise ValueError(f"VideoClassifier expects video [B, {c}, {t}, {h}, {w}], got {list(video.shape)}")
 
     def forward_tokens(self, video: torch.Tensor) -> torch.Tensor:
-        """Every token, no masking: [B, C, T, H, W] -> [B, N, D]."""
+        """Every token, no masking and no final norm: [B, C, T, H, W] -> [B, N, D]."""
         self.check_input(video)
         return self.encoder(video)
 
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
-        """Pooled, normalised clip features [B, D] (the frozen-feature / probe entry point)."""
+        """Pooled, normalised clip features [B, D]: what the head reads (and what ``mv2mae embed`` and
+        ``mv2mae probe`` return for a finetuned checkpoint)."""
         return self.fc_norm(self.forward_tokens(video).mean(dim=1))
 
     def forward_head(self, feats: torch.Tensor) -> torch.Tensor:
@@ -55,11 +62,20 @@ class VideoClassifier(nn.Module):
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """Layer groups for :func:`timm.optim.param_groups_layer_decay`: stem, one per block, then
-        the final norm and head (unmatched names fall into the last, undecayed layer)."""
-        return dict(
-            stem=r"^encoder\.patch_embed",
-            blocks=r"^encoder\.blocks\.(\d+)" if coarse else [
-                (r"^encoder\.blocks\.(\d+)", None),
-                (r"^encoder\.norm", (99999,)),
-            ],
-        )
+        ``fc_norm`` and the head (unmatched names fall into the last, undecayed layer)."""
+        return dict(stem=r"^encoder\.patch_embed", blocks=r"^encoder\.blocks\.(\d+)")
+
+
+class PooledEncoder(nn.Module):
+    """A pretraining encoder as a feature extractor, with :class:`VideoClassifier`'s feature interface:
+    every token (the encoder's final norm included where it has one), mean-pooled."""
+
+    def __init__(self, encoder: Encoder, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.encoder, self.cfg = encoder, cfg
+
+    def forward_tokens(self, video: torch.Tensor) -> torch.Tensor:
+        return self.encoder(video)
+
+    def forward_features(self, video: torch.Tensor) -> torch.Tensor:
+        return self.forward_tokens(video).mean(dim=1)

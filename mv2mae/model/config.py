@@ -42,14 +42,17 @@ class ModelConfig:
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
-    encoder_final_norm: bool = True
+    encoder_final_norm: bool = True  # LayerNorm after the last block (VideoMAE pretraining); a classifier drops it
     # --- decoders (self-view and cross-view share width/depth)
     decoder_dim: int = 192
     decoder_depth: int = 4
     decoder_heads: int = 3
     cross_decoder_depth: int = 4
-    # --- position embeddings: fixed; sinusoid1d is VideoMAE's table (needed for imported weights)
-    pos_embed: str = "sincos3d"
+    # --- position embeddings, fixed (not learned). sinusoid1d is VideoMAE's own table, a 1D sinusoid over
+    # the flattened token index (the method's convention): transformers' VideoMAE computes exactly this
+    # table, so such a model exports and imported VideoMAE weights keep their positions. sincos3d
+    # (separable t/h/w sin-cos) extends to any grid by construction but has no transformers equivalent.
+    pos_embed: str = "sinusoid1d"
     # token grid the 1D table was defined on (None = this config's grid); set when adapting a
     # 1D-sinusoid checkpoint to other frames/size so the table is resampled, not re-indexed.
     pos_embed_reference_grid: tuple[int, int, int] | None = None
@@ -58,7 +61,13 @@ class ModelConfig:
     mask_type: str = "random"
     # --- objective
     norm_pix: bool = True
-    tau: float = 60.0
+    tau: float = 60.0  # τ for framediff motion (0-255 grey levels; the paper's best value)
+    # τ for flow motion (data.motion=flow, in stored-frame pixels per stored frame): measured so that it
+    # spreads the weights over the masked tokens as τ = 60 spreads framediff's — same mean std of the
+    # weights over the views of 128 synthetic two-view samples, 16×128² at stride 4 (4.23; 4.95 for the
+    # tiny preset's 8×64² at stride 3), and then also the same max/min ratio (2.03 against 2.11).
+    # `mv2mae bench motion` measures it; BENCHMARKS.md has the figures.
+    tau_flow: float = 4.2
     lambda_cross: float = 1.0
     # --- input normalisation the clip arrives with (targets are built in [0, 1] pixel space)
     pixel_mean: tuple[float, float, float] = field(default=IMAGENET_MEAN)
@@ -121,8 +130,8 @@ class ModelConfig:
             problems.append(f"pos_embed={self.pos_embed!r} must be one of {POS_EMBED_TYPES}")
         if self.embed_dim % 2 or self.decoder_dim % 2:
             problems.append("sin-cos position embeddings need even embed_dim and decoder_dim")
-        if not self.tau > 0:
-            problems.append(f"tau={self.tau} must be > 0 (use inf for the plain MAE loss)")
+        if not (self.tau > 0 and self.tau_flow > 0):
+            problems.append(f"tau={self.tau} and tau_flow={self.tau_flow} must be > 0 (inf: the plain MAE loss)")
         if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels:
             problems.append(f"pixel_mean/pixel_std need {self.channels} values")
         if problems:

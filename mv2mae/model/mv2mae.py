@@ -45,16 +45,24 @@ class MV2MAE(nn.Module):
         self.self_decoder = SelfViewDecoder(cfg)
         self.cross_decoder = CrossViewDecoder(cfg)
 
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Parameters AdamW does not decay besides timm's 1-D rule (biases, norms): the decoders' mask
+        tokens, as in VideoMAE. Position tables are fixed buffers, never parameters."""
+        return {name for name, _ in self.named_parameters() if name.endswith(".mask_token")}
+
     def check_input(self, video: torch.Tensor) -> None:
         c, t, h, w = self.cfg.channels, self.cfg.frames, self.cfg.image_size, self.cfg.image_size
         if video.dim() != 6 or tuple(video.shape[2:]) != (c, t, h, w):
             raise ValueError(f"MV2MAE expects video [B, V, {c}, {t}, {h}, {w}], got {list(video.shape)}")
 
     def forward(self, video: torch.Tensor, motion: torch.Tensor | None = None,
-                generator: torch.Generator | None = None, mask: torch.Tensor | None = None) -> PretrainOutput:
+                generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
+                tau: float | None = None) -> PretrainOutput:
         """video [B, V, C, T, H, W] uint8 pixels (or a normalised float clip), view 0 = target, 1..K =
-        sources; motion [B, V, N] in 0-255 units (None = plain MAE loss); mask [B, V, N] to impose one
-        (else drawn per view)."""
+        sources; motion [B, V, N] (None = plain MAE loss); mask [B, V, N] to impose one (else drawn per
+        view); ``tau`` the softmax temperature in the motion's units (default ``cfg.tau``, for framediff's
+        0-255 grey levels; flow motion takes ``cfg.tau_flow``, see ``RunConfig.motion_tau``)."""
         self.check_input(video)
         video = self.encoder.normalize(video)
         cfg = self.cfg
@@ -78,7 +86,8 @@ class MV2MAE(nn.Module):
 
         with torch.no_grad():
             target = pixel_targets(video, cfg)
-        terms = mv2mae_loss(pred_self, pred_cross, target, mask, ids_masked, motion, cfg.tau, cfg.lambda_cross)
+        tau = cfg.tau if tau is None else tau
+        terms = mv2mae_loss(pred_self, pred_cross, target, mask, ids_masked, motion, tau, cfg.lambda_cross)
         return PretrainOutput(terms.loss, terms.loss_self, terms.loss_cross, mask, ids_visible, ids_masked,
                               pred_self, pred_cross, target, terms.weights)
 

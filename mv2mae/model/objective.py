@@ -2,9 +2,11 @@
 
 * targets: per-tubelet normalised pixels (per channel; VideoMAE convention), switchable;
 * per-token motion m_i (an input, computed by :mod:`mv2mae.data.motion`): mean absolute difference of
-  consecutive frames inside token i's tubelet, in 0-255 units (the first frame reuses the next one);
-* weights: w = softmax(m / τ) over the masked tokens Ω of a view, times |Ω| (uniform ⇒ 1);
-  τ = ∞ (or no motion) is exactly the plain MAE loss;
+  consecutive sampled frames inside token i's tubelet, in 0-255 units (the first frame reuses the next
+  one); or, with ``data.motion=flow``, optical flow in stored-frame pixels per stored frame;
+* weights: w = softmax(m / τ) over the masked tokens Ω of a view, times |Ω| (uniform ⇒ 1), with τ in
+  the motion's units (``tau`` = 60 for framediff, ``tau_flow`` = 4.2 for flow, measured to spread the
+  weights alike); τ = ∞ (or no motion) is exactly the plain MAE loss;
 * loss per view: mean_{i∈Ω} w_i · MSE_i;  total L = Σ_views L_self + λ · L_cross.
 
 Every per-token tensor here uses the canonical token order (see :mod:`mv2mae.model.embed`), and a

@@ -22,23 +22,20 @@ from typing import Any
 import numpy as np
 import torch
 
-from mv2mae.model.checkpoint import CheckpointError, load_checkpoint
+from mv2mae.model.checkpoint import TMP_MARK, CheckpointError, load_checkpoint, write_checkpoint
 
 RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
 CKPT_DIR = "checkpoints"
-BEST = "best.pt"
+# what the kept copies are: the lowest training loss (pretraining, or finetuning without validation), the
+# best validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+LOWEST_TRAIN_LOSS = "lowest-train-loss.pt"
+BEST_VAL_TOP1 = "best-val-top1.pt"
+BEST_VAL_TOP1_EMA = "best-val-top1-ema.pt"
 _NAME_RE = re.compile(r"^step-(\d{8})\.pt$")
 
 
 def step_name(step: int) -> str:
     return f"step-{step:08d}.pt"
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def load_run(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -58,20 +55,36 @@ def step_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _NAME_RE.match(p.name))
 
 
+def remove_stale(run_dir: str | Path) -> list[Path]:
+    """Delete what killed or failed checkpoint writes left (``.<name>.tmp<pid>``); the removed paths.
+    Only the run's main process calls this, before it writes anything."""
+    folder = Path(run_dir) / CKPT_DIR
+    stale = sorted(folder.glob(f".*{TMP_MARK}*")) if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def latest(run_dir: str | Path) -> Path | None:
     found = step_checkpoints(run_dir)
     return found[-1] if found else None
 
 
-def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, is_best: bool) -> Path:
-    """Write ``step-N.pt`` atomically, refresh ``best.pt`` if asked, prune older step files."""
+def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies: tuple[str, ...] = ()) -> Path:
+    """Write ``step-N.pt`` atomically, refresh each of ``copies`` (e.g. ``best-val-top1.pt``) with it, prune
+    older step files."""
     folder = Path(run_dir) / CKPT_DIR
     path = folder / step_name(int(state["step"]))
-    atomic_save(state, path)
-    if is_best:
-        tmp = folder / f".{BEST}.tmp{os.getpid()}"
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, folder / BEST)
+    write_checkpoint(state, path)
+    for name in copies:
+        tmp = folder / f".{name}{TMP_MARK}{os.getpid()}"
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, folder / name)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"{folder / name}: could not write the checkpoint ({e.strerror or e}); "
+                                  f"{path} is complete") from None
     for old in step_checkpoints(run_dir)[:-max(1, keep_last)]:
         old.unlink(missing_ok=True)
     return path

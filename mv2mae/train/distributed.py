@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +28,41 @@ class DistEnv:
         return self.world_size > 1
 
 
+# what batch schedulers and MPI launchers set for the number of tasks they started (SLURM: the job
+# step's tasks, else the allocation's), none of which torchrun's RANK/WORLD_SIZE replaces
+SCHEDULER_TASK_COUNTS = ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+class LaunchError(ValueError):
+    """The processes were started in a way that would have them clobber one run."""
+
+
+def check_launch(environ: dict[str, str] = os.environ) -> None:
+    """Refuse a scheduler's several tasks started without torchrun: each would be a world of one, think
+    it is rank 0, and write the same run folder. Under torchrun (RANK/WORLD_SIZE set) anything goes."""
+    if "RANK" in environ or "WORLD_SIZE" in environ:
+        return
+    for name in SCHEDULER_TASK_COUNTS:
+        if name in environ:
+            tasks = int(environ[name] or 1)
+            if tasks > 1:
+                raise LaunchError(f"{name}={tasks}: the scheduler started {tasks} tasks but none through torchrun "
+                                  f"(no RANK/WORLD_SIZE), so each would train alone as rank 0 into the same run "
+                                  f"folder. Start one task per node that runs `torchrun --nnodes N "
+                                  f"--nproc_per_node GPUS --rdzv_backend c10d …` (README: Clusters), or one task.")
+            return  # the first variable present is the launcher's own count
+
+
 def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     if pref == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda", local_rank)
+        if torch.version.cuda is not None:  # a CUDA build that sees no GPU: almost always a mistake
+            warnings.warn(f"device auto: this torch is built for CUDA {torch.version.cuda} but sees no GPU (none "
+                          f"visible, or the driver is older than CUDA {torch.version.cuda} needs; see `nvidia-smi`), "
+                          f"so everything runs on the CPU, many times slower. Pass --device cpu (or "
+                          f"--set loop.device=cpu) if that is what you want.", RuntimeWarning, stacklevel=2)
+        return torch.device("cpu")
     device = torch.device(pref)
     if device.type == "cuda":
         if not torch.cuda.is_available():
@@ -38,8 +72,12 @@ def pick_device(pref: str, local_rank: int = 0) -> torch.device:
     return device
 
 
-def setup(device_pref: str = "auto") -> DistEnv:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else one process."""
+def setup(device_pref: str = "auto", timeout: float | None = None) -> DistEnv:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else one process.
+
+    ``timeout`` (seconds; None: the backend's default) bounds every collective: a rank that stopped,
+    hangs or died makes the others fail after that long instead of waiting (``loop.collective_timeout``)."""
+    check_launch()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -48,8 +86,27 @@ def setup(device_pref: str = "auto") -> DistEnv:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world)
+                                rank=rank, world_size=world,
+                                timeout=datetime.timedelta(seconds=timeout) if timeout else None)
     return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+
+
+class RankLost(RuntimeError):
+    """A collective failed: another rank stopped, died or hangs (or the network between them broke)."""
+
+
+def lost_rank(e: BaseException, timeout: float | None) -> RankLost | None:
+    """``e`` as a :class:`RankLost` when it is a failed or timed-out collective of this process group
+    (torch raises those as ``DistError`` or as a plain ``RuntimeError`` from gloo/NCCL), else None."""
+    if not dist.is_initialized() or not isinstance(e, RuntimeError) or isinstance(e, RankLost):
+        return None
+    text = str(e)
+    if not isinstance(e, dist.DistError) and not any(s in text for s in ("gloo", "NCCL", "Timed out")):
+        return None
+    first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
+    bound = f"{timeout:g} s" if timeout else "the backend's default"
+    return RankLost(f"rank {dist.get_rank()}: a collective with the other ranks failed — one of them stopped, died "
+                    f"or hangs (loop.collective_timeout: {bound}): {first}")
 
 
 def cleanup() -> None:

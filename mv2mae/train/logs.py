@@ -69,7 +69,8 @@ class RunLogger:
         if self.tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
-                    self.tb.add_scalar(f"train/{key}", value, record["step"])
+                    tag = f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}"
+                    self.tb.add_scalar(tag, value, record["step"])
         info = f"loss {record['loss']:.4f} lr {record['lr']:.2e} {record['samples_per_s']:.1f} samples/s"
         self.progress.update(self.task, completed=record["step"], info=info)
         if self.progress.disable:  # no live bar (a log file, CI): one plain line per logged step

@@ -20,7 +20,7 @@ import contextlib
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,13 +28,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import yaml
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mv2mae.config import RunConfig
-from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict
+from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import DistEnv, all_reduce_max, all_reduce_mean, barrier
+from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
 
@@ -83,10 +84,17 @@ def to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+# validation: model -> metrics with at least "top1" (the same on every rank); see mv2mae.eval.evaluate.validator
+Validate = Callable[[nn.Module], dict[str, float]]
+
+
 class Trainer:
+    """With ``validate`` (finetuning), the run is scored on held-out data every ``finetune.val_every`` steps
+    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss."""
+
     def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
-                 env: DistEnv, resume: str | None = None) -> None:
-        self.cfg, self.task, self.data, self.env = cfg, task, data, env
+                 env: DistEnv, resume: str | None = None, validate: Validate | None = None) -> None:
+        self.cfg, self.task, self.data, self.env, self.validate = cfg, task, data, env, validate
         self.run_dir = Path(run_dir)
         self.resume = resume
         self.resumed_from: Path | None = None
@@ -109,7 +117,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, env.world_size, self.steps, self.warmup)
         # bf16 needs no loss scaling; the scaler is kept (disabled) so checkpoints have one layout
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=False)
+        # timm's EMA of the weights (finetuning with finetune.ema_decay > 0): updated after every applied step
+        ema = cfg.finetune.ema_decay if cfg.stage == "finetune" else 0.0
+        self.ema = ModelEmaV3(self.raw_model, decay=ema) if ema > 0 else None
         self.step, self.micro_batches, self.best_loss = 0, 0, math.inf
+        self.best_val = {"top1": -math.inf, "ema_top1": -math.inf}
 
     def _restore(self) -> None:
         path = self._resume_path()
@@ -118,7 +130,10 @@ class Trainer:
         state = ckpt_io.load_run(path, map_location=self.env.device)
         if state["stage"] != self.cfg.stage:
             raise CheckpointError(f"{path}: a {state['stage']} checkpoint cannot resume a {self.cfg.stage} run")
-        load_state_strict(self.raw_model, state["model"], str(path))
+        try:
+            load_state_strict(self.raw_model, state["model"], str(path))
+        except CheckpointError:
+            raise self._config_mismatch(path, state["config"]) from None
         # the checkpoint gives the optimiser its moments; the run's config keeps the hyper-parameters
         # (a resumed run may change them), and the schedule is rebuilt from the config rather than
         # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
@@ -132,7 +147,20 @@ class Trainer:
         self.step = int(state["step"])
         self.micro_batches = int(state["data"]["micro_batches"])
         self.best_loss = float(state["metrics"].get("best_loss", math.inf))
+        self.best_val = {k: float(state["metrics"].get(f"best_val_{k}", v)) for k, v in self.best_val.items()}
+        if self.ema is not None:
+            if "ema" not in state:
+                raise CheckpointError(f"{path}: holds no EMA weights to resume finetune.ema_decay > 0 with")
+            load_state_strict(self.ema.module, state["ema"], f"{path} (ema)")
         self.resumed_from = path
+
+    def _config_mismatch(self, path: Path, saved: dict[str, Any]) -> CheckpointError:
+        """The model keys in which this run's config differs from the checkpoint's (why its weights do
+        not fit), as the error to show."""
+        mine = self.raw_model.cfg.to_dict()
+        diffs = [f"model.{k}: checkpoint {saved.get(k)!r}, config {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        return CheckpointError(f"{path}: its weights do not fit this run's model ({'; '.join(diffs) or 'same config'}); "
+                               f"resume without --config to use the run's own config, or --set those keys")
 
     def _resume_path(self) -> Path | None:
         if not self.resume:
@@ -141,13 +169,18 @@ class Trainer:
             return ckpt_io.latest(self.run_dir)
         return Path(self.resume)
 
-    def _state(self, window_loss: float) -> dict[str, Any]:
-        return dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
-                    run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, optimizer=self.optimizer.state_dict(),
-                    scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(),
-                    data=dict(micro_batches=self.micro_batches), rng=ckpt_io.rng_state(),
-                    metrics=dict(best_loss=self.best_loss, window_loss=window_loss),
-                    world_size=self.env.world_size)
+    def _state(self, window_loss: float, val: dict[str, float]) -> dict[str, Any]:
+        metrics = dict(best_loss=self.best_loss, window_loss=window_loss, **{f"val_{k}": v for k, v in val.items()},
+                       **{f"best_val_{k}": v for k, v in self.best_val.items() if math.isfinite(v)})
+        state = dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
+                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step,
+                     optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+                     scaler=self.scaler.state_dict(), data=dict(micro_batches=self.micro_batches),
+                     rng=ckpt_io.rng_state(), metrics=metrics, world_size=self.env.world_size,
+                     **self.task.checkpoint_extra())
+        if self.ema is not None:
+            state["ema"] = self.ema.module.state_dict()
+        return state
 
     def describe(self) -> str:
         cfg, w = self.cfg, self.env.world_size
@@ -164,15 +197,23 @@ class Trainer:
         env = self.env
         log = RunLogger(self.run_dir, env.is_main, self.steps, self.step, self.task.name)
         if env.is_main:
+            for stale in ckpt_io.remove_stale(self.run_dir):
+                log.print(f"removed {stale}, left by a checkpoint write that did not finish")
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
+            log.print(self.data.describe())
             if self.resumed_from:
                 log.print(f"resumed from {self.resumed_from} at step {self.step}")
         # closing the stream ends the loader's workers, however the loop ends (an error, a stop)
         try:
             with contextlib.closing(self.data.batches(self.micro_batches)) as batches:
                 return self._loop(batches, log)
+        except RuntimeError as e:
+            lost = lost_rank(e, self.cfg.loop.collective_timeout)
+            if lost is None:
+                raise
+            raise RankLost(f"{lost}; last checkpoint: {ckpt_io.latest(self.run_dir) or 'none written yet'}") from None
         finally:
             log.close()
 
@@ -208,6 +249,8 @@ class Trainer:
             if finite:
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.ema is not None:
+                    self.ema.update(self.raw_model, step=self.step)
                 bad_in_row = 0
             else:
                 bad_in_row, skipped = bad_in_row + 1, skipped + 1
@@ -221,23 +264,51 @@ class Trainer:
             window.add(terms, grad_norm, samples * env.world_size, time.perf_counter() - t0, finite)
             self._after_step(window, log, batch, skipped)
         return dict(steps=self.step, skipped=skipped, best_loss=self.best_loss,
-                    final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)))
+                    final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)),
+                    resumed_from=str(self.resumed_from) if self.resumed_from else None)
 
     def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int) -> None:
         cfg, step, last = self.cfg, self.step, self.step == self.steps
-        if step % cfg.loop.log_every == 0 or last or step == 1:
-            log.log(window.record(step, self.optimizer, skipped))
+        val_every = cfg.finetune.val_every or cfg.loop.ckpt_every
+        val = self._validate() if self.validate is not None and (step % val_every == 0 or last) else {}
+        if step % cfg.loop.log_every == 0 or last or step == 1 or val:
+            log.log(window.record(step, self.optimizer, skipped) | {f"val_{k}": v for k, v in val.items()})
         if cfg.loop.recon_every and (step % cfg.loop.recon_every == 0 or last) and self.env.is_main:
             self.raw_model.eval()
             self.task.snapshot(self.raw_model, batch, step, self.run_dir)
             self.raw_model.train()
-        if step % cfg.loop.ckpt_every == 0 or last:
+        if step % cfg.loop.ckpt_every == 0 or last or val:
             loss = window.checkpoint_loss()
-            is_best = loss < self.best_loss
+            copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
             self.best_loss = min(self.best_loss, loss)
+            ema_best = False
+            for key, name in (("top1", ckpt_io.BEST_VAL_TOP1), ("ema_top1", ckpt_io.BEST_VAL_TOP1_EMA)):
+                if key in val and val[key] > self.best_val[key]:
+                    self.best_val[key] = val[key]
+                    copies += [name] if key == "top1" else []
+                    ema_best = ema_best or key == "ema_top1"
             if self.env.is_main:
-                ckpt_io.save_step(self.run_dir, self._state(loss), cfg.loop.keep_last, is_best)
+                state = self._state(loss, val)
+                ckpt_io.save_step(self.run_dir, state, cfg.loop.keep_last, tuple(copies))
+                if ema_best:  # the EMA weights as the checkpoint's model: eval, predict and export use them
+                    write_checkpoint(state | {"model": state["ema"], "weights": "ema"},
+                                     self.run_dir / ckpt_io.CKPT_DIR / ckpt_io.BEST_VAL_TOP1_EMA)
+                if val:
+                    scores = ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}% (best {100 * self.best_val[k]:.1f}%)"
+                                       for k, v in val.items() if k in self.best_val)
+                    log.print(f"step {step}: validation {scores}")
             barrier()
+
+    def _validate(self) -> dict[str, float]:
+        """Validation metrics of the weights (``top1``, …) and of their EMA (``ema_top1``, …)."""
+        models = [("", self.raw_model)] + ([("ema_", self.ema.module)] if self.ema is not None else [])
+        out = {}
+        for prefix, model in models:
+            was_training = model.training
+            model.eval()
+            out |= {prefix + k: float(v) for k, v in self.validate(model).items()}
+            model.train(was_training)
+        return out
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

@@ -2,13 +2,16 @@
 
 A task builds its model and turns one batch on the device into a loss (``train_step``); a
 :class:`ShardSource` is the stream of training batches of one protocol's train split. The loop
-(:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``
-and ``samples_per_epoch()``.
+(:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``,
+``samples_per_epoch()`` and ``describe()``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,7 @@ from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
-from mv2mae.config import RunConfig
+from mv2mae.config import ConfigError, RunConfig
 from mv2mae.data.datasets import ShardSplit
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
 from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
@@ -26,8 +29,12 @@ from mv2mae.model.config import ModelConfig
 from mv2mae.model.embed import PixelNormalize
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.distributed import DistEnv
-from mv2mae.train.loop import StepResult, step_seed
+from mv2mae.train.loop import StepResult, Trainer, step_seed
 from mv2mae.train.recon import save_reconstruction
+
+# (data, env, class names) -> a function scoring a model on the validation split: what fit_stage is given
+MakeValidator = Callable[[Any, DistEnv, list[str]], Callable[[nn.Module], dict[str, float]]]
+log = logging.getLogger(__name__)
 
 
 class ShardSource:
@@ -37,21 +44,37 @@ class ShardSource:
         if not cfg.data.root:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
-        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train")
+        # finetuning trains on the train split less its validation share; pretraining on all of it
+        held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
+        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
+        check_crop(cfg, self.split.index.short_side)
 
     @property
     def num_classes(self) -> int:
         return self.split.num_classes
 
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.split.index.classes)
+
     def samples_per_epoch(self) -> int:
-        """Pretraining: one multi-view sample per group (with ``data.repeats`` = r, an epoch still counts
-        that many samples, cut from 1/r of the groups: MAE-ST's effective epochs). Finetuning: an epoch
-        is a pass over the videos (each allowed camera of a group is one; a stream sample draws one of
-        them at random)."""
+        """Pretraining: one multi-view sample per group that holds enough of the allowed cameras (with
+        ``data.repeats`` = r, an epoch still counts that many samples, cut from 1/r of the groups: MAE-ST's
+        effective epochs). Finetuning: an epoch is a pass over the videos (each allowed camera of a group
+        is one; a stream sample draws one of them at random)."""
         if self.kind == "pretrain":
-            return self.split.selection.groups
-        allowed = set(self.split.selection.cameras)
-        return sum(s.samples * len(allowed.intersection(s.cameras)) for s in self.split.selection.shards)
+            return self.split.selection.groups_with_views(self.cfg.data.views)
+        return self.split.selection.videos
+
+    def describe(self) -> str:
+        """One line on what the train split holds, and what pretraining leaves out for want of views."""
+        sel = self.split.selection
+        line = (f"data: {self.split.root} · protocol {sel.protocol}/train · {sel.groups} groups in "
+                f"{len(sel.shards)} shards · cameras {sel.cameras}")
+        if self.kind == "pretrain":
+            skipped = sel.groups - sel.groups_with_views(self.cfg.data.views)
+            line += f" · {skipped} group(s) with fewer than {self.cfg.data.views} of those cameras skipped"
+        return line
 
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
         """This rank's micro-batches, starting after ``start`` already-consumed ones (a resumed run); with
@@ -60,13 +83,25 @@ class ShardSource:
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
         build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
-        loader = build(self.cfg.model, self.cfg.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
-                       rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda",
-                       device=self.env.device)
-        it = iter(loader)
-        for _ in range(skip):  # exact resume: replay the stream up to where the checkpoint was taken
-            next(it)
-        yield from it
+        # exact resume: the stream replays the sampling of the ``skip`` consumed batches, without decoding them
+        yield from build(self.cfg.model, self.cfg.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
+                         rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda",
+                         start=skip, device=self.env.device)
+
+
+def check_crop(cfg: RunConfig, short_side: int) -> None:
+    """Refuse a crop the stored frames cannot give without upscaling every sample (a huge
+    ``model.image_size`` would otherwise run until the loader's memory runs out), and warn when a typical
+    random crop (the mean area of ``data.crop_scale``) is upscaled."""
+    size = cfg.model.image_size
+    if size > short_side:
+        raise ConfigError(f"model.image_size={size} is larger than the stored frames of {cfg.data.root} (short side "
+                          f"{short_side}): use model.image_size <= {short_side}, or preprocess with --size {size}")
+    typical = short_side * math.sqrt(sum(cfg.data.crop_scale) / 2)
+    if size > typical:
+        log.warning("model.image_size=%d upscales a typical crop (%.0f px of the stored %d-px short side at "
+                    "data.crop_scale=%s): consider preprocessing with a larger --size", size, typical, short_side,
+                    list(cfg.data.crop_scale))
 
 
 class PretrainTask:
@@ -83,9 +118,12 @@ class PretrainTask:
 
     def train_step(self, model: nn.Module, batch: dict[str, Any], generator: torch.Generator) -> StepResult:
         motion = batch.get("motion") if self.cfg.data.motion != "none" else None
-        out = model(batch["video"], motion, generator=generator)
+        out = model(batch["video"], motion, generator=generator, tau=self.cfg.motion_tau)
         return StepResult(out.loss, {"loss_self": out.loss_self, "loss_cross": out.loss_cross},
                           samples=batch["video"].shape[0])
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {}
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         """A picture of the model's reconstructions of ``batch``."""
@@ -96,8 +134,12 @@ class PretrainTask:
 class FinetuneTask:
     name = "finetune"
 
-    def __init__(self, cfg: RunConfig, num_classes: int) -> None:
-        self.cfg, self.num_classes = cfg, num_classes
+    def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None,
+                 fps: float | None = None) -> None:
+        self.cfg, self.num_classes, self.fps = cfg, num_classes, fps
+        self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for finetune.num_classes={num_classes}")
         ft = cfg.finetune
         self.mixup = None
         if ft.mixup > 0 or ft.cutmix > 0:
@@ -142,6 +184,11 @@ class FinetuneTask:
         mixed, target = self.mixup(video.reshape(b, c * t, h, w), label)
         return mixed.reshape(b, c, t, h, w), target
 
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """The class names and the stored frame rate travel with the classifier: predict and export need no
+        dataset directory."""
+        return {"classes": self.class_names, "fps": self.fps}
+
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         return None  # nothing to picture
 
@@ -154,3 +201,36 @@ def finetune_model_config(cfg: RunConfig, init: str | Path) -> tuple[ModelConfig
     changed = {f: getattr(src, f) for f in WEIGHT_GEOMETRY if getattr(src, f) != getattr(cfg.model, f)}
     notes = [f"model.{k}: {getattr(cfg.model, k)!r} -> {v!r} (from {init})" for k, v in changed.items()]
     return (cfg.model.with_(**changed) if changed else cfg.model), notes
+
+
+def with_init(cfg: RunConfig, init: str | Path | None) -> tuple[RunConfig, list[str]]:
+    """``cfg`` ready to run: a finetuning run starting from ``init`` (or ``finetune.init``) records it and
+    takes the checkpoint's weight-tied model fields; returns what was changed."""
+    init = str(init or (cfg.finetune.init if cfg.stage == "finetune" else ""))
+    if cfg.stage != "finetune" or not init:
+        return cfg, []
+    model_cfg, notes = finetune_model_config(cfg, init)
+    return replace(cfg, model=model_cfg, finetune=replace(cfg.finetune, init=init)), notes
+
+
+def fit_stage(cfg: RunConfig, run_dir: str | Path, env: DistEnv, resume: str | None = None,
+              pretrain_init: str | Path | None = None, make_validator: MakeValidator | None = None) -> dict[str, Any]:
+    """Train ``cfg`` (a pretraining or, after :func:`with_init`, a finetuning run) into ``run_dir`` on this
+    process group's share of its protocol's train split: what ``mv2mae pretrain|finetune`` run.
+    ``pretrain_init`` starts pretraining from a checkpoint's weights; a finetuning run with a validation
+    split (``data.val_by``) is scored by what ``make_validator(data, env, class_names)`` returns
+    (``mv2mae.eval.evaluate.validator``; evaluation sits above training); returns the loop's summary."""
+    source = ShardSource(cfg, env, cfg.stage)
+    validate = None
+    if cfg.stage == "pretrain":
+        task: PretrainTask | FinetuneTask = PretrainTask(cfg, init=str(pretrain_init) if pretrain_init else "")
+    else:
+        classes = cfg.finetune.num_classes or source.num_classes
+        task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None,
+                            fps=source.split.index.fps)
+        if cfg.data.val_by != "none":
+            if make_validator is None:
+                raise ValueError(f"data.val_by={cfg.data.val_by} needs a validator; set data.val_by=none to "
+                                 f"finetune without a validation split")
+            validate = make_validator(cfg.data, env, task.class_names)
+    return Trainer(cfg, task, source, run_dir, env, resume=resume, validate=validate).fit()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from mv2mae.preprocess.adapters import etri, manifest, ntu, nucla, pkummd
 from mv2mae.preprocess.adapters.base import (
-    MIN_CAMERAS,
     Adapter,
     AdapterError,
     AdapterOptions,
@@ -29,7 +28,7 @@ ADAPTERS: dict[str, Adapter] = {
     "manifest": manifest.scan_manifest,
 }
 
-__all__ = ["ADAPTERS", "MIN_CAMERAS", "AdapterError", "AdapterOptions", "GroupSpec", "Scan", "ViewSource", "scan"]
+__all__ = ["ADAPTERS", "AdapterError", "AdapterOptions", "GroupSpec", "Scan", "ViewSource", "scan"]
 
 
 def scan(dataset: str, root: str | Path, options: AdapterOptions | None = None) -> Scan:

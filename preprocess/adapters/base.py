@@ -3,9 +3,13 @@
 Adapters each turn a root folder (or a CSV manifest) into a sorted list of multi-view groups.
 
 An adapter only *lists* what is there — it reads file names, label files and split files, never video
-frames — so a scan of 100k videos takes seconds. Problems it can see without decoding (a group with
-fewer than two cameras, a camera the rest of the dataset has but a group lacks, a missing skeleton
-file) become ``failures`` records, never exceptions.
+frames — so a scan of 100k videos takes seconds. Problems it can see without decoding (a camera the
+rest of the dataset has but a group lacks, a missing skeleton file) become ``failures`` records, never
+exceptions. A group with a single camera is kept: it serves finetuning and evaluation (ROCOG-v2's real
+videos have one camera), and pretraining skips it for want of a second view.
+
+An adapter also says where the dataset's cameras stand (``Scan.layout``), when it knows: the
+``adjacent`` source policy needs it, because camera ids need not follow the cameras' physical order.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-MIN_CAMERAS = 2  # a group with fewer views cannot serve cross-view learning
 
 
 @dataclass
@@ -62,6 +64,9 @@ class Scan:
     groups: list[GroupSpec]
     failures: list[dict[str, Any]] = field(default_factory=list)
     meta: dict[str, Any] = field(default_factory=dict)  # dataset-level facts (e.g. official splits)
+    flip_classes: list[int] | None = None  # class of each class's mirror image, when known (index.json)
+    layout: dict[str, dict[str, float]] = field(default_factory=dict)  # cam -> {"azimuth": deg, "height": m}
+    unlisted: int = 0  # groups left out because the dataset's official split lists them in neither split
 
 
 class AdapterError(ValueError):
@@ -71,24 +76,21 @@ class AdapterError(ValueError):
 Adapter = Callable[[Path, AdapterOptions], Scan]
 
 
-def keep_group(key: str, views: list[ViewSource], failures: list[dict[str, Any]]) -> bool:
-    """True if a group has enough cameras; otherwise record why it was dropped."""
-    if len(views) >= MIN_CAMERAS:
-        return True
-    failures.append({"file": str(views[0].path) if views else key, "group": key,
-                     "reason": f"group has {len(views)} camera(s), at least {MIN_CAMERAS} are needed"})
-    return False
-
-
 def record_missing_views(key: str, present: set[int], expected: set[int], failures: list[dict[str, Any]],
                          file_of: Callable[[int], str]) -> None:
     """Record each camera of ``expected`` (the cameras the dataset was recorded with) absent from a group.
 
-    The group is still kept if enough cameras remain (``keep_group``); a missing view is never silent.
+    The group is kept with the cameras it has; a missing view is never silent.
     """
     for camera in sorted(expected - present):
         failures.append({"file": file_of(camera), "group": key, "kept": True,
                          "reason": f"camera {camera} missing: the group is kept with cameras {sorted(present)}"})
+
+
+def camera_layout(places: dict[int, tuple[float | None, float | None]]) -> dict[str, dict[str, float]]:
+    """``{cam: (azimuth degrees, height metres)}`` -> ``Scan.layout`` (a ``None`` is left out)."""
+    return {str(cam): {k: float(v) for k, v in zip(("azimuth", "height"), place, strict=True) if v is not None}
+            for cam, place in sorted(places.items())}
 
 
 def safe_partition(text: str) -> str:

@@ -1,9 +1,11 @@
-"""Any multi-camera set: a CSV ``group,camera,path,label,subject[,start,end]`` (one row per video).
+"""Any multi-camera set: a CSV ``group,camera,path,label,subject[,start,end][,angle]`` (one row per video).
 
 ``--root`` is the CSV file; relative paths resolve against its folder. ``label``, ``camera`` and
 ``subject`` may be integers or names: integer labels are 0-based class indices, names become classes in
 sorted order (``--classes`` renames them); named cameras/subjects are numbered 1.. in sorted order.
 ``start``/``end`` (frames, end exclusive) cut an untrimmed video. Partitions are subjects (``P001``).
+``angle`` (degrees around the subject, optional) places a camera, for the ``adjacent`` source policy;
+every row of one camera must give it the same angle (or none).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from mv2mae.preprocess.adapters.base import (
     GroupSpec,
     Scan,
     ViewSource,
-    keep_group,
+    camera_layout,
     safe_partition,
 )
 
@@ -37,7 +39,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
         header = [h.strip() for h in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in header]
         if missing:
-            raise AdapterError(f"{path}: CSV header lacks {missing} (need {','.join(REQUIRED)}[,start,end])")
+            raise AdapterError(f"{path}: CSV header lacks {missing} (need {','.join(REQUIRED)}[,start,end][,angle])")
         rows = []
         for n, row in enumerate(reader, 2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
@@ -58,6 +60,25 @@ def _frame(row: dict[str, str], col: str, path: Path) -> int | None:
     if not text.isdigit():
         raise AdapterError(f"{path}:{row['_line']}: {col} must be a frame number, got {text!r}")
     return int(text)
+
+
+def _angles(rows: list[dict[str, str]], cams: dict[str, int], path: Path) -> dict[str, dict[str, float]]:
+    """The layout the ``angle`` column gives: one azimuth per camera, the same on every row that has one."""
+    angles: dict[int, tuple[float, str]] = {}
+    for r in rows:
+        text = r.get("angle", "")
+        if not text:
+            continue
+        try:
+            angle = float(text)
+        except ValueError:
+            raise AdapterError(f"{path}:{r['_line']}: angle must be a number of degrees, got {text!r}") from None
+        cam = cams[r["camera"]]
+        seen = angles.setdefault(cam, (angle, r["_line"]))
+        if seen[0] != angle:
+            raise AdapterError(f"{path}:{r['_line']}: camera {r['camera']!r} at angle {angle:g}, but line "
+                               f"{seen[1]} puts it at {seen[0]:g}")
+    return camera_layout({cam: (angle, None) for cam, (angle, _) in angles.items()})
 
 
 def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
@@ -96,8 +117,8 @@ def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
             continue
         label = int(first["label"]) if int_labels else classes.index(first["label"])
         subject = subjects[first["subject"]]
-        if keep_group(key, views, failures):
-            groups.append(GroupSpec(key=key, label=label, label_name=classes[label], subject=subject,
-                                    partition=f"P{subject:03d}", views=views, extra={"group": name}))
+        groups.append(GroupSpec(key=key, label=label, label_name=classes[label], subject=subject,
+                                partition=f"P{subject:03d}", views=views, extra={"group": name}))
     return Scan(dataset="manifest", classes=classes, groups=groups, failures=failures,
-                meta={"cameras": {k: v for k, v in cams.items()}, "subjects": {k: v for k, v in subjects.items()}})
+                meta={"cameras": {k: v for k, v in cams.items()}, "subjects": {k: v for k, v in subjects.items()}},
+                layout=_angles(rows, cams, root))

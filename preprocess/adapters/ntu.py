@@ -3,10 +3,16 @@
 A group is one (setup, performer, replication, action); its views are the cameras C001-C003. Partitions
 are performer x setup parity (``P001-S1`` = performer 1, odd setups), so cross-subject (performers) and
 cross-setup (setup parity) protocols both select whole shards; cross-view picks cameras inside a sample.
+
+Camera layout: NTU's three cameras stand at one height, C001 in the middle and C002/C003 45 degrees to
+either side (which side is which is [unverified]; adjacency does not depend on it), so C001 is the
+neighbour of both and C002/C003 are 90 degrees apart. The synthetic set's layout is its ground truth
+(``ground_truth.json``: each camera's azimuth and height).
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -18,9 +24,10 @@ from mv2mae.preprocess.adapters.base import (
     GroupSpec,
     Scan,
     ViewSource,
-    keep_group,
+    camera_layout,
     record_missing_views,
 )
+from mv2mae.preprocess.synth.actions import flip_classes
 
 NAME_RE = re.compile(r"^S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})(?:_rgb)?\.(?:avi|mp4|mkv)$", re.IGNORECASE)
 
@@ -57,6 +64,8 @@ NTU120_CLASSES = [
     "support somebody with hand", "finger-guessing game (playing rock-paper-scissors)",
 ]
 NTU60_CLASSES = NTU120_CLASSES[:60]
+NTU_LAYOUT = camera_layout({1: (0, None), 2: (-45, None), 3: (45, None)})
+GROUND_TRUTH = "ground_truth.json"  # written by ``mv2mae synth``
 
 
 def partition_of(subject: int, setup: int) -> str:
@@ -64,7 +73,8 @@ def partition_of(subject: int, setup: int) -> str:
     return f"P{subject:03d}-S{setup % 2}"
 
 
-def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[str]) -> Scan:
+def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[str],
+              layout: dict[str, dict[str, float]]) -> Scan:
     videos: dict[tuple[int, int, int, int], list[ViewSource]] = {}
     skeletons = {p.stem: p for p in root.rglob("*.skeleton")} if _wants_skeletons(options) else {}
     failures: list[dict] = []
@@ -91,13 +101,12 @@ def _scan_ntu(root: Path, options: AdapterOptions, dataset: str, classes: list[s
     for (s, p, r, a), views in sorted(videos.items()):
         key = f"S{s:03d}P{p:03d}R{r:03d}A{a:03d}"
         views.sort(key=lambda v: v.camera)
-        if keep_group(key, views, failures):
-            first = views[0].path
-            record_missing_views(key, set(found[(s, p, r, a)]), cameras, failures,
-                                 lambda c, f=first: str(f.with_name(f"{f.name[:4]}C{c:03d}{f.name[8:]}")))
-            groups.append(GroupSpec(key=key, label=a - 1, label_name=classes[a - 1], subject=p,
-                                    partition=partition_of(p, s), views=views, setup=s, replication=r))
-    return Scan(dataset=dataset, classes=classes, groups=groups, failures=failures)
+        first = views[0].path
+        record_missing_views(key, set(found[(s, p, r, a)]), cameras, failures,
+                             lambda c, f=first: str(f.with_name(f"{f.name[:4]}C{c:03d}{f.name[8:]}")))
+        groups.append(GroupSpec(key=key, label=a - 1, label_name=classes[a - 1], subject=p,
+                                partition=partition_of(p, s), views=views, setup=s, replication=r))
+    return Scan(dataset=dataset, classes=classes, groups=groups, failures=failures, layout=layout)
 
 
 def _wants_skeletons(options: AdapterOptions) -> bool:
@@ -105,20 +114,35 @@ def _wants_skeletons(options: AdapterOptions) -> bool:
 
 
 def scan_ntu60(root: Path, options: AdapterOptions) -> Scan:
-    return _scan_ntu(root, options, "ntu60", NTU60_CLASSES)
+    return _scan_ntu(root, options, "ntu60", NTU60_CLASSES, NTU_LAYOUT)
 
 
 def scan_ntu120(root: Path, options: AdapterOptions) -> Scan:
-    return _scan_ntu(root, options, "ntu120", NTU120_CLASSES)
+    return _scan_ntu(root, options, "ntu120", NTU120_CLASSES, NTU_LAYOUT)
 
 
 def scan_synth(root: Path, options: AdapterOptions) -> Scan:
-    """The synthetic set: NTU naming, class names from ``classes.txt`` (line i = action A(i+1))."""
+    """The synthetic set: NTU naming, class names from ``classes.txt`` (line i = action A(i+1)), camera
+    layout from ``ground_truth.json``."""
     classes_file = root / "classes.txt"
     if not classes_file.is_file():
         raise AdapterError(f"{classes_file}: missing — is {root} a synthetic dataset (mv2mae synth)?")
     classes = [line.strip() for line in classes_file.read_text().splitlines() if line.strip()]
-    return _scan_ntu(root, options, "synth", classes)
+    result = _scan_ntu(root, options, "synth", classes, _synth_layout(root / GROUND_TRUTH))
+    result.flip_classes = flip_classes(classes)  # the generator's mirror pairs (left/right actions)
+    return result
+
+
+def _synth_layout(path: Path) -> dict[str, dict[str, float]]:
+    """Each rendered camera's azimuth and height, as the generator placed it ({} without the file)."""
+    if not path.is_file():
+        return {}
+    try:
+        cameras = json.loads(path.read_text())["cameras"]
+        return camera_layout({int(name[1:]): (cam["azimuth"], cam["height"]) for name, cam in cameras.items()})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise AdapterError(f"{path}: no camera placement to read ({type(e).__name__}: {e}) — is this a "
+                           f"synthetic dataset written by `mv2mae synth`?") from None
 
 
 def read_skeleton_box(path: Path) -> tuple[float, float, float, float] | None:

@@ -2,7 +2,9 @@
 
 Layouts: ``multiview_action/view_V/aAA_sSS_eEE/`` (per-frame images, ``*_rgb.jpg`` preferred) or
 ``aAA/vVV_sSS_eEE.avi``. A group is one (action, subject, episode) seen by views 1-3; partitions are
-subjects (``s01``), and the cross-view protocol picks views inside a sample.
+subjects (``s01``), and the cross-view protocol picks views inside a sample. No camera layout is
+recorded (we could not confirm where the three Kinects stood), so the ``adjacent`` source policy is not
+available for N-UCLA unless ``layout`` is added to ``index.json``.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from mv2mae.preprocess.adapters.base import (
     GroupSpec,
     Scan,
     ViewSource,
-    keep_group,
     record_missing_views,
 )
 
@@ -60,10 +61,8 @@ def scan_nucla(root: Path, options: AdapterOptions) -> Scan:
     for (a, s, e), views in sorted(groups_views.items()):
         key = f"a{a:02d}_s{s:02d}_e{e:02d}"
         views.sort(key=lambda v: v.camera)
-        if keep_group(key, views, failures):
-            record_missing_views(key, {v.camera for v in views}, cameras, failures,
-                                 lambda c, k=key: f"{k}: view {c}")
-            label = ACTION_IDS.index(a)
-            groups.append(GroupSpec(key=key, label=label, label_name=CLASSES[label], subject=s,
-                                    partition=f"s{s:02d}", views=views, replication=e))
+        record_missing_views(key, {v.camera for v in views}, cameras, failures, lambda c, k=key: f"{k}: view {c}")
+        label = ACTION_IDS.index(a)
+        groups.append(GroupSpec(key=key, label=label, label_name=CLASSES[label], subject=s,
+                                partition=f"s{s:02d}", views=views, replication=e))
     return Scan(dataset="nucla", classes=list(CLASSES), groups=groups, failures=failures)

@@ -9,8 +9,13 @@ count varies between sources), named ``action NN``; ``--classes`` gives names.
 Splits come from the official ``cross_subject_v2.txt`` / ``cross_view_v2.txt`` (line 2: training ids,
 line 4: test ids): the partition of a group is its cross-subject membership (``xsub_train`` /
 ``xsub_test``), so that protocol selects whole shards; the cross-view split lists views, recorded as
-camera ids in the index's dataset metadata. Sequence ``Axx`` is stored as ``subject`` [unverified: the
-dataset names no performers].
+camera ids in the index's dataset metadata. A sequence that the cross-subject file lists in neither
+split is left out (one failure line per sequence, its instances counted as ``Scan.unlisted``): it
+belongs to no official split, and must not become test data for not being training data. Sequence
+``Axx`` is stored as ``subject`` [unverified: the dataset names no performers].
+
+Camera layout: views L, M, R are left, middle and right of the subject at one height; we place them at
+-45, 0 and +45 degrees [unverified angles; the order is the views' names].
 """
 
 from __future__ import annotations
@@ -19,19 +24,19 @@ import re
 from pathlib import Path
 
 from mv2mae.preprocess.adapters.base import (
-    MIN_CAMERAS,
     AdapterError,
     AdapterOptions,
     GroupSpec,
     Scan,
     ViewSource,
-    keep_group,
+    camera_layout,
     record_missing_views,
 )
 
 VIDEO_RE = re.compile(r"^(A(\d+)N(\d+))-([LMR])\.(?:avi|mp4|mkv)$", re.IGNORECASE)
 LABEL_RE = re.compile(r"^(A\d+N\d+)(?:-([LMR]))?\.txt$", re.IGNORECASE)
 VIEW_CAMERA = {"L": 1, "M": 2, "R": 3}
+PKU_LAYOUT = camera_layout({1: (-45, None), 2: (0, None), 3: (45, None)})
 SPLIT_FILES = {"cross_subject": "cross_subject_v2.txt", "cross_view": "cross_view_v2.txt"}
 
 Instance = tuple[int, int, int]  # (label id, start, end exclusive)
@@ -55,7 +60,7 @@ def read_labels(path: Path) -> list[Instance]:
 
 
 def read_split(path: Path) -> tuple[set[str], set[str]]:
-    """Official split file: line 2 = training ids, line 4 = test ids (comma separated)."""
+    """Official split file: line 2 = training ids, line 4 = test ids (comma separated, disjoint)."""
     lines = path.read_text().splitlines()
     if len(lines) < 4:
         raise AdapterError(f"{path}: expected 4 lines (header, training ids, header, test ids)")
@@ -63,7 +68,10 @@ def read_split(path: Path) -> tuple[set[str], set[str]]:
     def ids(line: str) -> set[str]:
         return {t.strip() for t in line.split(",") if t.strip()}
 
-    return ids(lines[1]), ids(lines[3])
+    train, test = ids(lines[1]), ids(lines[3])
+    if train & test:
+        raise AdapterError(f"{path}: {sorted(train & test)[:3]} listed for both training and test")
+    return train, test
 
 
 def _find(root: Path):
@@ -91,7 +99,9 @@ def _split_meta(splits: dict[str, Path]) -> tuple[dict[str, str], dict]:
         train, test = read_split(splits["cross_subject"])
         for ids, name in ((train, "xsub_train"), (test, "xsub_test")):
             for vid in ids:
-                membership[vid.split("-")[0]] = name
+                seq = vid.split("-")[0]
+                if membership.setdefault(seq, name) != name:
+                    raise AdapterError(f"{splits['cross_subject']}: sequence {seq} has views in both splits")
         meta["cross_subject"] = {"train_partitions": ["xsub_train"], "test_partitions": ["xsub_test"]}
     if "cross_view" in splits:
         train, test = read_split(splits["cross_view"])
@@ -112,10 +122,9 @@ def scan_pkummd2(root: Path, options: AdapterOptions) -> Scan:
     per_seq: dict[str, dict[str, list[Instance]]] = {}
     letter = {c: v for v, c in VIEW_CAMERA.items()}
     for seq, views in sorted(videos.items()):
-        if len(views) >= MIN_CAMERAS:  # with fewer, every instance is recorded as unusable below
-            some = next(iter(views.values()))
-            record_missing_views(seq, {VIEW_CAMERA[v] for v in views}, set(VIEW_CAMERA.values()), failures,
-                                 lambda c, f=some, q=seq: str(f.with_name(f"{q}-{letter[c]}{f.suffix}")))
+        some = next(iter(views.values()))
+        record_missing_views(seq, {VIEW_CAMERA[v] for v in views}, set(VIEW_CAMERA.values()), failures,
+                             lambda c, f=some, q=seq: str(f.with_name(f"{q}-{letter[c]}{f.suffix}")))
         per_view = {}
         for v in views:
             path = labels.get((seq, v)) or labels.get((seq, None))
@@ -129,31 +138,38 @@ def scan_pkummd2(root: Path, options: AdapterOptions) -> Scan:
         per_seq[seq] = per_view
     label_ids = sorted({inst[0] for pv in per_seq.values() for insts in pv.values() for inst in insts})
     classes = [f"action {i:02d}" for i in label_ids]
-    groups = []
+    groups, unlisted = [], 0
     for seq, per_view in per_seq.items():
-        groups += _instances(seq, videos[seq], per_view, label_ids, classes, membership, splits, failures)
+        found = _instances(seq, videos[seq], per_view, label_ids, classes)
+        if "cross_subject" in splits and seq not in membership:
+            unlisted += len(found)
+            failures.append({"file": str(next(iter(videos[seq].values()))),
+                             "reason": f"sequence {seq} is in neither list of {splits['cross_subject'].name}: "
+                                       f"its {len(found)} instance(s) are left out of every split"})
+            continue
+        for g in found:
+            g.partition = membership.get(seq, "all")
+        groups += found
     return Scan(dataset="pkummd2", classes=classes, groups=groups, failures=failures,
-                meta={"splits": split_meta, "cameras": VIEW_CAMERA})
+                meta={"splits": split_meta, "cameras": VIEW_CAMERA}, layout=PKU_LAYOUT, unlisted=unlisted)
 
 
-def _instances(seq, videos, per_view, label_ids, classes, membership, splits, failures) -> list[GroupSpec]:
+def _instances(seq, videos, per_view, label_ids, classes) -> list[GroupSpec]:
+    """Every labelled instance of a sequence, one group each, seen by every view with labels."""
     if not per_view:
         return []
     ref_view = "M" if "M" in per_view else sorted(per_view)[0]
     ref = per_view[ref_view]
-    partition = membership.get(seq, "unlisted" if splits.get("cross_subject") else "all")
     groups = []
     for i, (label, start, end) in enumerate(ref):
-        key = f"{seq}_i{i:03d}"
         views = []
         for v in sorted(per_view, key=VIEW_CAMERA.get):
             own = per_view[v]
             same = len(own) == len(ref) and [x[0] for x in own] == [x[0] for x in ref]
             s, e = (own[i][1], own[i][2]) if same else (start, end)
             views.append(ViewSource(camera=VIEW_CAMERA[v], path=videos[v], start=s, end=e))
-        if keep_group(key, views, failures):
-            idx = label_ids.index(label)
-            groups.append(GroupSpec(key=key, label=idx, label_name=classes[idx], subject=int(seq[1:seq.index("N")]),
-                                    partition=partition, views=views,
-                                    extra={"sequence": seq, "label_id": label, "instance": i}))
+        idx = label_ids.index(label)
+        groups.append(GroupSpec(key=f"{seq}_i{i:03d}", label=idx, label_name=classes[idx],
+                                subject=int(seq[1:seq.index("N")]), partition="all", views=views,
+                                extra={"sequence": seq, "label_id": label, "instance": i}))
     return groups

@@ -243,6 +243,17 @@ ACTION_NAMES = [a.name for a in ACTIONS]
 MIRROR_PAIRS = [(0, 1), (2, 3), (4, 5), (13, 14)]
 
 
+def flip_classes(names: list[str]) -> list[int] | None:
+    """The class-swap table of a left-right mirror for a dataset of these action names: a mirror pair's
+    classes swap, the symmetric actions stay. None when a class is not one of ours or its mirror
+    image is not among the classes (then no label says what a mirrored video shows)."""
+    mirror = {ACTION_NAMES[a]: ACTION_NAMES[b] for pair in MIRROR_PAIRS for a, b in (pair, pair[::-1])}
+    if not set(names) <= set(ACTION_NAMES):
+        return None
+    images = [mirror.get(name, name) for name in names]
+    return [names.index(image) for image in images] if set(images) <= set(names) else None
+
+
 def smooth_noise(rng: np.random.Generator, u: np.ndarray, waves: int = 3) -> np.ndarray:
     """A smooth random signal in about [-1, 1] over ``u`` in [0, 1] (a few random sinusoids)."""
     out = np.zeros_like(u)

@@ -1,0 +1,65 @@
+"""``mv2mae experiment``: run a controlled study (a plan of arms × seeds) and write its report."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from mv2mae.cli.errors import reported
+
+
+def experiment(
+    plan: str = typer.Option("crossview", "--plan", help="A shipped plan name (crossview) or a plan YAML file."),
+    out: Path = typer.Option(..., "--out", help="Study folder: runs/, ledger.jsonl, RESULTS.md, results.json, plots."),
+    scale: str = typer.Option("default", "--scale", help="A scale the plan defines (e.g. gpu): what it means is "
+                                                           "written in the plan."),
+    device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the arms, seeds and stages (done or to do); run nothing."),
+) -> None:
+    """Pretrain, probe (linear, k-NN) and finetune every arm of a plan under one budget and several seeds.
+
+    Resumable: re-run the same command after an interruption; finished stages are not recomputed."""
+    from mv2mae.config import ConfigError
+    from mv2mae.experiment.plan import PlanError, load_plan
+    from mv2mae.experiment.runner import StudyError
+
+    with reported(PlanError, ConfigError, StudyError):
+        the_plan = load_plan(plan, scale)
+    if dry_run:
+        _print_plan(the_plan, out)
+        return
+    from mv2mae.cli.train import _process_group, _run_errors
+    from mv2mae.experiment.study import run_plan
+    from mv2mae.preprocess.adapters import AdapterError
+    from mv2mae.preprocess.pipeline import PreprocessError
+
+    options = (["--plan", plan, "--out", str(out)] + (["--scale", scale] if scale != "default" else [])
+               + (["--device", device] if device != "auto" else []))
+    command = " ".join(shlex.quote(a) for a in ["mv2mae", "experiment", *options])
+    with reported(PlanError, StudyError, PreprocessError, AdapterError, *_run_errors()), _process_group(device) as env:
+        path = run_plan(the_plan, out, env, command, log=lambda line: typer.echo(f"experiment: {line}", err=True))
+    typer.echo(f"report written to {path}")
+
+
+def _print_plan(plan, out: Path) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from mv2mae.experiment.runner import read_done, run_folder, stage_names
+
+    table = Table(title=f"{plan.title} ({plan.source}, scale {plan.scale}): pretraining {plan.steps} steps")
+    for col in ("arm", "group", "seeds", "evaluations", "pretraining overrides", "stages done"):
+        table.add_column(col)
+    for arm in plan.arms:
+        stages = [(seed, s) for seed in arm.seeds for s in stage_names(plan, arm)]
+        done = sum(read_done(run_folder(out, arm, seed) / s) is not None for seed, s in stages)
+        sets = " ".join(arm.sets) if arm.pretrain else "no pretraining"
+        table.add_row(arm.name, arm.group, ",".join(map(str, arm.seeds)), ",".join(arm.evals), sets,
+                      f"{done}/{len(stages)}")
+    Console().print(table)
+
+
+def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
+    app.command("experiment")(experiment)

@@ -1,0 +1,194 @@
+"""The study's report: ``results.json`` (everything), ``RESULTS.md`` (tables, setup, the paper's numbers
+beside ours) and SVG plots (accuracy per arm, pretraining loss curves, probe accuracy against steps)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mv2mae.experiment.plan import EVALS, Plan
+from mv2mae.experiment.results import collect
+from mv2mae.experiment.runner import write_json_atomic
+from mv2mae.experiment.svg import bar_chart, line_chart
+
+REPORT = "RESULTS.md"
+JSON = "results.json"
+PLOTS = {"accuracy": "accuracy.svg", "loss": "pretrain_loss.svg", "steps": "steps.svg"}
+EVAL_NAMES = {"linear": "linear probe", "knn": "k-NN", "finetune": "finetuned"}
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, machine and code revision the study ran with."""
+    versions = {"python": platform.python_version()}
+    for package in ("mv2mae", "torch", "timm", "numpy"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = "not installed"
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    machine = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+               "platform": platform.platform(), "device": str(device)}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    return {"versions": versions, "machine": machine, "git": _git_revision()}
+
+
+def _git_revision() -> str | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+
+
+def write_report(out: Path, plan: Plan, context: dict[str, Any]) -> Path:
+    """Collect the finished stages of ``out`` and write results.json, the plots and RESULTS.md."""
+    results = {"plan": _plan_summary(plan), **context, **collect(out, plan)}
+    write_json_atomic(out / JSON, results)
+    _plots(out, plan, results)
+    path = out / REPORT
+    path.write_text(markdown(plan, results))
+    return path
+
+
+def _plan_summary(plan: Plan) -> dict[str, Any]:
+    return {"name": plan.name, "title": plan.title, "source": plan.source, "scale": plan.scale,
+            "config": plan.config, "dataset": plan.dataset, "pretrain_protocol": plan.pretrain_protocol,
+            "protocols": plan.protocols, "budget": {k: list(v) for k, v in plan.budget.items()},
+            "reference": plan.reference, "pretrain_steps": plan.steps, "step_sweep": list(plan.step_sweep),
+            "step_seeds": list(plan.step_seeds), "paper": list(plan.paper)}
+
+
+# ---------------------------------------------------------------------------- numbers as text
+def fmt(summary: dict[str, Any] | None, signed: bool = False) -> str:
+    """``mean ± std`` in percent (points), with the seed count; ``–`` when nothing finished."""
+    if not summary or summary["mean"] is None:
+        return "–"
+    mean = f"{100 * summary['mean']:+.1f}" if signed else f"{100 * summary['mean']:.1f}"
+    if summary["std"] is None:
+        return f"{mean} (1 seed)"
+    return f"{mean} ± {100 * summary['std']:.1f} ({summary['n']})"
+
+
+def _columns(plan: Plan, evals: tuple[str, ...] = EVALS) -> list[tuple[str, str]]:
+    return [(key, e) for key in plan.protocols for e in evals]
+
+
+def _table(plan: Plan, arms: list[dict[str, Any]], field: str, signed: bool) -> list[str]:
+    cols = _columns(plan)
+    lines = ["| arm | pretraining overrides | " + " | ".join(f"{k}: {EVAL_NAMES[e]}" for k, e in cols) + " |",
+             "|---|---|" + "---:|" * len(cols)]
+    for arm in arms:
+        sets = ", ".join(f"`{s}`" for s in arm["set"]) if arm["pretrain"] else "no pretraining"
+        cells = [fmt(arm[field].get(k, {}).get(e), signed) for k, e in cols]
+        lines.append(f"| {arm['title']} | {sets or 'the budget only'} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(plan: Plan, results: dict[str, Any]) -> str:
+    prog, env = results["progress"], results["environment"]
+    groups = {g: [a for a in results["arms"] if a["group"] == g] for g in ("arm", "sweep")}
+    ref_title = next(a["title"] for a in results["arms"] if a["name"] == plan.reference)
+    status = ("complete" if prog["stages_done"] == prog["stages_planned"] else "**partial**")
+    v, m = env["versions"], env["machine"]
+    synth = plan.dataset.get("synth", {})
+    lines = [f"# {plan.title}", ""]
+    if plan.notes:
+        lines += [plan.notes, ""]
+    lines += [
+        f"Status: {status} — {prog['stages_done']} of {prog['stages_planned']} stages finished in "
+        f"{prog['seconds_total'] / 60:.1f} min ("
+        + ", ".join(f"{k} {s / 60:.1f}" for k, s in sorted(prog["seconds"].items()))
+        + f"), {prog['cpu_seconds_total'] / 60:.1f} CPU-minutes.", "",
+        "## Setup", "",
+        f"- Command: `{results['command']}`",
+        f"- Code: mv2mae {v['mv2mae']}" + (f" (git {env['git']})" if env["git"] else "")
+        + f", torch {v['torch']}, timm {v['timm']}, numpy {v['numpy']}, Python {v['python']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "") + f"; {m['platform']}",
+        f"- Dataset: `mv2mae synth` seed {synth.get('seed')}, "
+        + ", ".join(f"{k} {v}" for k, v in synth.items() if k != "seed")
+        + f" ({results['dataset']['groups']} groups); preprocessed with "
+        + ", ".join(f"{k} {v}" for k, v in plan.dataset.get("preprocess", {}).items()),
+        f"- Pretraining on `{plan.pretrain_protocol}`; evaluation on "
+        + ", ".join(f"{k} = `{p}`" for k, p in plan.protocols.items()),
+        f"- Budget: preset `{plan.config}`, plan `{plan.source}` scale `{plan.scale}`; "
+        + "; ".join(f"{stage}: " + " ".join(f"`{s}`" for s in sets) for stage, sets in plan.budget.items() if sets),
+        f"- Seeds: arms {list(groups['arm'][0]['seeds']) if groups['arm'] else []}"
+        + (f", sweeps {groups['sweep'][0]['seeds']}" if groups["sweep"] else "")
+        + (f", step sweep {list(plan.step_seeds)}" if plan.step_sweep else ""),
+        "",
+        "## Top-1 % on the test split (mean ± std over seeds, seed count in brackets)", "",
+        "Linear probe and k-NN: frozen encoder, mean-pooled features. Finetuned: the whole encoder, then "
+        "multi-clip × multi-crop testing. One pretraining per arm and seed serves both protocols.", "",
+        *_table(plan, groups["arm"] + groups["sweep"], "metrics", signed=False), "",
+        f"## Paired difference to {ref_title} (points, mean ± std of the per-seed differences)", "",
+        *_table(plan, [a for a in groups["arm"] + groups["sweep"] if a["name"] != plan.reference],
+                "vs_reference", signed=True), "",
+    ]
+    if results["step_sweep"]:
+        cols = _columns(plan, ("linear", "knn"))
+        lines += [f"## Pretraining length: probes of {ref_title} against pretraining steps", "",
+                  "Step 0 is the untrained encoder; every other length is a full pretraining with its own "
+                  f"warm-up and cosine schedule. The study's length is {plan.steps} steps.", "",
+                  "| pretraining steps | " + " | ".join(f"{k}: {EVAL_NAMES[e]}" for k, e in cols) + " |",
+                  "|---:|" + "---:|" * len(cols)]
+        for row in results["step_sweep"]:
+            lines.append(f"| {row['steps']} | " + " | ".join(fmt(row["metrics"].get(k, {}).get(e)) for k, e in cols)
+                         + " |")
+        lines.append("")
+    lines += ["## Plots", "", f"![accuracy per arm]({PLOTS['accuracy']})", "",
+              f"![pretraining loss]({PLOTS['loss']})", ""]
+    if results["step_sweep"]:
+        lines += [f"![probe accuracy against pretraining steps]({PLOTS['steps']})", ""]
+    if plan.paper:
+        keys = list(plan.paper[0])
+        lines += ["## The paper's numbers, for context", "",
+                  "Top-1 % reported for MV2MAE (ViT-S, full-size pretraining on the real datasets; from "
+                  "METHOD.md). Not comparable in level with a small synthetic study; they show what the method "
+                  "claims at scale.", "",
+                  "| " + " | ".join(keys) + " |", "|---" * len(keys) + "|"]
+        lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in plan.paper]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _plots(out: Path, plan: Plan, results: dict[str, Any]) -> None:
+    arms = [a for a in results["arms"] if a["group"] in ("arm", "sweep")]
+    series = [f"{k} {EVAL_NAMES[e]}" for k, e in _columns(plan)]
+    values = {}
+    for arm in arms:
+        for (key, e), name in zip(_columns(plan), series, strict=True):
+            s = arm["metrics"].get(key, {}).get(e)
+            if s and s["mean"] is not None:
+                values[(arm["name"], name)] = (100 * s["mean"], 100 * s["std"] if s["std"] is not None else None)
+    (out / PLOTS["accuracy"]).write_text(bar_chart([a["name"] for a in arms], series, values,
+                                                   f"{plan.title}: top-1 % per arm (mean ± std over seeds)",
+                                                   "top-1 %"))
+    curves = {a["name"]: [tuple(p) for p in a["pretrain_loss"]] for a in arms if a["pretrain_loss"]}
+    (out / PLOTS["loss"]).write_text(line_chart(curves, "pretraining loss (mean over seeds; each arm's own "
+                                                "objective, so levels differ)", "step", "loss"))
+    if results["step_sweep"]:
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for row in results["step_sweep"]:
+            for key, per in row["metrics"].items():
+                for e, s in per.items():
+                    if s["mean"] is not None:
+                        lines.setdefault(f"{key} {EVAL_NAMES[e]}", []).append((row["steps"], 100 * s["mean"]))
+        (out / PLOTS["steps"]).write_text(line_chart(lines, f"{plan.reference}: probe top-1 % against pretraining "
+                                                     "steps", "pretraining steps", "top-1 %"))

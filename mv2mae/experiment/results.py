@@ -1,0 +1,104 @@
+"""What a study found, from its finished stages: top-1 per arm, seed, protocol and evaluation,
+summarised as mean ± std over seeds and as paired differences to the reference arm.
+
+Accuracies are per test video (its clips × crops softmax-averaged) on the protocol's test split, in
+[0, 1]. Standard deviations are over seeds (sample std, n − 1); a paired difference is taken seed by
+seed over the seeds both arms ran, then summarised the same way, so that what every arm shares with
+the reference on one seed (data order, masks, initial weights) cancels out.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from mv2mae.experiment.plan import Arm, Plan
+from mv2mae.experiment.runner import read_done, run_folder, stage_names
+from mv2mae.train.logs import read_log
+
+
+def summarize(values: dict[int, float]) -> dict[str, Any]:
+    """``{seed: value}`` -> mean, std (None below two seeds), n and the values themselves."""
+    xs = [values[s] for s in sorted(values)]
+    return {"mean": statistics.fmean(xs) if xs else None, "std": statistics.stdev(xs) if len(xs) > 1 else None,
+            "n": len(xs), "values": {str(s): values[s] for s in sorted(values)}}
+
+
+def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
+    """Summary of ``values[s] - reference[s]`` over the seeds both have."""
+    return summarize({s: values[s] - reference[s] for s in values if s in reference})
+
+
+def arm_scores(out: Path, plan: Plan, arm: Arm) -> dict[str, dict[str, dict[int, float]]]:
+    """protocol key -> evaluation (linear, knn, finetune) -> {seed: top-1} over the finished stages."""
+    scores: dict[str, dict[str, dict[int, float]]] = {key: {} for key in plan.protocols}
+    for seed in arm.seeds:
+        folder = run_folder(out, arm, seed)
+        for key in plan.protocols:
+            for stage in (f"probe-{key}", f"eval-{key}"):
+                done = read_done(folder / stage)
+                for method, acc in (done["result"] if done else {}).items():
+                    scores[key].setdefault(method, {})[seed] = acc["top1"]
+    return scores
+
+
+def loss_curve(out: Path, arm: Arm) -> list[list[float]]:
+    """[step, loss averaged over the seeds that logged it] of the arm's pretraining runs."""
+    by_step: dict[int, list[float]] = {}
+    for seed in arm.seeds:
+        for record in read_log(run_folder(out, arm, seed) / "pretrain"):
+            if math.isfinite(record.get("loss", math.nan)):
+                by_step.setdefault(int(record["step"]), []).append(float(record["loss"]))
+    return [[step, statistics.fmean(losses)] for step, losses in sorted(by_step.items())]
+
+
+def progress(out: Path, plan: Plan) -> dict[str, Any]:
+    """Stages finished against planned, and the wall and CPU seconds the finished ones took, per stage kind."""
+    done = total = 0
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
+    for arm in plan.arms:
+        for seed in arm.seeds:
+            for stage in stage_names(plan, arm):
+                total += 1
+                record = read_done(run_folder(out, arm, seed) / stage)
+                if record is not None:
+                    done += 1
+                    kind = stage.split("-")[0]
+                    seconds[kind] = seconds.get(kind, 0.0) + record["seconds"]
+                    cpu[kind] = cpu.get(kind, 0.0) + record["cpu_seconds"]
+    return {"stages_done": done, "stages_planned": total, "seconds": seconds, "cpu_seconds": cpu,
+            "seconds_total": sum(seconds.values()), "cpu_seconds_total": sum(cpu.values())}
+
+
+def collect(out: Path, plan: Plan) -> dict[str, Any]:
+    """Every arm's summaries and paired differences, the step sweep and the progress of the study."""
+    scores = {arm.name: arm_scores(out, plan, arm) for arm in plan.arms}
+    ref = scores[plan.reference]
+    arms = []
+    for arm in plan.arms:
+        mine = scores[arm.name]
+        arms.append({
+            "name": arm.name, "title": arm.title, "group": arm.group, "pretrain": arm.pretrain,
+            "set": list(arm.sets), "seeds": list(arm.seeds), "evals": list(arm.evals),
+            "metrics": {k: {m: summarize(v) for m, v in per.items()} for k, per in mine.items()},
+            "vs_reference": {} if arm.name == plan.reference else {
+                k: {m: paired(v, ref[k][m]) for m, v in per.items() if m in ref[k]} for k, per in mine.items()},
+            "pretrain_loss": loss_curve(out, arm) if arm.pretrain else [],
+        })
+    return {"arms": arms, "step_sweep": _step_sweep(plan, scores), "progress": progress(out, plan)}
+
+
+def _step_sweep(plan: Plan, scores: dict[str, Any]) -> list[dict[str, Any]]:
+    """Probe accuracy of the reference arm against its pretraining length (0: the untrained encoder)."""
+    rows = []
+    untrained = next((a.name for a in plan.arms if not a.pretrain and a.probes), None)
+    for steps in plan.step_sweep:
+        name = untrained if steps == 0 else plan.reference if steps == plan.steps else f"{plan.reference}-steps{steps}"
+        per = scores.get(name, {}) if name else {}
+        rows.append({"steps": steps, "arm": name, "metrics": {
+            k: {m: summarize({s: v for s, v in by_seed.items() if s in plan.step_seeds})
+                for m, by_seed in methods.items() if m != "finetune"} for k, methods in per.items()}})
+    return rows

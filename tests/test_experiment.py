@@ -1,0 +1,195 @@
+"""The controlled study: a tiny plan run end to end through the CLI on data the study renders and
+preprocesses itself, resumed after an interruption without recomputing what was finished; the
+aggregation (mean ± std over seeds, paired differences) on known numbers."""
+
+import json
+import math
+import shutil
+
+import pytest
+import yaml
+from train_helpers import TINY_MODEL
+from typer.testing import CliRunner
+
+from mv2mae.cli import app
+from mv2mae.experiment.plan import PlanError, load_plan
+from mv2mae.experiment.results import paired, summarize
+from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, stage_names
+from mv2mae.shards.schema import read_index
+from mv2mae.train.logs import read_log
+
+SEEDS = [0, 1]
+
+
+def tiny_plan(base, **changes) -> dict:
+    plan = {
+        "name": "tiny", "config": "tiny",
+        "dataset": {"dir": str(base / "data"), "raw": str(base / "raw"), "workers": 1,
+                    "synth": {"classes": 2, "cameras": 3, "subjects": 2, "replications": 1, "frames": [16, 20],
+                              "size": [64, 48], "seed": 3},
+                    "preprocess": {"size": 32, "fps": 15}},
+        "pretrain_protocol": "synth_xview_xsub",
+        "protocols": {"xview": "synth_xview_all", "xsub": "synth_xsub"},
+        "budget": {"shared": [*TINY_MODEL, "data.workers=0", "data.eval_clips=1", "data.eval_crops=1",
+                              "loop.log_every=1", "optim.batch_size=2"],
+                   "pretrain": ["steps=3", "schedule.warmup_steps=1", "loop.ckpt_every=2", "loop.recon_every=0"],
+                   "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none"]},
+        "seeds": SEEDS, "reference": "mv2mae",
+        "arms": [{"name": "scratch", "pretrain": False, "evals": ["linear", "finetune"]},
+                 {"name": "mv2mae", "title": "MV2MAE"}],
+        # single-view pretraining (VideoMAE's arm): one camera per sample, tube masking, no motion weights
+        "sweeps": {"seeds": [0], "evals": ["knn"], "arms": [
+            {"name": "single", "set": ["data.num_sources=0", "model.mask_type=tube", "model.mask_ratio=0.9",
+                                       "model.tau=inf", "optim.accum_steps=2"]}]},
+        "step_sweep": {"steps": [2], "seeds": [0], "evals": ["knn"]},
+    }
+    plan.update(changes)
+    return plan
+
+
+def write_plan(path, plan) -> str:
+    path.write_text(yaml.safe_dump(plan))
+    return str(path)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, ["experiment", *map(str, args)])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result.output
+
+
+def ledger(out) -> list[str]:
+    return [json.loads(line)["stage"] for line in (out / LEDGER).read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    plan = write_plan(base / "plan.yaml", tiny_plan(base))
+    invoke("--plan", plan, "--out", base / "out", "--device", "cpu")
+    return base, plan, base / "out"
+
+
+def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
+    base, plan, out = study
+    loaded = load_plan(plan)
+    planned = [f"runs/{arm.name}/seed{s}/{stage}" for arm in loaded.arms for s in arm.seeds
+               for stage in stage_names(loaded, arm)]
+    assert sorted(ledger(out)) == sorted(planned)  # every stage ran exactly once
+    results = json.loads((out / "results.json").read_text())
+    assert results["progress"]["stages_done"] == results["progress"]["stages_planned"] == len(planned)
+    arms = {a["name"]: a for a in results["arms"]}
+    assert set(arms) == {"scratch", "mv2mae", "single", "mv2mae-steps2"}
+    assert arms["single"]["metrics"]["xview"]["knn"]["n"] == 1 and "knn" in arms["single"]["vs_reference"]["xview"]
+    for key in ("xview", "xsub"):
+        assert set(arms["mv2mae"]["metrics"][key]) == {"linear", "knn", "finetune"}
+        assert arms["mv2mae"]["metrics"][key]["finetune"]["n"] == len(SEEDS)
+        diff = arms["scratch"]["vs_reference"][key]["linear"]
+        expect = [arms["scratch"]["metrics"][key]["linear"]["values"][str(s)]
+                  - arms["mv2mae"]["metrics"][key]["linear"]["values"][str(s)] for s in SEEDS]
+        assert diff["mean"] == pytest.approx(sum(expect) / 2)
+    assert [row["steps"] for row in results["step_sweep"]] == [0, 2, 3]
+    assert len(arms["mv2mae"]["pretrain_loss"]) == 3  # logged every step
+    assert all(r["loss_cross"] > 0 for r in read_log(out / "runs/mv2mae/seed0/pretrain"))
+    assert all(r["loss_cross"] == 0 for r in read_log(out / "runs/single/seed0/pretrain"))  # one view a sample
+    report = (out / "RESULTS.md").read_text()
+    assert "Status: complete" in report and "MV2MAE" in report and "![accuracy per arm](accuracy.svg)" in report
+    assert "seed 3" in report and "mv2mae experiment --plan" in report
+    for svg in ("accuracy.svg", "pretrain_loss.svg", "steps.svg"):
+        assert (out / svg).read_text().startswith("<svg")
+    index = read_index(base / "data")  # the study rendered and preprocessed its dataset
+    assert index.dataset == "synth" and index.groups == 4
+
+
+def done_files(out) -> dict:
+    return {p: (p.stat().st_mtime_ns, p.read_text()) for p in (out / "runs").rglob(DONE)}
+
+
+def test_an_interrupted_study_resumes_and_recomputes_only_what_was_unfinished(study, tmp_path):
+    base, plan, finished = study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    # killed while pretraining mv2mae/seed1 after its step-2 checkpoint: nothing downstream exists yet
+    run = out / "runs" / "mv2mae" / "seed1"
+    redo = [d for d in run.iterdir() if d.name != "pretrain"]
+    for folder in redo:
+        shutil.rmtree(folder)
+    (run / "pretrain" / DONE).unlink()
+    (run / "pretrain" / "checkpoints" / "step-00000003.pt").unlink()
+    # killed while testing scratch/seed1's cross-view finetune
+    shutil.rmtree(out / "runs" / "scratch" / "seed1" / "eval-xview")
+    (out / "results.json").unlink()
+    kept = done_files(out)
+    before = ledger(out)
+
+    invoke("--plan", plan, "--out", out, "--device", "cpu")
+    rerun = ledger(out)[len(before):]
+    expected = {"runs/mv2mae/seed1/pretrain", "runs/scratch/seed1/eval-xview",
+                *(f"runs/mv2mae/seed1/{d.name}" for d in redo)}
+    assert sorted(rerun) == sorted(expected)  # nothing finished was recomputed ...
+    after = done_files(out)
+    assert all(after[p] == kept[p] for p in kept)  # ... or rewritten
+    resumed = json.loads((run / "pretrain" / DONE).read_text())["result"]
+    assert resumed["resumed_from"].endswith("step-00000002.pt") and resumed["steps"] == 3
+    progress = json.loads((out / "results.json").read_text())["progress"]
+    assert progress["stages_done"] == progress["stages_planned"]
+
+
+def test_a_finished_stage_made_by_another_plan_is_an_error_not_reused(study, tmp_path):
+    base, _, finished = study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    changed = tiny_plan(base)
+    changed["arms"][1]["set"] = ["model.tau=20"]
+    plan = write_plan(tmp_path / "changed.yaml", changed)
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert "runs/mv2mae/seed0/pretrain was made by another plan" in result.output
+    assert "config.model.tau: 60.0 then, 20.0 now" in result.output
+    # nor is a dataset folder rendered with other arguments rendered over
+    other = tiny_plan(base)
+    other["dataset"]["synth"]["seed"] = 4
+    plan = write_plan(tmp_path / "other.yaml", other)
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(tmp_path / "new"), "--device", "cpu"])
+    assert result.exit_code == 1 and "holds a dataset rendered with other arguments ({'seed': 3})" in result.output
+
+
+def test_pretraining_that_would_see_a_test_video_is_refused(study):
+    base, _, _ = study
+    index = read_index(base / "data")
+    check_no_leak(index, "synth_xview_xsub", {"xview": "synth_xview_all", "xsub": "synth_xsub"})
+    with pytest.raises(StudyError, match=r"sees \d+ test video\(s\) of xview \(synth_xview_all\)"):
+        check_no_leak(index, "synth_xsub", {"xview": "synth_xview_all"})
+    with pytest.raises(StudyError, match="of xsub"):
+        check_no_leak(index, "synth_xview_all", {"xsub": "synth_xsub"})
+
+
+def test_summaries_and_paired_differences_on_known_numbers():
+    s = summarize({2: 0.6, 0: 0.5, 1: 0.7})
+    assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1) and s["n"] == 3
+    assert list(s["values"]) == ["0", "1", "2"]
+    one = summarize({4: 0.25})
+    assert one["mean"] == 0.25 and one["std"] is None and one["n"] == 1
+    assert summarize({})["mean"] is None
+    # per-seed differences 0.1, 0.3, -0.1 (seed 3 has no partner): mean 0.1, std 0.2 — while the
+    # unpaired spread of either arm alone is larger than the difference
+    d = paired({0: 0.5, 1: 0.7, 2: 0.6}, {0: 0.4, 1: 0.4, 2: 0.7, 3: 0.9})
+    assert d["mean"] == pytest.approx(0.1) and d["std"] == pytest.approx(0.2) and d["n"] == 3
+    assert math.isclose(d["values"]["2"], -0.1)
+
+
+def test_plans_are_checked_before_anything_runs(tmp_path):
+    shipped = load_plan("crossview")
+    assert [a.name for a in shipped.arms if a.group == "arm"] == ["scratch", "videomae", "selfonly", "tauinf",
+                                                                  "mv2mae"]
+    assert all(len(a.seeds) >= 3 for a in shipped.arms if a.group == "arm")
+    gpu = load_plan("crossview", "gpu")
+    assert gpu.steps > shipped.steps and gpu.pretrain_config(gpu.arm("mv2mae"), 0).model.depth == 12
+    assert gpu.budget["pretrain"][:len(shipped.budget["pretrain"])] == shipped.budget["pretrain"]  # appended
+    with pytest.raises(PlanError, match="no scale 'huge'"):
+        load_plan("crossview", "huge")
+    typo = tiny_plan(tmp_path, arms=[{"name": "mv2mae", "set": ["model.tua=20"]}])
+    with pytest.raises(PlanError, match="arm mv2mae: unknown config key.*model.tua"):
+        load_plan(write_plan(tmp_path / "typo.yaml", typo))
+    with pytest.raises(PlanError, match="reference 'mv2mae' must name a pretrained arm"):
+        load_plan(write_plan(tmp_path / "ref.yaml", tiny_plan(tmp_path, arms=[{"name": "x", "pretrain": False}])))
