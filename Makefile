@@ -10,7 +10,7 @@ WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test bench lint preprocess pretrain finetune experiment clean-venv
+.PHONY: setup demo test bench gpu-check lint preprocess pretrain finetune experiment clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench: $(STAMP)
 	$(VENV)/bin/mv2mae bench loader --json $(BENCH_DIR)/loader.json
 	$(VENV)/bin/mv2mae bench motion --samples 128 --json $(BENCH_DIR)/motion.json
 	$(VENV)/bin/mv2mae bench model --threads 1 --json $(BENCH_DIR)/model.json
+
+# make gpu-check: every CUDA-only path in one run of about 8 minutes on one GPU (README, "Feeding the
+# GPU"); without CUDA it says "no CUDA device" and succeeds.
+gpu-check: $(STAMP)
+	mkdir -p $(BENCH_DIR)
+	$(VENV)/bin/mv2mae bench gpu --json $(BENCH_DIR)/gpu.json --markdown $(BENCH_DIR)/gpu.md
 
 # make preprocess DATASET=ntu60 ROOT=/data/nturgbd [OUT=data/ntu60] [ARGS="--crop person --motion both"]
 DATASET ?= synth

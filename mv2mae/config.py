@@ -22,6 +22,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ STAGES = ("pretrain", "finetune")
 PRESET_DIR = Path(__file__).parent / "configs"
 # Short names accepted by ``--set`` for the keys people change most.
 ALIASES = {"steps": "schedule.steps", "batch_size": "optim.batch_size", "seed": "loop.seed"}
+# Keys of earlier versions that no longer do anything, with the reason. Saved run configs (read on resume,
+# by eval and by report) may hold them, so they are dropped with a warning rather than refused.
+RETIRED_KEYS = {"data.normalize_on": "loaders hand out uint8 video and the model normalises it"}
 
 
 class ConfigError(ValueError):
@@ -277,6 +281,10 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     raw = dict(raw)
     preset = raw.pop("preset", None) if cls is ModelConfig else None
+    for name in [n for n in raw if f"{where}{n}" in RETIRED_KEYS]:
+        del raw[name]
+        warnings.warn(f"config key {where}{name} is retired and ignored: {RETIRED_KEYS[where + name]}",
+                      FutureWarning, stacklevel=2)
     unknown = sorted(set(raw) - set(names))
     if unknown:
         bad = ", ".join(f"{where}{k}" for k in unknown)

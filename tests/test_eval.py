@@ -139,16 +139,21 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
         assert (tmp_path / "r" / png).is_file(), png
 
 
-def test_normalising_on_the_device_gives_the_same_losses_as_in_the_workers(synth_data, tmp_path):
-    """``data.normalize_on=device`` (the CUDA default) moves uint8 clips and normalises after the copy:
-    the training losses must be those of worker-side normalisation, step for step."""
+# Losses of a pretraining fed by either decoding path: the clips differ by at most one level on some
+# pixels (test_loader.py), which moves a loss of ~1 by well under 0.1%.
+DECODE_LOSS_RTOL = 1e-3
+
+
+def test_decoding_on_the_device_gives_the_losses_of_decoding_in_the_workers(synth_data, tmp_path):
+    """``data.decode_on=device`` (the CUDA default; the same code on the CPU here) decodes each batch's
+    JPEGs in the training process: a short pretraining has the losses of worker-side decoding."""
     sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=1",
-                           "optim.batch_size=4", "loop.log_every=1", "steps=2"] for x in ("--set", item)]
+                           "optim.batch_size=4", "loop.log_every=1", "steps=3"] for x in ("--set", item)]
     runs = {}
-    for where in ("worker", "device"):
+    for where in ("cpu", "device"):
         out = tmp_path / where
         invoke("pretrain", "--config", "tiny", "--data", synth_data, "--out", out, *sets,
-               "--set", f"data.normalize_on={where}")
+               "--set", f"data.decode_on={where}")
         runs[where] = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
-    assert len(runs["device"]) == 2
-    np.testing.assert_allclose(runs["device"], runs["worker"], rtol=1e-5)
+    assert len(runs["device"]) == 3
+    np.testing.assert_allclose(runs["device"], runs["cpu"], rtol=DECODE_LOSS_RTOL)

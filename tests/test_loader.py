@@ -1,7 +1,9 @@
 """The streaming loader on real shards: contract of the batches, determinism, the exact evaluation pass
-across 2 ranks × 2 DataLoader workers, and the motion options (tests/test_loader_motion.py holds their values)."""
+across 2 ranks × 2 DataLoader workers, the motion options (tests/test_loader_motion.py holds their values),
+and decoding on the device (``data.decode_on=device``, run on the CPU here) giving the workers' batches."""
 
 import dataclasses
+import re
 from itertools import islice
 
 import pytest
@@ -17,10 +19,11 @@ from mv2mae.data import (
 )
 from mv2mae.data.datasets import FinetuneClips, PretrainClips, ShardSplit
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
+from mv2mae.data.device import PLAN_FIELDS
 from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import select
-from mv2mae.shards.schema import ContractError, read_index
+from mv2mae.shards.schema import ContractError, frame_member, read_index
 from mv2mae.tools.shardio import read_group
 
 MODEL = ModelConfig(frames=8, image_size=32, tubelet=2, patch=8)
@@ -45,17 +48,13 @@ def test_pretrain_batches_follow_the_model_contract(synth_data):
     index = read_index(synth_data)
     (batch,) = take(build_pretrain_loader(MODEL, data(synth_data, "synth_xview"), batch_size=4, seed=0), 1)
     assert batch["video"].shape == (4, 2, 3, GEOM.frames, GEOM.size, GEOM.size)
-    assert batch["video"].dtype == torch.float32
+    assert batch["video"].dtype == torch.uint8  # pixels: the model normalises them
     assert batch["motion"].shape == (4, 2, GEOM.tokens) and (batch["motion"] >= 0).all()
     assert batch["motion"].amax(dim=-1).min() > 0  # every view of a moving figure has motion
     assert set(batch["cameras"].flatten().tolist()) <= {2, 3}  # cross-view training cameras only
     assert (batch["cameras"][:, 0] != batch["cameras"][:, 1]).all()  # target and source differ
     for key, label in zip(batch["key"], batch["label"].tolist(), strict=True):
         assert index.classes[label] and int(key[-3:]) - 1 == label  # NTU action id -> 0-based label
-    mean = torch.tensor(MODEL.pixel_mean).view(3, 1, 1, 1)
-    std = torch.tensor(MODEL.pixel_std).view(3, 1, 1, 1)
-    pixels = batch["video"] * std + mean
-    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
 
 
 def test_short_clips_and_default_geometry_do_not_crash(synth_data):
@@ -79,7 +78,7 @@ def test_same_seed_same_batches_other_seed_other_batches(synth_data):
 
 def test_repeated_sampling_recrops_the_frames_it_decoded_once(synth_data):
     def run(repeats):
-        options = data(synth_data, "all", repeats=repeats, normalize_on="device")
+        options = data(synth_data, "all", repeats=repeats)
         (batch,) = take(build_pretrain_loader(MODEL, options, batch_size=6, seed=4), 1)
         return batch
 
@@ -187,7 +186,7 @@ def test_evaluation_clips_cover_each_test_view_whole(synth_data):
     """A test video is the camera's whole recording, not the span it shares with the training views: the
     evaluation clips are spread over every stored frame of camera 1."""
     index = read_index(synth_data)
-    options = data(synth_data, "synth_xview", eval_clips=2, eval_crops=1, normalize_on="device")
+    options = data(synth_data, "synth_xview", eval_clips=2, eval_crops=1)
     samples = [(k, c, v) for b in build_eval_loader(MODEL, options, batch_size=64)
                for k, c, v in zip(b["key"], b["clip"].tolist(), b["video"], strict=True)]
     assert len(samples) == 2 * index.groups
@@ -220,3 +219,70 @@ def test_bad_requests_fail_clearly(synth_data):
         build_pretrain_loader(MODEL, data(synth_data, "synth_xview", num_sources=2), batch_size=2, seed=0)
     with pytest.raises(ContractError, match="protocol ntu60_xsub is for ntu60 data"):
         build_pretrain_loader(MODEL, data(synth_data, "ntu60_xsub"), batch_size=2, seed=0)
+
+
+# Decoding on the device (here: the CPU) against the workers' cv2 path. The two decoders are the same
+# libjpeg-turbo; the resamplers differ only in rounding (cv2's fixed-point weights against float
+# arithmetic rounded to the nearest level), so a pixel may differ by one level and most do not.
+MAX_LEVELS, MEAN_LEVELS = 1, 0.25
+
+
+def both_paths(build, synth_data, model, workers=0, **options):
+    """The first two batches of one loader per ``decode_on``, everything else equal."""
+    out = {}
+    for where in ("cpu", "device"):
+        loader = build(model, data(synth_data, "all", workers=workers, decode_on=where, **options))
+        out[where] = take(loader, 2)
+    return out["cpu"], out["device"]
+
+
+@pytest.mark.parametrize("stage, size, workers, flip", [("pretrain", 32, 1, "on"), ("pretrain", 16, 0, "off"),
+                                                         ("finetune", 32, 0, "auto"), ("eval", 32, 0, "auto")])
+def test_decoding_on_the_device_gives_the_workers_batches_within_one_level(synth_data, stage, size, workers, flip):
+    """Same samples (one plan drives both: each view's own frames, crop and flip), same shapes and fields,
+    video within rounding; at size 16 the crops shrink more than 2x, where both resample by pixel area
+    instead of bilinearly. With a worker, the plans cross processes in shared memory. Pretraining's
+    framediff motion comes from the decoded (cropped, flipped) pixels on both paths."""
+    model = MODEL.with_(image_size=size)
+    build = {"pretrain": lambda m, d: build_pretrain_loader(m, d, batch_size=3, seed=2),
+             "finetune": lambda m, d: build_finetune_loader(m, d, batch_size=3, seed=2),
+             "eval": lambda m, d: build_eval_loader(m, d, batch_size=5)}[stage]
+    for cpu, dev in zip(*both_paths(build, synth_data, model, workers, flip=flip), strict=True):
+        assert list(dev) == list(cpu) and not set(PLAN_FIELDS) & set(dev)
+        assert dev["video"].dtype == torch.uint8 and dev["video"].shape == cpu["video"].shape
+        levels = (dev["video"].int() - cpu["video"].int()).abs()
+        assert levels.max() <= MAX_LEVELS and levels.float().mean() <= MEAN_LEVELS, (levels.max(), levels.float().mean())
+        if stage == "pretrain":
+            assert dev["motion"].shape == cpu["motion"].shape == (3, 2, model.num_tokens)
+            # a mean of |frame differences|: pixels one level apart move a difference by at most two levels
+            error = (dev["motion"] - cpu["motion"]).abs()
+            assert error.max() <= 2 * MAX_LEVELS and error.mean() <= 2 * MEAN_LEVELS
+            assert dev["motion"].amax(dim=-1).min() > 0
+        for key, value in cpu.items():
+            if key not in ("video", "motion"):
+                assert (torch.equal(value, dev[key]) if isinstance(value, torch.Tensor) else value == dev[key]), key
+
+
+def plans(synth_data, n=1):
+    """Batches as the workers ship them with decode_on=device, and the decoder the loader applies."""
+    loader = build_pretrain_loader(MODEL, data(synth_data, "all", decode_on="device"), batch_size=3, seed=0)
+    decoder, loader.finish = loader.finish, None
+    return take(loader, n), decoder
+
+
+def test_a_bad_jpeg_or_frame_size_on_the_device_names_its_shard_and_member(synth_data):
+    """Found in the training process, a bad frame stops the run with the line the workers would log."""
+    (batch,), decode = plans(synth_data)
+    first = int(batch["jpeg_count"][0])
+    bad = first + 2  # the third JPEG of the second sample
+    start = int(batch["jpeg_sizes"][:bad].sum())
+    broken = dict(batch, jpeg=batch["jpeg"].clone())
+    broken["jpeg"][start:start + int(batch["jpeg_sizes"][bad])] = 0
+    camera, t = batch["jpeg_members"][bad].tolist()
+    member = re.escape(f"{batch['shard'][1]}: {frame_member(batch['key'][1], camera, t)}")
+    with pytest.raises(ContractError, match=f"{member} is not a decodable JPEG .*decode_on=cpu skips it"):
+        decode(broken)
+    resized = dict(batch, frame_size=batch["frame_size"].clone())
+    resized["frame_size"][2, 0] += 1
+    with pytest.raises(ContractError, match=f"{re.escape(batch['shard'][2])}: {batch['key'][2]}.c0.* metadata says"):
+        decode(resized)

@@ -75,7 +75,7 @@ def definition(video: np.ndarray, tubelet: int, patch: int) -> np.ndarray:
 
 
 def batch(root, motion: str, stride: int, seed: int = 0) -> dict:
-    cfg = DataConfig(root=root, protocol="all", stride=stride, motion=motion, workers=0, normalize_on="device")
+    cfg = DataConfig(root=root, protocol="all", stride=stride, motion=motion, workers=0)
     return next(iter(build_pretrain_loader(MODEL, cfg, batch_size=6, seed=seed)))
 
 

@@ -191,7 +191,7 @@ def test_the_run_config_data_section_is_the_loaders_data_config():
 
 @pytest.mark.parametrize("name, value, message", [
     ("repeats", 0, "repeats must be >= 1"), ("motion", "optical", "motion 'optical' not in"),
-    ("normalize_on", "gpu", "normalize_on must be auto, worker or device"),
+    ("decode_on", "gpu", "decode_on must be auto, cpu or device"),
     ("source_policy", "fixed", "fixed_pairs"), ("stride", 0, "stride"),
 ])
 def test_invalid_data_options_are_config_errors_naming_the_section(name, value, message):
@@ -201,8 +201,22 @@ def test_invalid_data_options_are_config_errors_naming_the_section(name, value, 
         DataConfig(**{name: value})
 
 
-def test_normalisation_happens_in_the_workers_unless_the_device_takes_it():
-    assert DataConfig(normalize_on="auto").normalizes_in_worker("cpu")
-    assert not DataConfig(normalize_on="auto").normalizes_in_worker("cuda")
-    assert DataConfig(normalize_on="worker").normalizes_in_worker("cuda")
-    assert not DataConfig(normalize_on="device").normalizes_in_worker("cpu")
+def test_decoding_moves_to_the_device_by_default_only_on_cuda():
+    assert not DataConfig(decode_on="auto").decodes_on_device("cpu")
+    assert DataConfig(decode_on="auto").decodes_on_device("cuda")
+    assert not DataConfig(decode_on="cpu").decodes_on_device("cuda")
+    assert DataConfig(decode_on="device").decodes_on_device("cpu")  # the same code on the CPU (tests, CI)
+
+
+def test_a_retired_key_in_a_saved_run_config_is_ignored_with_a_warning():
+    """Runs saved before ``data.normalize_on`` was retired still resume and evaluate (their config is read
+    back from the checkpoint); the key no longer means anything, so it is dropped, not refused."""
+    saved = load_config("tiny", "pretrain").to_dict()
+    saved["data"]["normalize_on"] = "worker"
+    with pytest.warns(FutureWarning, match="data.normalize_on is retired and ignored"):
+        cfg = RunConfig.from_dict(saved)
+    assert cfg.data == load_config("tiny", "pretrain").data
+    with pytest.warns(FutureWarning, match="data.normalize_on"):
+        load_config("tiny", "pretrain", ["data.normalize_on=device"])
+    with pytest.raises(ConfigError, match="unknown config key"):  # other unknown keys are still errors
+        load_config("tiny", "pretrain", ["data.normalise_on=device"])

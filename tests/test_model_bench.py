@@ -38,8 +38,12 @@ def test_model_bench_reports_every_section(capsys):
 def test_accelerator_section_runs_on_any_device():
     settings = ModelBenchSettings(gpu_batch=1, warmup=0, steps=1, gpu_presets=("vit_tiny",), overrides=TINY)
     out = gpu_section(settings, torch.device("cpu"), compile_model=False)
-    row = out["presets"]["vit_tiny"]
-    assert row["samples_per_s"] > 0 and row["tflop_per_s"] > 0 and row["mfu"] is None
+    assert [(r["preset"], r["views"], r["compiled"]) for r in out["rows"]] == [("vit_tiny", 1, False),
+                                                                             ("vit_tiny", 2, False)]
+    for row in out["rows"]:
+        assert row["samples_per_s"] > 0 and row["tflop_per_s"] > 0 and row["mfu"] is None
+    late = gpu_section(settings, torch.device("cpu"), compile_model=False, deadline=0.0)
+    assert all(r["skipped"] == "time budget" for r in late["rows"])  # past the budget: reported, not run
 
 
 def test_bench_model_command_writes_json(tmp_path):

@@ -197,3 +197,34 @@ def test_mv2mae_initialised_from_full_or_encoder_only_checkpoints(pretrained, tm
     assert longer.cross_decoder.pos_embed.shape == (1, 4 * 4 * 4, one_d.decoder_dim)
     with torch.no_grad():
         assert torch.isfinite(longer(torch.randn(1, 2, 3, 8, 32, 32)).loss)
+
+
+def test_the_model_normalises_uint8_pixels_with_its_config_statistics(pretrained):
+    """Loaders hand out uint8: the model's one normalisation gives exactly what a float clip normalised
+    with the config's pixel statistics gives (and a float clip passes through unchanged)."""
+    model, cfg, _ = pretrained
+    cfg = cfg.with_(pixel_mean=(0.5, 0.4, 0.3), pixel_std=(0.2, 0.25, 0.3))
+    model = MV2MAE(cfg)
+    pixels = torch.randint(0, 256, (2, 2, 3, cfg.frames, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    shape = (3, 1, 1, 1)
+    mean, std = torch.tensor(cfg.pixel_mean).view(shape), torch.tensor(cfg.pixel_std).view(shape)
+    normalised = (pixels.float() / 255 - mean) / std
+    assert torch.allclose(model.encoder.normalize(pixels), normalised, atol=1e-5)
+    with torch.no_grad():
+        a = model(pixels, generator=torch.Generator().manual_seed(0))
+        b = model(model.encoder.normalize(pixels), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.loss, b.loss)
+    clf = VideoClassifier(cfg, num_classes=3).eval()
+    with torch.no_grad():
+        assert torch.equal(clf(pixels[:, 0]), clf(clf.encoder.normalize(pixels[:, 0])))
+    with pytest.raises(TypeError, match="uint8 pixels or a normalised float clip"):
+        model.encoder.normalize(pixels.short())
+
+
+def test_pixel_statistics_are_not_checkpoint_keys(pretrained):
+    """The normalisation's buffers are config, not weights: checkpoints written before they existed load
+    strictly, and a saved state has no key for them."""
+    model, cfg, path = pretrained
+    assert not [k for k in model.state_dict() if "normalize" in k]
+    assert dict(model.encoder.normalize.named_buffers())  # they exist and follow .to(device)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in load_mv2mae(path).state_dict().items())

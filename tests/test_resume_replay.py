@@ -22,14 +22,16 @@ def batches(build, data, start, count):
     return [next(stream) for _ in range(count)]
 
 
-@pytest.mark.parametrize("build, workers, repeats", [
-    (build_pretrain_loader, 2, 2),  # 3-sample batches, 2 samples per group: the cut falls inside a group
-    (build_pretrain_loader, 0, 1),
-    (build_finetune_loader, 2, 1),
+@pytest.mark.parametrize("build, workers, repeats, options", [
+    (build_pretrain_loader, 2, 2, {}),  # 3-sample batches, 2 samples per group: the cut falls inside a group
+    (build_pretrain_loader, 0, 1, {}),
+    (build_finetune_loader, 2, 1, {}),
+    # decoding in the training process: the workers replay the same decisions (crops, flips) as they plan
+    (build_pretrain_loader, 0, 2, dict(decode_on="device", flip="on")),
 ])
-def test_a_resumed_stream_continues_exactly_where_it_left_off(synth_data, build, workers, repeats):
+def test_a_resumed_stream_continues_exactly_where_it_left_off(synth_data, build, workers, repeats, options):
     data = DataConfig(root=str(synth_data), protocol="synth_xview", stride=2, workers=workers, shuffle_buffer=4,
-                      repeats=repeats)
+                      repeats=repeats, **options)
     straight = batches(build, data, start=0, count=7)
     resumed = batches(build, data, start=5, count=2)
     for a, b in zip(straight[5:], resumed, strict=True):

@@ -6,6 +6,7 @@ import shutil
 
 import cv2
 import pytest
+import torch
 from fixtures_data import session_synth_data
 from PIL import Image
 from typer.testing import CliRunner
@@ -121,15 +122,27 @@ def test_bench_loader_runs_end_to_end_and_writes_its_figures(tmp_path):
     out = tmp_path / "loader.json"
     res = runner.invoke(app, ["bench", "loader", "--json", str(out), "--work", str(tmp_path / "work"),
                               "--raw-size", "224x160", "--groups", "1", "--seconds", "1", "--workers", "1",
-                              "--gpu-samples-per-s", "500"])
+                              "--gpu-samples-per-s", "500", "--ring-rounds", "1"])
     assert res.exit_code == 0, res.output
     r = json.loads(out.read_text())
-    for name in ("shards", "shards_uint8", "shards_uint8_repeats", "raw_baseline"):
-        assert r[name]["samples"] > 0 and r[name]["samples_per_cpu_s"] > 0 and r[name]["worker_rss_mib"] > 0
-    for name in ("shards", "shards_uint8", "shards_uint8_repeats"):  # the workers' batch buffers went round
-        buffers = r[name]["batch_buffers"]
+    loaders = r["loaders"]
+    assert set(loaders) == {"cpu", "cpu_repeats", "device"}
+    for m in [*loaders.values(), r["raw_baseline"]]:
+        assert m["samples"] > 0 and m["samples_per_cpu_s"] > 0 and m["worker_rss_mib"] > 0
+        assert m["worker_cpu_ms_per_sample"] == pytest.approx(1e3 / m["samples_per_cpu_s"], rel=0.02)
+    for name in ("cpu", "cpu_repeats"):  # the workers' batch buffers went round
+        buffers = loaders[name]["batch_buffers"]
         assert buffers["leased"] > buffers["buffers"] > 0, buffers
-    assert r["raw_baseline"]["batch_buffers"] is None
+    # JPEG bytes take fresh memory: no ring by default
+    assert loaders["device"]["batch_buffers"] is None and r["raw_baseline"]["batch_buffers"] is None
+    for mode in ("cpu", "device"):
+        ring = r["ring"][mode]
+        assert len(ring["ring"]) == len(ring["no_ring"]) == 1 and ring["ratio"] > 0
+    assert r["machine"]["decode_device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert r["device_decode_cpu"]["ms_per_sample"] > 0
     assert r["data"]["groups"] == 1 and r["settings"]["views"] == 2
-    assert r["h100"]["workers_needed"] == math.ceil(1.25 * 500 / r["shards"]["samples_per_cpu_s"])
-    assert "speed-up" in res.output
+    needed = r["gpu_workers"]["needed"]
+    assert needed["cpu"] == math.ceil(1.25 * 500 / loaders["cpu"]["samples_per_cpu_s"])
+    assert r["device_vs_cpu_per_worker_cpu_s"] == round(loaders["device"]["samples_per_cpu_s"] /
+                                                       loaders["cpu"]["samples_per_cpu_s"], 2)
+    assert "decode_on=device" in res.output and "PASS" in res.output

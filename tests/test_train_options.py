@@ -9,6 +9,7 @@ from train_helpers import TINY_MODEL
 from mv2mae.config import load_config, preset_names
 from mv2mae.data.datasets import ShardSplit
 from mv2mae.eval.evaluate import eval_loader
+from mv2mae.model import MV2MAE
 from mv2mae.shards.protocols import PROTOCOLS, select
 from mv2mae.shards.schema import DatasetIndex, ShardEntry, read_index
 from mv2mae.train.distributed import setup
@@ -25,25 +26,27 @@ def synth_data(tmp_path_factory):
 
 def tiny(synth_data, *extra):
     return load_config("tiny", "pretrain", [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=0",
-                                            "data.normalize_on=worker", "optim.batch_size=4", f"data.root={synth_data}",
+                                            "optim.batch_size=4", f"data.root={synth_data}",
                                             *extra])
 
 
 def test_fixed_source_pairs_are_a_config_option_the_loader_follows(synth_data):
     cfg = tiny(synth_data, "data.source_policy=fixed", "data.fixed_pairs=[[3, 2]]")
     source = ShardSource(cfg, ENV, "pretrain")
-    assert source.data.fixed_pairs == [[3, 2]]
+    assert source.cfg.data.fixed_pairs == [[3, 2]]
     batch = next(iter(source.batches(0)))
     assert batch["cameras"].tolist() == [[3, 2]] * 4  # view 0 = target camera 3, view 1 = source camera 2
 
 
-def test_loaders_normalise_with_the_model_pixel_statistics(synth_data):
+def test_training_and_test_clips_are_normalised_by_the_model_with_its_pixel_statistics(synth_data):
     cfg = tiny(synth_data, f"model.pixel_mean={list(MEAN)}", f"model.pixel_std={list(STD)}")
+    normalize = MV2MAE(cfg.model).encoder.normalize
     train = next(iter(ShardSource(cfg, ENV, "pretrain").batches(0)))["video"]
     test = next(iter(eval_loader(cfg.model, cfg.data, ENV)))["video"]
     for video in (train, test):
-        pixels = video * torch.tensor(STD).view(3, 1, 1, 1) + torch.tensor(MEAN).view(3, 1, 1, 1)
-        assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=2e-3)  # undone exactly: uint8 levels again
+        assert video.dtype == torch.uint8  # the loaders hand out pixels
+        pixels = normalize(video) * torch.tensor(STD).view(3, 1, 1, 1) + torch.tensor(MEAN).view(3, 1, 1, 1)
+        assert torch.allclose(pixels * 255, video.float(), atol=2e-3)  # undone exactly: the same levels
 
 
 def test_every_preset_names_a_protocol_that_exists():

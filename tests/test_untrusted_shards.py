@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import tarfile
 from pathlib import Path
@@ -22,7 +23,7 @@ from typer.testing import CliRunner
 from mv2mae.cli import app
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.datasets import EvalClips, PretrainClips, ShardSplit
-from mv2mae.data.loaders import build_pretrain_loader
+from mv2mae.data.loaders import build_eval_loader, build_pretrain_loader
 from mv2mae.shards.reader import BadSampleLimit
 from mv2mae.shards.schema import ContractError, GroupMeta, read_index
 from mv2mae.tools.verify import verify
@@ -175,6 +176,22 @@ def test_the_evaluation_pass_skips_bad_groups_and_covers_the_rest(tampered):
     motion_only = {w.split(":")[1] for w, why in bad.items() if "flow rows" in why}
     assert keys == good | motion_only
     assert sorted(dataset.bad.seen) == sorted(w for w, why in bad.items() if "flow rows" not in why)
+
+
+def test_decoding_on_the_device_stops_at_a_jpeg_that_does_not_decode_naming_it(tampered):
+    """With ``data.decode_on=device`` the training process decodes, after the workers' bad-sample accounting:
+    the other bad groups are still skipped there, and a frame that does not decode stops the pass with one
+    line naming its shard and member (README: decode_on=cpu skips that group instead)."""
+    root, bad, _ = tampered
+    (where,) = [w for w, why in bad.items() if "decodable JPEG" in why]
+    shard, key = where.split(":")
+    data = _data(root, eval_clips=1, eval_crops=1, decode_on="device")
+    loader = build_eval_loader(tiny_config("finetune").model, data, batch_size=1)
+    member = rf"{re.escape(shard)}: {re.escape(key)}\.c\d+\.f\d+\.jpg is not a decodable JPEG"
+    with pytest.raises(ContractError, match=rf"{member} .*decode_on=cpu skips it"):
+        for _ in loader:
+            pass
+    assert loader.dataset.bad.seen and where not in loader.dataset.bad.seen
 
 
 def test_too_many_bad_groups_stop_the_run_with_one_clear_line(tampered):

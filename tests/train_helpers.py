@@ -41,9 +41,6 @@ class GlobalBatchSource:
     def describe(self) -> str:
         return f"data: {len(self.video)} in-memory samples"
 
-    def prepare(self, batch: dict) -> dict:
-        return batch  # already float, normalised
-
     def batches(self, start: int):
         b, accum = self.cfg.optim.batch_size, self.cfg.optim.accum_steps
         i = start

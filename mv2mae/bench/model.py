@@ -7,6 +7,7 @@ cores; the GPU section (bf16, MFU, peak memory at batch 32, torch.compile) runs 
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -24,9 +25,12 @@ from mv2mae.model.flops import pretrain_forward_flops, pretrain_step_flops
 from mv2mae.model.masking import sample_mask, split_indices
 from mv2mae.model.mv2mae import MV2MAE
 
-# dense bf16 tensor-core peaks (FLOP/s) for MFU; unknown cards report throughput only
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
-             "4090": 165e12}
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks in FLOP/s from the vendors' datasheets, for MFU; the
+# first entry whose name occurs in the device's name wins, so a variant precedes its family. Unknown
+# cards report throughput only.
+PEAK_BF16 = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,
+             "L4": 121e12, "A10": 125e12, "4090": 165e12}
+PEAK_KIND = "dense bf16 tensor-core peak, vendor datasheet"
 NO_GPU = "not measured (no GPU)"
 
 
@@ -41,6 +45,7 @@ class ModelBenchSettings:
     compare_hf: bool = True
     gpu_batch: int = 32
     gpu_presets: tuple[str, ...] = ("vit_small", "vit_base")
+    gpu_views: tuple[int, ...] = (1, 2)
     seed: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)
 
@@ -192,52 +197,79 @@ def cross_decoder_sweep(cfg: ModelConfig, s: ModelBenchSettings, device: torch.d
     return rows
 
 
-def _peak_flops(device: torch.device) -> float | None:
+def peak_flops(device: torch.device) -> tuple[str, float] | None:
+    """(table entry, dense bf16 FLOP/s) of a CUDA device, from :data:`PEAK_BF16`; None when unknown."""
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return next(((k, v) for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def gpu_section(s: ModelBenchSettings, device: torch.device, compile_model: bool = True) -> dict[str, Any]:
-    """bf16 throughput, MFU and peak memory at the GPU batch; torch.compile for the first preset.
+def gpu_section(s: ModelBenchSettings, device: torch.device, compile_model: bool = True,
+                compile_backend: str = "inductor", deadline: float = math.inf) -> dict[str, Any]:
+    """bf16 autocast at the GPU batch for every preset × view count (``gpu_views``), eager and compiled:
+    step time, samples/s, MFU against the device's dense bf16 peak, peak memory. The video is uint8, so
+    the model's own normalisation runs on the device as in training. Rows not started by ``deadline``
+    (``time.monotonic()``) are reported as skipped.
 
-    Only run on CUDA by :func:`run_model_bench`; it works on any device (the test smoke-runs it on CPU).
-    """
+    Only run on CUDA by :func:`run_model_bench` and ``mv2mae bench gpu``; it works on any device (the
+    tests smoke-run it on CPU, with the ``eager`` compile backend)."""
     cuda = device.type == "cuda"
+    peak = peak_flops(device) if cuda else None
     out: dict[str, Any] = {"device": torch.cuda.get_device_name(device) if cuda else str(device),
-                           "batch": s.gpu_batch, "presets": {}}
-    peak = _peak_flops(device) if cuda else None
+                           "batch": s.gpu_batch, "peak": None if peak is None else
+                           {"entry": peak[0], "tflop_per_s": peak[1] / 1e12, "kind": PEAK_KIND}, "rows": []}
     for name in s.gpu_presets:
         cfg = ModelConfig.preset(name, **s.overrides)
-        torch.manual_seed(s.seed)
-        model = MV2MAE(cfg).to(device).train()
-        video = _video(cfg, s.gpu_batch, 2, device, s.seed)
-        if cuda:
-            torch.cuda.reset_peak_memory_stats(device)
-        warmup = max(s.warmup, 3) if cuda else s.warmup  # allocator and kernel autotuning settle first
-        times = time_calls(ours_step(model, video, s.seed, autocast=True), warmup, s.steps, device)
-        step = statistics.median(times)
-        flops = pretrain_step_flops(cfg, 2, s.gpu_batch)
-        row = {"step_s": step, "samples_per_s": s.gpu_batch / step, "tflop_per_s": flops / step / 1e12,
-               "mfu": flops / step / peak if peak else None,
-               "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
-        if compile_model and name == s.gpu_presets[0]:
-            row |= _compiled(model, video, s, device, step)
-        out["presets"][name] = row
-        del model, video
-        if cuda:
-            torch.cuda.empty_cache()
+        for views in s.gpu_views:
+            for compiled in (False, True) if compile_model else (False,):
+                row = {"preset": name, "views": views, "compiled": compiled}
+                if time.monotonic() > deadline:
+                    out["rows"].append(row | {"skipped": "time budget"})
+                    continue
+                out["rows"].append(row | _gpu_row(cfg, views, compiled, compile_backend, s, device, peak))
+                if cuda:
+                    torch.cuda.empty_cache()
     return out
 
 
-def _compiled(model: MV2MAE, video: torch.Tensor, s: ModelBenchSettings, device: torch.device,
-              eager_step: float) -> dict[str, Any]:
+def _gpu_row(cfg: ModelConfig, views: int, compiled: bool, backend: str, s: ModelBenchSettings,
+             device: torch.device, peak: tuple[str, float] | None) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    torch.manual_seed(s.seed)
+    model = MV2MAE(cfg).to(device).train()
+    g = torch.Generator().manual_seed(s.seed)
+    shape = (s.gpu_batch, views, cfg.channels, cfg.frames, cfg.image_size, cfg.image_size)
+    video = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8).to(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    warmup = max(s.warmup, 3) if cuda else s.warmup  # allocator and kernel autotuning settle first
     try:
-        compiled = torch.compile(model)
-        step = statistics.median(time_calls(ours_step(compiled, video, s.seed, autocast=True), s.warmup + 2,
-                                            s.steps, device))
+        step_fn = ours_step(torch.compile(model, backend=backend) if compiled else model, video, s.seed,
+                            autocast=True)
+        times = time_calls(step_fn, warmup + (2 if compiled else 0), s.steps, device)
     except Exception as exc:  # noqa: BLE001 - a compiler failure is a finding to report, not a crash
-        return {"compile_error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-    return {"compiled_step_s": step, "compile_speedup": eager_step / step}
+        return {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
+    step = statistics.median(times)
+    flops = pretrain_step_flops(cfg, views, s.gpu_batch)
+    return {"step_s": step, "samples_per_s": s.gpu_batch / step, "tflop_per_s": flops / step / 1e12,
+            "mfu": flops / step / peak[1] if peak else None,
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None}
+
+
+def gpu_rows_table(gpu: dict[str, Any]) -> Table:
+    peak = gpu["peak"]
+    note = f"MFU vs {peak['tflop_per_s']:.0f} TFLOP/s ({peak['entry']}, {peak['kind']})" if peak else "peak unknown"
+    t = Table(title=f"{gpu['device']}, bf16 autocast, uint8 input, batch {gpu['batch']}; {note}")
+    for col in ("preset", "views", "compile", "step ms", "samples/s", "TFLOP/s", "MFU", "peak GiB"):
+        t.add_column(col)
+    for r in gpu["rows"]:
+        head = (r["preset"], str(r["views"]), "yes" if r["compiled"] else "no")
+        if "step_s" not in r:
+            t.add_row(*head, r.get("skipped") or r.get("error", ""), "", "", "", "")
+            continue
+        t.add_row(*head, f"{1e3 * r['step_s']:.1f}", f"{r['samples_per_s']:.1f}", f"{r['tflop_per_s']:.1f}",
+                  f"{r['mfu']:.1%}" if r["mfu"] else "n/a",
+                  f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a")
+    return t
 
 
 def run_model_bench(s: ModelBenchSettings, device: torch.device) -> dict[str, Any]:
@@ -306,12 +338,4 @@ def print_model_bench(result: dict[str, Any]) -> None:
     if "status" in gpu:
         console.print(f"GPU (bf16, MFU, peak memory, torch.compile): {gpu['status']}")
         return
-    t = Table(title=f"{gpu['device']}, bf16 autocast, 2 views, batch {gpu['batch']}")
-    for col in ("preset", "samples/s", "TFLOP/s", "MFU", "peak GiB", "compile ×"):
-        t.add_column(col)
-    for name, r in gpu["presets"].items():
-        t.add_row(name, f"{r['samples_per_s']:.1f}", f"{r['tflop_per_s']:.1f}",
-                  f"{r['mfu']:.1%}" if r["mfu"] else "n/a",
-                  f"{r['peak_memory_gib']:.1f}" if r["peak_memory_gib"] is not None else "n/a",
-                  f"{r['compile_speedup']:.2f}" if "compile_speedup" in r else r.get("compile_error", ""))
-    console.print(t)
+    console.print(gpu_rows_table(gpu))

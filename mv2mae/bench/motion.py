@@ -46,7 +46,7 @@ def prepare(work: Path, workers: int) -> Path:
 
 def draw(data: Path, model: ModelConfig, stride: int, motion: str, samples: int) -> tuple[list[str], torch.Tensor]:
     """Keys and motion ``[samples, views, N]`` of the first ``samples`` pretraining samples."""
-    cfg = DataConfig(root=str(data), protocol="all", stride=stride, motion=motion, workers=0, normalize_on="device")
+    cfg = DataConfig(root=str(data), protocol="all", stride=stride, motion=motion, workers=0)
     it = iter(build_pretrain_loader(model, cfg, batch_size=samples, seed=0))
     batch = next(it)
     return list(batch["key"]), batch["motion"]

@@ -1,4 +1,4 @@
-"""``mv2mae bench synth|preprocess|loader|motion|model``: every benchmark, each a table plus ``--json`` figures.
+"""``mv2mae bench synth|preprocess|loader|motion|model|resume|gpu``: every benchmark, each a table plus ``--json`` figures.
 
 The measurements themselves live in :mod:`mv2mae.bench`; these commands only parse options and print.
 """
@@ -67,14 +67,15 @@ def bench_loader(
     groups: int = typer.Option(6, help="Multi-view groups rendered."),
     gpu_samples_per_s: float = typer.Option(0.0, help="Measured ViT-S pretraining samples/s of one H100 "
                                                       "(0 = from --model-json, else a labelled assumption)."),
-    model_json: Path = typer.Option(None, help="A `mv2mae bench model --json` file from a GPU machine."),
+    model_json: Path = typer.Option(None, help="A `mv2mae bench model` or `bench gpu` JSON file from a GPU machine."),
+    ring_rounds: int = typer.Option(4, help="Paired rounds of the batch ring on/off per decode_on (0 = skip)."),
 ) -> None:
     """Pretraining samples/s from shards vs a raw-video (VideoMAE-style) loader; memory; workers per H100."""
     from mv2mae.bench.loader import print_report, run_bench
 
     w, h = (int(v) for v in raw_size.lower().split("x"))
     result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
-                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json)
+                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json, ring_pairs=ring_rounds)
     print_report(result)
     write_json(json_out, result)
 
@@ -155,6 +156,41 @@ def bench_model(
     write_json(json_path, result)
 
 
+def bench_gpu(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    markdown_out: Path = typer.Option(None, "--markdown", help="Write the short Markdown table here."),
+    work: Path = typer.Option(Path("bench-results/gpu-work"), help="Scratch folder: shards, run folders."),
+    device: str = typer.Option("auto", help="auto or cuda[:N] (a GPU), or cpu (with --tiny: the smoke run)."),
+    tiny: bool = typer.Option(False, "--tiny", help="Toy sizes: the same code in a minute or two (for CPU tests)."),
+    data: Path = typer.Option(None, help="A preprocessed dataset to use instead of making synthetic shards."),
+    budget_s: float = typer.Option(None, help="Seconds after which sections still to run are skipped."),
+) -> None:
+    """Every CUDA-only path in one run (`make gpu-check`): pinned channels-last batches and device-side
+    normalisation, nvJPEG decoding, kill -9 + resume under bf16 + compile, loader throughput and data wait
+    at 2/4/8 workers, and the model's bf16 step (MFU, memory, compile)."""
+    import torch
+
+    from mv2mae.bench.gpu import NO_CUDA, GpuCheckSettings, markdown, print_gpu_check, run_gpu_check
+
+    if device != "cpu" and not torch.cuda.is_available():
+        typer.echo(f"{NO_CUDA}: nothing to check (run it on a GPU machine, or --device cpu --tiny for the smoke run)")
+        return
+    if device == "cpu" and not tiny:
+        fail("--device cpu runs only the --tiny smoke version (the full check is sized for a GPU)")
+    settings = GpuCheckSettings.tiny() if tiny else GpuCheckSettings()
+    if budget_s is not None:
+        settings.budget_s = budget_s
+    dev = torch.device("cuda" if device == "auto" else device)
+    result = run_gpu_check(settings, dev, work, data)
+    print_gpu_check(result)
+    write_json(json_out, result)
+    if markdown_out is not None:
+        markdown_out.parent.mkdir(parents=True, exist_ok=True)
+        markdown_out.write_text(markdown(result))
+    if not result["passed"]:
+        fail("gpu check failed: see the checks and resume rows above")
+
+
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
     bench_app.command("synth")(bench_synth)
     bench_app.command("preprocess")(bench_preprocess)
@@ -162,3 +198,4 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
     bench_app.command("motion")(bench_motion)
     bench_app.command("model")(bench_model)
     bench_app.command("resume")(bench_resume)
+    bench_app.command("gpu")(bench_gpu)

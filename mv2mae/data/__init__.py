@@ -2,8 +2,7 @@
 
 from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.datasets import EvalClips, FinetuneClips, PretrainClips, ShardSplit
-from mv2mae.data.decode import normalize_video
 from mv2mae.data.loaders import build_eval_loader, build_finetune_loader, build_pretrain_loader
 
 __all__ = ["DataConfig", "ClipGeometry", "PretrainClips", "FinetuneClips", "EvalClips", "ShardSplit",
-           "normalize_video", "build_pretrain_loader", "build_finetune_loader", "build_eval_loader"]
+           "build_pretrain_loader", "build_finetune_loader", "build_eval_loader"]

@@ -22,7 +22,7 @@ SOURCE_POLICIES = ("random", "adjacent", "opposite", "fixed")
 CLIP_MOTION = ("framediff", "online")
 CACHED_MOTION = ("flow",)
 MOTION_OPTIONS = (*CLIP_MOTION, *CACHED_MOTION, "none")
-NORMALIZE_ON = ("auto", "worker", "device")
+DECODE_ON = ("auto", "cpu", "device")
 FLIP_OPTIONS = ("auto", "on", "off")
 
 
@@ -54,10 +54,10 @@ class DataConfig:
     workers: int = 2  # loader processes per rank
     eval_clips: int = 2  # temporal clips per evaluation video
     eval_crops: int = 3  # spatial crops per evaluation clip (left/centre/right along the long side)
-    # where uint8 pixels become normalised floats: "worker" (loader processes), "device" (after the
-    # copy to the GPU: a quarter of the bytes through shared memory, ~12% more samples per worker),
-    # or "auto" = device on CUDA, worker on CPU (:meth:`normalizes_in_worker`)
-    normalize_on: str = "auto"
+    # where the sampled JPEGs are decoded, cropped and resized: "cpu" (in the loader's workers), "device"
+    # (workers only plan clips and read bytes; the training process decodes each batch at once where
+    # the model runs: nvJPEG on CUDA), or "auto" = device on CUDA, cpu elsewhere (:meth:`decodes_on_device`)
+    decode_on: str = "auto"
     # validation split carved from the protocol's train split for finetuning's model selection (no test
     # video is ever in it): whole subjects (the default), whole shards (datasets whose shards mix subjects),
     # or none. Pretraining (no labels, no selection) uses the whole train split.
@@ -83,8 +83,8 @@ class DataConfig:
             problems.append(f"motion {self.motion!r} not in {MOTION_OPTIONS}")
         if self.flip not in FLIP_OPTIONS:
             problems.append(f"flip must be auto, on or off, got {self.flip!r}")
-        if self.normalize_on not in NORMALIZE_ON:
-            problems.append(f"normalize_on must be auto, worker or device, got {self.normalize_on!r}")
+        if self.decode_on not in DECODE_ON:
+            problems.append(f"decode_on must be auto, cpu or device, got {self.decode_on!r}")
         if self.val_by not in VALIDATION_BY:
             problems.append(f"val_by {self.val_by!r} not in {VALIDATION_BY}")
         if not 0.0 < self.val_fraction < 1.0:
@@ -109,10 +109,10 @@ class DataConfig:
     def views(self) -> int:
         return 1 + self.num_sources
 
-    def normalizes_in_worker(self, device_type: str = "cpu") -> bool:
-        """Whether the loader's workers hand out normalised floats (else uint8 for the device to normalise)
-        when training on ``device_type``; the loaders themselves run on the CPU, where "auto" means worker."""
-        return self.normalize_on == "worker" or (self.normalize_on == "auto" and device_type != "cuda")
+    def decodes_on_device(self, device_type: str) -> bool:
+        """Whether batches used on ``device_type`` ("cpu", "cuda") are decoded there, in the training
+        process, rather than in the loader's workers."""
+        return self.decode_on == "device" or (self.decode_on == "auto" and device_type == "cuda")
 
 
 @dataclass(frozen=True)

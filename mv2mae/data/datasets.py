@@ -9,7 +9,9 @@ advance (``Selection.groups_with_views``).
 
 Each ``__iter__`` runs inside a DataLoader worker (or the main process): it derives its RNG from
 (seed, rank, worker, epoch), opens the motion cache there (``flow``), and yields one dict per sample with uint8
-video; :func:`mv2mae.data.decode.collate_clips` stacks them and normalises the batch in one pass.
+video, or, when the dataset is ``encoded`` (``data.decode_on=device``), with the sampled JPEGs' bytes
+and the plan to cut the video from them (:mod:`mv2mae.data.device`); the same RNG draws drive both,
+so the two give the same samples. :func:`mv2mae.data.decode.collate_clips` stacks them into batches.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch.utils.data import IterableDataset
 
 from mv2mae.data.config import CACHED_MOTION, CLIP_MOTION, ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
+from mv2mae.data.device import encode_views
 from mv2mae.data.motion import cache_token_motion, clip_token_motion
 from mv2mae.data.sampling import (
     Box,
@@ -106,10 +109,11 @@ def _keep_freed_memory() -> None:
 
 class ClipDataset(IterableDataset):
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, *, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, encoded: bool = False):
         super().__init__()
         self.split, self.geom, self.data = split, geom, data
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.encoded = encoded  # ship JPEG bytes + plan for the training process to decode (decode_on=device)
         self.ring: RingEnds | None = None  # set by the loader builder: the workers' reused batch buffers
         self.bad = BadSamples(data.max_bad_samples, split.root)  # skipped groups (each worker counts its own)
         # a resumed run: (batches of ``batch_size`` the stream already delivered, batch_size); see _consumed
@@ -150,8 +154,30 @@ class ClipDataset(IterableDataset):
             return True
         return False
 
-    def _video(self, clips: np.ndarray) -> torch.Tensor:
-        return to_video_tensor(clips)  # uint8; the loader's collate normalises whole batches
+    @property
+    def clip_motion(self) -> bool:
+        """Whether this stream's motion weights come from the decoded clip (:func:`clip_token_motion`): in the
+        worker, or, ``encoded``, in the training process right after the batch is decoded."""
+        return False
+
+    def _decoded(self, group: GroupSample, plan: list[tuple[int, np.ndarray]]) -> list[dict[int, np.ndarray]] | None:
+        """The sampled frames of each ``(camera, stored frame indices)`` of ``plan``, decoded here (None
+        when the training process decodes them)."""
+        return None if self.encoded else [decode_frames(group, cam, indices) for cam, indices in plan]
+
+    def _views(self, group: GroupSample, plan: list[tuple[int, np.ndarray]], crops: list[Crop],
+               decoded: list[dict[int, np.ndarray]] | None, single: bool = False) -> dict:
+        """One sample's pixels: ``video`` uint8 [V, C, T, H, W] cut from ``decoded`` frames through each
+        view's crop ([C, T, H, W] when ``single``), or, encoded, the JPEG bytes and the plan the training
+        process cuts it with."""
+        if self.encoded:
+            return encode_views(group, plan, crops, single)
+        channels = decoded[0][int(plan[0][1][0])].shape[2]
+        # every view is resized straight into its slot of the sample
+        clips = np.empty((len(plan), self.geom.frames, self.geom.size, self.geom.size, channels), np.uint8)
+        for (_, indices), frames, crop, out in zip(plan, decoded, crops, clips, strict=True):
+            crop_resize(frames, indices, crop, self.geom.size, out=out)
+        return {"video": to_video_tensor(clips[0] if single else clips)}
 
     def _train_stream(self, plan) -> Iterator[GroupSample]:
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
@@ -213,6 +239,10 @@ class PretrainClips(ClipDataset):
                                 f"layout, which places no camera {unplaced} (give the manifest an angle column, or "
                                 f"add them to 'layout')")
 
+    @property
+    def clip_motion(self) -> bool:
+        return self.data.motion in CLIP_MOTION
+
     def __iter__(self) -> Iterator[dict]:
         plan_rng, crop_rng, flip_rng = self._start()
         cfg, geom, allowed = self.data, self.geom, self.split.selection.cameras
@@ -234,7 +264,7 @@ class PretrainClips(ClipDataset):
                 if self._replaying():
                     continue
                 if frames is None:
-                    frames = [decode_frames(group, cam, indices) for cam, indices in group.plan]
+                    frames = self._decoded(group, group.plan)
                 yield self._sample(group, group.plan, frames, crops, motion)
 
         yield from self._usable(self._train_stream(self._planner(choose)), build)
@@ -246,28 +276,23 @@ class PretrainClips(ClipDataset):
             return [random_resized_box(width, height, self.data, rng)] * views
         return [random_resized_box(width, height, self.data, rng) for _ in range(views)]
 
-    def _sample(self, group: GroupSample, plan: list[tuple[int, np.ndarray]], decoded: list[dict[int, np.ndarray]],
-                crops: list[Crop], motion: MotionRows | None) -> dict:
-        cfg, geom = self.data, self.geom
-        width, height = group.meta.size
-        channels = decoded[0][int(plan[0][1][0])].shape[2]
-        # every view is resized straight into its slot of the sample
-        clips = np.empty((len(plan), geom.frames, geom.size, geom.size, channels), np.uint8)
-        cached = []
-        for v, ((cam, indices), frames, crop) in enumerate(zip(plan, decoded, crops, strict=True)):
-            crop_resize(frames, indices, crop, geom.size, out=clips[v])
-            if motion is not None:
-                rows, first = motion.view(group, cam, indices)
-                cached.append(cache_token_motion(rows, first, indices, crop, (width, height), motion.cell, geom))
-        video = self._video(clips)
+    def _sample(self, group: GroupSample, plan: list[tuple[int, np.ndarray]],
+                decoded: list[dict[int, np.ndarray]] | None, crops: list[Crop], motion: MotionRows | None) -> dict:
+        geom = self.geom
+        sample = self._views(group, plan, crops, decoded)
         if motion is not None:
-            weights = torch.from_numpy(np.stack(cached))
-        elif cfg.motion in CLIP_MOTION:  # the definition, from the very (cropped, flipped) pixels the model gets
-            weights = clip_token_motion(video, geom.tubelet, geom.patch)
-        else:
-            weights = torch.zeros(len(plan), geom.tokens)
-        return {"video": video, "motion": weights, "cameras": torch.tensor([cam for cam, _ in plan]),
-                "label": group.meta.label, "key": group.key}
+            cached = []
+            for (cam, indices), crop in zip(plan, crops, strict=True):
+                rows, first = motion.view(group, cam, indices)
+                cached.append(cache_token_motion(rows, first, indices, crop, group.meta.size, motion.cell, geom))
+            sample["motion"] = torch.from_numpy(np.stack(cached))
+        elif not self.clip_motion:
+            sample["motion"] = torch.zeros(len(plan), geom.tokens)
+        elif not self.encoded:  # the definition, from the very (cropped, flipped) pixels the model gets;
+            # encoded, the training process computes it the same way once it has decoded them (DeviceDecoder)
+            sample["motion"] = clip_token_motion(sample["video"], geom.tubelet, geom.patch)
+        return sample | {"cameras": torch.tensor([cam for cam, _ in plan]), "label": group.meta.label,
+                         "key": group.key}
 
 
 class FinetuneClips(ClipDataset):
@@ -295,9 +320,9 @@ class FinetuneClips(ClipDataset):
             crop = Crop(random_resized_box(width, height, self.data, crop_rng), draw_flip(table is not None, flip_rng))
             if self._replaying():
                 return
-            clip = crop_resize(decode_frames(group, cam, indices), indices, crop, self.geom.size)
+            sample = self._views(group, group.plan, [crop], self._decoded(group, group.plan), single=True)
             label = table[group.meta.label] if crop.flip else group.meta.label
-            yield {"video": self._video(clip), "label": label, "camera": cam, "key": group.key}
+            yield sample | {"label": label, "camera": cam, "key": group.key}
 
         yield from self._usable(self._train_stream(self._planner(choose)), build)
 
@@ -320,11 +345,12 @@ class EvalClips(ClipDataset):
             boxes = eval_boxes(width, height, cfg.eval_crops)
             for cam, clips in group.plan:
                 for c, indices in enumerate(clips):
-                    frames = decode_frames(group, cam, indices)
+                    plan = [(cam, indices)]
+                    frames = self._decoded(group, plan)
                     for k, box in enumerate(boxes):
-                        yield {"video": self._video(crop_resize(frames, indices, Crop(box), geom.size)),
-                               "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
-                               "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
+                        yield self._views(group, plan, [Crop(box)], frames, single=True) | {
+                            "label": group.meta.label, "camera": cam, "clip": c, "crop": k,
+                            "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
 
         groups = eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
                              world_size=self.world_size, plan=self._planner(choose), bad=self.bad)

@@ -23,6 +23,10 @@ batch after batch into them. A buffer is only rewritten after the main process h
   otherwise never be released. A retired buffer the consumer still holds stays valid; the worker
   just never writes to it again.
 
+The loaders use the ring where it pays: for batches of decoded video (``decode_on=cpu``: 1.13x the
+samples per worker CPU-second), not for the JPEG bytes of ``decode_on=device``, which take fresh memory
+anyway (1.02x; BENCHMARKS.md, ``mv2mae bench loader``).
+
 What the weak reference cannot see: a third process (a consumer that sends an unpinned batch tensor
 on through a ``torch.multiprocessing`` queue should send a clone) and raw pointers handed to native
 code that outlive the tensor. For those, build the loader with ``reuse_buffers=False``. Shared memory
@@ -39,9 +43,10 @@ import os
 import signal
 import struct
 import threading
+import traceback
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -282,7 +287,8 @@ def _stalled(timeout: float) -> LoaderError:
 def _worker_error(e: Exception, timeout: float) -> Exception:
     """The error a consumer should see for what a DataLoader raised: a worker's own error as the worker
     raised it (the DataLoader wraps it in a message holding the worker's traceback), a dead or stalled
-    worker as a :class:`LoaderError` that says so."""
+    worker as a :class:`LoaderError` that says so — also when it died with a batch still queued, whose
+    shared memory this process then cannot fetch from it (``EOFError`` or a refused connection)."""
     text = str(e)
     if text.startswith("Caught ") and "\nOriginal Traceback" in text:
         kind = type(e)
@@ -297,6 +303,9 @@ def _worker_error(e: Exception, timeout: float) -> Exception:
         return _stalled(timeout)
     if isinstance(e, RuntimeError) and text.startswith("DataLoader worker"):
         return LoaderError(f"a data-loader worker died ({text}; killed, or out of memory?)")
+    if isinstance(e, (EOFError, ConnectionError)):  # a queued batch's shared memory is fetched from its worker
+        return LoaderError(f"a data-loader worker died before its batch was received ({type(e).__name__}; killed, "
+                           f"or out of memory?)")
     return e
 
 
@@ -324,15 +333,19 @@ def _deadline(seconds: float) -> Iterator[None]:
 
 class Batches:
     """A DataLoader whose workers write into reused buffers (see the module notes), iterated as plain
-    batches the consumer may keep as long as it likes. A worker's failure reaches the consumer as the
-    worker's own one-line error (:func:`_worker_error`); a batch that takes longer than the loader's
-    ``timeout`` is an error too (:func:`_deadline`). A loader whose workers died or stalled is done: a
-    stopped worker is woken (``pids``) and the DataLoader dropped, so that its shutdown ends the workers
-    (and the failing process can exit)."""
+    batches the consumer may keep as long as it likes, each passed through ``finish`` (when given) in
+    this process as it is taken: the device decoding of ``mv2mae.data.device``. A worker's failure
+    reaches the consumer as the worker's own one-line error (:func:`_worker_error`); a batch that takes
+    longer than the loader's ``timeout`` is an error too (:func:`_deadline`). A loader whose workers died
+    or stalled is done: a stopped worker is woken (``pids``) and the DataLoader and its iterator dropped
+    at once (the frames of the error's traceback would otherwise keep the iterator, and with it the
+    DataLoader's watch on its workers' exits, alive), so that its shutdown ends the workers (and the
+    failing process can exit)."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None, pids: WorkerPids | None = None):
+    def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None, pids: WorkerPids | None = None,
+                 finish: Callable[[dict], dict] | None = None):
         self.loader: torch.utils.data.DataLoader | None = loader
-        self.ring, self.pids = ring, pids
+        self.ring, self.pids, self.finish = ring, pids, finish
         self.dataset, self.batch_size = loader.dataset, loader.batch_size
 
     def __iter__(self) -> Iterator:
@@ -347,6 +360,7 @@ class Batches:
                 if self.pids is not None:
                     self.pids.wake()
                 self.loader = None
+                traceback.clear_frames(e.__traceback__)
             if error is e:
                 raise
             raise error from None
@@ -360,11 +374,10 @@ class Batches:
                 batch = next(batches, _END)
             if batch is _END:
                 return
-            if self.ring is None:
-                yield batch
-            else:
+            if self.ring is not None:
                 self.ring.reclaim()
-                yield self.ring.hand_out(batch)
+                batch = self.ring.hand_out(batch)
+            yield batch if self.finish is None else self.finish(batch)
 
 
 _END = object()

@@ -1,8 +1,8 @@
 """Features of a raw video file from a frozen encoder: what ``mv2mae embed`` computes.
 
 The video is decoded with OpenCV, clips are sampled evenly over it, each frame is resized on its short
-side and centre-cropped, and pixels are normalised exactly as the loaders do
-(:func:`mv2mae.data.decode.normalize_video` with the checkpoint's statistics). The features are
+side and centre-cropped, and handed to the model as uint8 pixels, exactly as the loaders do (the
+encoder normalises them with the checkpoint's statistics). The features are
 :func:`mv2mae.model.checkpoint.load_feature_model`'s: for a pretraining (or converted) checkpoint the
 encoder's tokens with its final norm, mean-pooled; for a finetuned classifier what its head reads (the
 mean through ``fc_norm``). ``--tokens`` returns the encoder's tokens unpooled (a classifier's without
@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from mv2mae.data.decode import normalize_video, to_video_tensor
+from mv2mae.data.decode import to_video_tensor
 from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
 
 
@@ -86,7 +86,7 @@ def embed_video(checkpoint: Path, video: Path, frames: int | None, stride: int, 
     frames, size = frames or saved["frames"], size or saved["image_size"]
     model = load_feature_model(ckpt, frames=frames, image_size=size).to(device).eval()
     rgb = read_video_clips(video, frames, stride, size, clips)  # [clips, T, H, W, 3]
-    x = normalize_video(to_video_tensor(rgb).to(device), model.cfg.pixel_mean, model.cfg.pixel_std)  # as the loaders do
+    x = to_video_tensor(rgb).to(device)  # uint8, as the loaders hand it out: the encoder normalises it
     with torch.inference_mode():
         feats = model.forward_features(x) if pool else model.forward_tokens(x)
     return feats.float().cpu().numpy().astype(np.float32)

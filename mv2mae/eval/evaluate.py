@@ -50,11 +50,12 @@ def data_from_checkpoint(ckpt: dict[str, Any], root: str | None = None, protocol
 
 def eval_loader(model_cfg: ModelConfig, data: DataConfig, env: DistEnv, split: str = "test",
                 batch_size: int = EVAL_BATCH) -> Iterable[dict]:
-    """The exact pass over ``split`` (this rank's share). Whatever the run's ``normalize_on``, the workers
-    normalise: :func:`predict` feeds batches to the model as they come. Test clips need no motion weights."""
-    data = replace(data, motion="none", normalize_on="worker")
+    """The exact pass over ``split`` (this rank's share), decoded where ``data.decode_on`` says for this
+    rank's device; :func:`predict` feeds the uint8 clips to the model, which normalises them. Test
+    clips need no motion weights."""
+    data = replace(data, motion="none")
     return build_eval_loader(model_cfg, data, split, batch_size=batch_size, rank=env.rank,
-                             world_size=env.world_size, pin_memory=env.device.type == "cuda")
+                             world_size=env.world_size, pin_memory=env.device.type == "cuda", device=env.device)
 
 
 def _with_progress(loader: Iterable[dict], env: DistEnv, what: str) -> Iterable[dict]:

@@ -2,8 +2,8 @@
 
 Each video is sampled as ``eval`` samples a stored group: ``clips`` temporal clips evenly spaced over it at
 the run's stride (counted in the dataset's stored frames, so converted to the video's own frame rate),
-``crops`` squares along the long side, each resized to the model's input and normalised with the
-checkpoint's statistics; the softmax is averaged over clips × crops. Several synchronised views of one
+``crops`` squares along the long side, each resized to the model's input and handed to it as uint8
+pixels (the model normalises them with the checkpoint's statistics); the softmax is averaged over clips × crops. Several synchronised views of one
 recording are fused as ``eval`` fuses the cameras of a group: their probabilities are averaged.
 The whole frame is seen: a dataset preprocessed with ``--crop person`` was trained on person boxes.
 """
@@ -19,7 +19,7 @@ import torch
 
 from mv2mae.config import RunConfig
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.decode import crop_resize, normalize_video, to_video_tensor
+from mv2mae.data.decode import crop_resize, to_video_tensor
 from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.eval.embed import open_video, read_frames
 from mv2mae.model.checkpoint import load_checkpoint, load_classifier
@@ -48,7 +48,7 @@ class Predictor:
         return cls(model, list(classes), data, ckpt.get("fps"), torch.device(device))
 
     def clips(self, path: Path, clips: int | None = None, crops: int | None = None) -> torch.Tensor:
-        """The normalised test clips of one video: [clips × crops, C, T, H, W]."""
+        """The test clips of one video: uint8 [clips × crops, C, T, H, W] on the model's device."""
         cap, total, video_fps = open_video(path)
         stride = self.data.stride
         if self.fps and video_fps > 0:  # the run's stride is in stored frames at the dataset's rate
@@ -59,8 +59,7 @@ class Predictor:
         height, width = next(iter(frames.values())).shape[:2]
         boxes = eval_boxes(width, height, crops or self.data.eval_crops)
         rgb = np.stack([crop_resize(frames, idx, Crop(box), geom.size) for idx in starts for box in boxes])
-        video = to_video_tensor(rgb).to(self.device)
-        return normalize_video(video, self.model.cfg.pixel_mean, self.model.cfg.pixel_std)
+        return to_video_tensor(rgb).to(self.device)
 
     @torch.inference_mode()
     def probabilities(self, path: Path, clips: int | None = None, crops: int | None = None) -> np.ndarray:

@@ -15,6 +15,33 @@ from torch import nn
 from mv2mae.model.config import ModelConfig
 
 
+class PixelNormalize(nn.Module):
+    """uint8 pixels [..., C, T, H, W] -> float32 ``(x - 255·mean) / (255·std)`` with the config's
+    ``pixel_mean``/``pixel_std``: the model's one input normalisation, on whatever device the model is.
+
+    Loaders hand out uint8 clips (a quarter of the bytes of floats through shared memory and across
+    to the GPU) and the model normalises them here. A floating-point clip is taken as normalised
+    already and passes unchanged (converted weights' parity tests and synthetic benchmarks feed those).
+    The statistics are buffers so they follow ``.to(device)`` without a host copy per step; they are
+    not saved (``persistent=False``): they are config, so checkpoints keep their keys and old ones load.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        shape = (cfg.channels, 1, 1, 1)
+        self.register_buffer("shift", torch.tensor(cfg.pixel_mean).view(shape) * 255.0, persistent=False)
+        self.register_buffer("scale", torch.tensor(cfg.pixel_std).view(shape) * 255.0, persistent=False)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        if video.is_floating_point():
+            return video
+        if video.dtype != torch.uint8:
+            raise TypeError(f"video must be uint8 pixels or a normalised float clip, got {video.dtype}")
+        # one converting copy into contiguous memory (loader batches are channels-last views), then in place
+        out = video.to(torch.float32, memory_format=torch.contiguous_format)
+        return out.sub_(self.shift).div_(self.scale)
+
+
 class TubeletEmbed(nn.Module):
     """Strided Conv3d: clip [B, C, T, H, W] -> tokens [B, N, D] in the canonical token order.
 

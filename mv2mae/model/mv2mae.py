@@ -59,11 +59,12 @@ class MV2MAE(nn.Module):
     def forward(self, video: torch.Tensor, motion: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, mask: torch.Tensor | None = None,
                 tau: float | None = None) -> PretrainOutput:
-        """video [B, V, C, T, H, W] normalised, view 0 = target, 1..K = sources; motion [B, V, N] (None =
-        plain MAE loss); mask [B, V, N] to impose one (else drawn per view); ``tau`` the softmax
-        temperature in the motion's units (default ``cfg.tau``, for framediff's 0-255 grey levels;
-        flow motion takes ``cfg.tau_flow``, see ``RunConfig.motion_tau``)."""
+        """video [B, V, C, T, H, W] uint8 pixels (or a normalised float clip), view 0 = target, 1..K =
+        sources; motion [B, V, N] (None = plain MAE loss); mask [B, V, N] to impose one (else drawn per
+        view); ``tau`` the softmax temperature in the motion's units (default ``cfg.tau``, for framediff's
+        0-255 grey levels; flow motion takes ``cfg.tau_flow``, see ``RunConfig.motion_tau``)."""
         self.check_input(video)
+        video = self.encoder.normalize(video)
         cfg = self.cfg
         b, v = video.shape[:2]
         if mask is None:
@@ -94,6 +95,7 @@ class MV2MAE(nn.Module):
     def reconstructions(self, video: torch.Tensor, out: PretrainOutput) -> dict[str, torch.Tensor]:
         """Pixel clips in [0, 1] for pictures: ``original``/``masked``/``self`` [B, V, C, T, H, W] and
         ``cross`` [B, C, T, H, W] (target view; absent for a single view)."""
+        video = self.encoder.normalize(video)
         clips = {
             "original": denormalise(video.float(), self.cfg).clamp(0, 1),
             "masked": masked_input_clip(video, out.mask, self.cfg),

@@ -5,7 +5,8 @@ where its batches come from; the loop owns everything else: device and DDP, step
 cosine, AdamW, bf16 autocast on CUDA, gradient accumulation (DDP gradient sync only on the last
 micro-step), clipping, non-finite step skipping, logs, and atomic checkpoints with exact resume.
 Batches come straight from the data source's iterator (a DataLoader prefetches with its workers and
-pins memory); the loop copies each to the device and lets the source finish it there (``prepare``).
+pins memory, and decodes on the device when ``data.decode_on`` says so); the loop copies what is not
+there yet to the device. Video arrives as uint8 pixels: the model normalises it.
 
 Every micro-step reseeds the global RNGs and the masking generator from (seed, step, micro-shard),
 where micro-shard = rank × accum_steps + micro. A step is therefore a function of the weights, the
@@ -229,7 +230,7 @@ class Trainer:
             samples = 0
             for micro in range(accum):
                 t_data = time.perf_counter()
-                batch = self.data.prepare(to_device(_next(batches), env.device))
+                batch = to_device(_next(batches), env.device)
                 window.wait += time.perf_counter() - t_data
                 gen = reseed(step_seed(cfg.loop.seed, self.step, env.rank * accum + micro), env.device)
                 sync = micro == accum - 1 or self.ddp is None

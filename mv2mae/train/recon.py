@@ -15,7 +15,7 @@ from torch import nn
 @torch.no_grad()
 def reconstruction_rows(model: nn.Module, batch: dict[str, Any], seed: int = 0) -> list[tuple[str, np.ndarray]]:
     """(label, frames [T', H, W, C] in [0, 1]) rows for the first sample of ``batch``."""
-    video = batch["video"][:1].float()
+    video = batch["video"][:1]  # uint8 pixels, or a normalised float clip: the model takes either
     motion = batch.get("motion")
     motion = motion[:1].float() if motion is not None else None
     gen = torch.Generator(device=video.device)

@@ -3,7 +3,7 @@
 A task builds its model and turns one batch on the device into a loss (``train_step``); a
 :class:`ShardSource` is the stream of training batches of one protocol's train split. The loop
 (:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``,
-``prepare(batch)``, ``samples_per_epoch()`` and ``describe()``.
+``samples_per_epoch()`` and ``describe()``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from torch import nn
 
 from mv2mae.config import ConfigError, RunConfig
 from mv2mae.data.datasets import ShardSplit
-from mv2mae.data.decode import normalize_video
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
 from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
+from mv2mae.model.embed import PixelNormalize
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.distributed import DistEnv
 from mv2mae.train.loop import StepResult, Trainer, step_seed
@@ -44,9 +44,6 @@ class ShardSource:
         if not cfg.data.root:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
-        # "auto" resolved for this device: the loader's workers normalise, or leave uint8 to ``prepare``
-        worker = cfg.data.normalizes_in_worker(env.device.type)
-        self.data = replace(cfg.data, normalize_on="worker" if worker else "device")
         # finetuning trains on the train split less its validation share; pretraining on all of it
         held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
@@ -66,7 +63,7 @@ class ShardSource:
         effective epochs). Finetuning: an epoch is a pass over the videos (each allowed camera of a group
         is one; a stream sample draws one of them at random)."""
         if self.kind == "pretrain":
-            return self.split.selection.groups_with_views(self.data.views)
+            return self.split.selection.groups_with_views(self.cfg.data.views)
         return self.split.selection.videos
 
     def describe(self) -> str:
@@ -75,26 +72,21 @@ class ShardSource:
         line = (f"data: {self.split.root} · protocol {sel.protocol}/train · {sel.groups} groups in "
                 f"{len(sel.shards)} shards · cameras {sel.cameras}")
         if self.kind == "pretrain":
-            skipped = sel.groups - sel.groups_with_views(self.data.views)
-            line += f" · {skipped} group(s) with fewer than {self.data.views} of those cameras skipped"
+            skipped = sel.groups - sel.groups_with_views(self.cfg.data.views)
+            line += f" · {skipped} group(s) with fewer than {self.cfg.data.views} of those cameras skipped"
         return line
 
-    def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """On the device: normalise a uint8 video the workers left as bytes (``normalize_on``)."""
-        if batch["video"].dtype == torch.uint8:
-            batch["video"] = normalize_video(batch["video"], self.cfg.model.pixel_mean, self.cfg.model.pixel_std)
-        return batch
-
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
-        """This rank's micro-batches, starting after ``start`` already-consumed ones (a resumed run)."""
+        """This rank's micro-batches, starting after ``start`` already-consumed ones (a resumed run); with
+        ``data.decode_on`` device (the default on CUDA) their video is decoded on this rank's device."""
         seed, skip = self.cfg.loop.seed, start
         if start and self.cfg.loop.resume_data == "reseed":
             seed, skip = step_seed(seed, start, 0) % 2**31, 0
         build = build_pretrain_loader if self.kind == "pretrain" else build_finetune_loader
         # exact resume: the stream replays the sampling of the ``skip`` consumed batches, without decoding them
-        yield from build(self.cfg.model, self.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
+        yield from build(self.cfg.model, self.cfg.data, "train", batch_size=self.cfg.optim.batch_size, seed=seed,
                          rank=self.env.rank, world_size=self.env.world_size, pin_memory=self.env.device.type == "cuda",
-                         start=skip)
+                         start=skip, device=self.env.device)
 
 
 def check_crop(cfg: RunConfig, short_side: int) -> None:
@@ -157,6 +149,8 @@ class FinetuneTask:
             self.mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob,
                                switch_prob=ft.switch_prob, mode="batch", label_smoothing=ft.label_smoothing,
                                num_classes=num_classes)
+            # mixing needs floats: the model's own normalisation first (it passes float clips through)
+            self.normalize = PixelNormalize(cfg.model)
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif ft.label_smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=ft.label_smoothing)
@@ -186,6 +180,7 @@ class FinetuneTask:
         # timm cuts boxes out of the last two dims: fold time into channels so a CutMix box covers
         # the same region of every frame (on [B, C, T, H, W] it would cut along T and H instead)
         b, c, t, h, w = video.shape
+        video = self.normalize.to(video.device)(video)
         mixed, target = self.mixup(video.reshape(b, c * t, h, w), label)
         return mixed.reshape(b, c, t, h, w), target
 
