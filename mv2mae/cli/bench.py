@@ -11,7 +11,7 @@ import typer
 import yaml
 
 from mv2mae.cli.choices import ModelPreset
-from mv2mae.cli.errors import fail, write_json
+from mv2mae.cli.errors import fail, parse_pair, write_json
 
 
 def bench_synth(
@@ -73,7 +73,7 @@ def bench_loader(
     """Pretraining samples/s from shards vs a raw-video (VideoMAE-style) loader; memory; workers per H100."""
     from mv2mae.bench.loader import print_report, run_bench
 
-    w, h = (int(v) for v in raw_size.lower().split("x"))
+    w, h = parse_pair(raw_size, "x", "--raw-size")
     result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
                        gpu_samples_per_s=gpu_samples_per_s, model_json=model_json, ring_pairs=ring_rounds)
     print_report(result)
@@ -107,7 +107,7 @@ def bench_resume(
 
     from mv2mae.bench.loader import resume_cost
 
-    w, h = (int(v) for v in raw_size.lower().split("x"))
+    w, h = parse_pair(raw_size, "x", "--raw-size")
     r = resume_cost(work, batches=batches, workers=workers, raw_size=(w, h), groups=groups)
     Console().print(f"resume after {r['batches']} batches ({r['samples']} samples, {r['workers']} workers): "
                     f"{r['replay_s']} s replaying the sampling vs {r['decode_s']} s decoding them "

@@ -21,6 +21,14 @@ from rich.markup import escape
 DEBUG = False
 
 
+def parse_pair(text: str, sep: str, what: str) -> tuple[int, int]:
+    """``"320x240"`` -> ``(320, 240)`` (``sep`` "x"), refused as a usage error naming option ``what``."""
+    parts = text.lower().split(sep)
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise typer.BadParameter(f"{what} must look like A{sep}B with whole numbers, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     # escaped: a message quotes paths and values, whose brackets rich would otherwise read as markup
     Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

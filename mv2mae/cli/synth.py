@@ -6,12 +6,7 @@ from pathlib import Path
 
 import typer
 
-
-def _pair(text: str, sep: str, what: str) -> tuple[int, int]:
-    parts = text.lower().split(sep)
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise typer.BadParameter(f"{what} must look like A{sep}B with whole numbers, got {text!r}")
-    return int(parts[0]), int(parts[1])
+from mv2mae.cli.errors import parse_pair
 
 
 def synth(
@@ -39,8 +34,8 @@ def synth(
 
     try:
         summary = generate(out, classes=classes, cameras=cameras, subjects=subjects,
-                           replications=replications, setups=setups, frames=_pair(frames, ":", "--frames"),
-                           size=_pair(size, "x", "--size"), seed=seed, workers=workers,
+                           replications=replications, setups=setups, frames=parse_pair(frames, ":", "--frames"),
+                           size=parse_pair(size, "x", "--size"), seed=seed, workers=workers,
                            skeletons=skeletons)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from err
