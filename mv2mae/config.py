@@ -350,6 +350,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads on/off (and yes/no) as booleans: `data.flip=off`
+            return "on" if value else "off"
     elif tp is Any:
         return value
     name = getattr(tp, "__name__", str(tp))

@@ -50,6 +50,12 @@ def test_overrides_are_typed_and_scale_the_lr():
     assert peak == pytest.approx(1e-3 * 64 / 256) and low == pytest.approx(cfg.optim.min_lr * 64 / 256)
 
 
+@pytest.mark.parametrize("word, value", [("off", "off"), ("on", "on"), ('"off"', "off")])
+def test_on_off_words_reach_string_options(word, value):
+    # YAML 1.1 reads a bare on/off as a boolean; the string options that take them must still accept them
+    assert load_config("tiny", "finetune", [f"data.flip={word}"]).data.flip == value
+
+
 @pytest.mark.parametrize("override, message", [
     ("optim.learning_rate=1", r"unknown config key\(s\) optim.learning_rate; valid keys: optim.batch_size"),
     ("bogus=1", r"unknown config key\(s\) bogus; valid keys: stage, preset, model.preset"),
