@@ -75,9 +75,9 @@ def synth_data(tmp_path_factory):
     return session_synth_data(tmp_path_factory)
 
 
-def invoke(*args):
+def invoke(*args, code=0):
     result = CliRunner().invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (result.output, result.exception)
+    assert result.exit_code == code, (result.output, result.exception)
     return result.output
 
 
@@ -137,6 +137,26 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert "mean over classes" in report and f"best-val-top1.pt = step {best['step']}" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
         assert (tmp_path / "r" / png).is_file(), png
+    assert "What pretraining contributed" not in report
+
+    # beside the same finetune from scratch (its results: this eval's, with other accuracies), the report
+    # says what pretraining added, pretrained minus scratch, row by row
+    scratch = tmp_path / "scratch-eval"
+    scratch.mkdir()
+    other = dict(res, videos={**res["videos"], "top1": res["videos"]["top1"] - 0.25},
+                 clips={**res["clips"], "top1": res["clips"]["top1"] - 0.125})
+    (scratch / "results.json").write_text(json.dumps(other))
+    invoke("report", "--pretrain", pre, "--finetune", fin, "--eval", ev, "--out", tmp_path / "r" / "report.md",
+           "--scratch-eval", scratch)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## What pretraining contributed" in report
+    rows = {line.split("|")[1].strip(): line for line in report.splitlines() if line.count("|") == 5}
+    assert rows["all test videos (clips × crops averaged)"].split("|")[4].strip() == "+25.0"
+    assert rows["single clip, single crop"].split("|")[4].strip() == "+12.5"
+    (scratch / "results.json").write_text(json.dumps(dict(res, protocol="synth_xsub")))
+    out = invoke("report", "--pretrain", pre, "--finetune", fin, "--eval", ev, "--out", tmp_path / "r2.md",
+                 "--scratch-eval", scratch, code=1)
+    assert "not comparable" in out
 
 
 # Losses of a pretraining fed by either decoding path: the clips differ by at most one level on some

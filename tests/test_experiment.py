@@ -95,6 +95,10 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     report = (out / "RESULTS.md").read_text()
     assert "Status: complete" in report and "MV2MAE" in report and "![accuracy per arm](accuracy.svg)" in report
     assert "seed 3" in report and "mv2mae experiment --plan" in report
+    # the noise line reads the test splits' sizes and chance from the finished tests themselves
+    test = json.loads((out / "runs/scratch/seed0/eval-xview/results.json").read_text())
+    assert results["test_splits"]["xview"] == {"videos": test["videos"]["count"], "chance": test["chance_top1"]}
+    assert f"xview: {test['videos']['count']} test videos, chance {100 * test['chance_top1']:.1f}%" in report
     for svg in ("accuracy.svg", "pretrain_loss.svg", "steps.svg"):
         assert (out / svg).read_text().startswith("<svg")
     index = read_index(base / "data")  # the study rendered and preprocessed its dataset

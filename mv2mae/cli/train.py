@@ -171,12 +171,14 @@ def report(
     out: Path = typer.Option(..., "--out", help="Markdown report to write (pictures go beside it)."),
     timings: Path = typer.Option(None, "--timings", help="'stage seconds' lines (written by make demo)."),
     probe_dir: list[Path] = typer.Option([], "--probe", help="Probe result directories to include."),
+    scratch_eval: Path = typer.Option(None, "--scratch-eval", help="Eval directory of the same finetune "
+                                      "from a random encoder: the report then says what pretraining added."),
 ) -> None:
     """Write a Markdown report: loss curves, a reconstruction, accuracy per camera and fused."""
     from mv2mae.eval.report import write_report
 
     with reported(FileNotFoundError, ValueError, KeyError):
-        path = write_report(pretrain_run, finetune_run, eval_dir, out, timings, probe_dir)
+        path = write_report(pretrain_run, finetune_run, eval_dir, out, timings, probe_dir, scratch_eval)
     typer.echo(f"report written to {path}")
 
 

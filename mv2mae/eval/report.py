@@ -124,8 +124,31 @@ def _stage_section(name: str, run: Path, out_dir: Path, keys: list[str]) -> list
     return lines
 
 
+def _contribution(results: dict[str, Any], scratch: dict[str, Any], scratch_dir: Path) -> list[str]:
+    """The pretrained finetune beside the same finetune from a random encoder: what pretraining added."""
+    rows = [("all test videos (clips × crops averaged)", lambda r: r["videos"]["top1"]),
+            ("single clip, single crop", lambda r: r["clips"]["top1"])]
+    if "mean_class_top1" in results and "mean_class_top1" in scratch:
+        rows.append(("mean over classes", lambda r: r["mean_class_top1"]))
+    if scratch["protocol"] != results["protocol"] or scratch["videos"]["count"] != results["videos"]["count"]:
+        raise ValueError(f"{scratch_dir}: scored {scratch['videos']['count']} videos of {scratch['protocol']}, "
+                         f"the report's eval {results['videos']['count']} of {results['protocol']}: not comparable")
+    lines = ["## What pretraining contributed", "",
+             f"The same finetune (config, steps, seed, model selection) from a randomly initialised encoder, "
+             f"scored on the same test videos (`{scratch_dir}`). One seed each: "
+             f"experiments/crossview/RESULTS.md has the controlled comparison over seeds.", "",
+             "| top-1 % | pretrained, then finetuned | finetuned from scratch | difference (points) |",
+             "|---|---:|---:|---:|"]
+    for name, get in rows:
+        a, b = get(results), get(scratch)
+        lines.append(f"| {name} | {_pct(a)} | {_pct(b)} | {100 * (a - b):+.1f} |")
+    lines.append(f"| chance | {_pct(results['chance_top1'])} | {_pct(scratch['chance_top1'])} | |")
+    return lines + [""]
+
+
 def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Path,
-                 timings: Path | None = None, probe_dirs: list[Path] | None = None) -> Path:
+                 timings: Path | None = None, probe_dirs: list[Path] | None = None,
+                 scratch_eval: Path | None = None) -> Path:
     out_dir = out.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     results = json.loads((eval_dir / "results.json").read_text())
@@ -142,6 +165,8 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
         lines += ["", "Per class (all test videos):", ""] + _per_class_table(results)
     shutil.copyfile(eval_dir / "confusion.png", out_dir / "confusion.png")
     lines += ["", "![confusion matrix](confusion.png)", ""]
+    if scratch_eval is not None:
+        lines += _contribution(results, json.loads((scratch_eval / "results.json").read_text()), scratch_eval)
     for pdir in probe_dirs or []:
         probe = json.loads((pdir / "results.json").read_text())
         lines += [f"### Frozen-feature {probe['method']} probe of the pretrained encoder ({pdir})", ""]

@@ -3,6 +3,7 @@ beside ours) and SVG plots (accuracy per arm, pretraining loss curves, probe acc
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -100,6 +101,18 @@ def _table(plan: Plan, arms: list[dict[str, Any]], field: str, signed: bool) -> 
     return lines
 
 
+def _noise(plan: Plan, splits: dict[str, dict[str, Any]]) -> list[str]:
+    """Chance and the sampling noise of one run's top-1 per protocol, to read the differences against."""
+    parts = []
+    for key in plan.protocols:
+        if key in splits:
+            n, chance = splits[key]["videos"], splits[key]["chance"]
+            se = [100 * math.sqrt(p * (1 - p) / n) for p in (chance, 0.5)]
+            parts.append(f"{key}: {n} test videos, chance {100 * chance:.1f}%, one run's binomial standard error "
+                         f"{se[0]:.1f} points at chance and {se[1]:.1f} at 50%")
+    return ["Reading the numbers — " + "; ".join(parts) + ".", ""] if parts else []
+
+
 def markdown(plan: Plan, results: dict[str, Any]) -> str:
     prog, env = results["progress"], results["environment"]
     groups = {g: [a for a in results["arms"] if a["group"] == g] for g in ("arm", "sweep")}
@@ -136,6 +149,7 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
         "## Top-1 % on the test split (mean ± std over seeds, seed count in brackets)", "",
         "Linear probe and k-NN: frozen encoder, mean-pooled features. Finetuned: the whole encoder, then "
         "multi-clip × multi-crop testing. One pretraining per arm and seed serves both protocols.", "",
+        *_noise(plan, results.get("test_splits", {})),
         *_table(plan, groups["arm"] + groups["sweep"], "metrics", signed=False), "",
         f"## Paired difference to {ref_title} (points, mean ± std of the per-seed differences)", "",
         *_table(plan, [a for a in groups["arm"] + groups["sweep"] if a["name"] != plan.reference],

@@ -9,13 +9,14 @@ the reference on one seed (data order, masks, initial weights) cancels out.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
 from mv2mae.experiment.plan import Arm, Plan
-from mv2mae.experiment.runner import read_done, run_folder, stage_names
+from mv2mae.experiment.runner import RESULTS, read_done, run_folder, stage_names
 from mv2mae.train.logs import read_log
 
 
@@ -88,7 +89,25 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
                 k: {m: paired(v, ref[k][m]) for m, v in per.items() if m in ref[k]} for k, per in mine.items()},
             "pretrain_loss": loss_curve(out, arm) if arm.pretrain else [],
         })
-    return {"arms": arms, "step_sweep": _step_sweep(plan, scores), "progress": progress(out, plan)}
+    return {"arms": arms, "step_sweep": _step_sweep(plan, scores), "progress": progress(out, plan),
+            "test_splits": test_splits(out, plan)}
+
+
+def test_splits(out: Path, plan: Plan) -> dict[str, dict[str, Any]]:
+    """Per protocol key, from the first finished test of it: test videos and chance top-1 (what one run's
+    accuracy is read against: its binomial standard error is sqrt(p (1 - p) / videos))."""
+    found: dict[str, dict[str, Any]] = {}
+    for arm in plan.arms:
+        for seed in arm.seeds:
+            for key in plan.protocols:
+                for stage in (f"eval-{key}", f"probe-{key}"):
+                    path = run_folder(out, arm, seed) / stage / RESULTS
+                    if key in found or read_done(path.parent) is None or not path.is_file():
+                        continue
+                    results = json.loads(path.read_text())
+                    results = results if "videos" in results else next(iter(results.values()))
+                    found[key] = {"videos": results["videos"]["count"], "chance": results["chance_top1"]}
+    return found
 
 
 def _step_sweep(plan: Plan, scores: dict[str, Any]) -> list[dict[str, Any]]:
