@@ -195,5 +195,11 @@ def test_plans_are_checked_before_anything_runs(tmp_path):
     typo = tiny_plan(tmp_path, arms=[{"name": "mv2mae", "set": ["model.tua=20"]}])
     with pytest.raises(PlanError, match="arm mv2mae: unknown config key.*model.tua"):
         load_plan(write_plan(tmp_path / "typo.yaml", typo))
+    assert all(None not in row.values() for row in shipped.paper)
+    # an unquoted comma in a flow-mapping row of the paper's numbers splits the value into a key
+    (tmp_path / "paper.yaml").write_text(yaml.safe_dump(tiny_plan(tmp_path)) +
+                                         "paper:\n  - {benchmark: ETRI, MV2MAE: 96.5, prior: 95.1 (ConViViT, supervised)}\n")
+    with pytest.raises(PlanError, match=r"no value for supervised\)"):
+        load_plan(tmp_path / "paper.yaml")
     with pytest.raises(PlanError, match="reference 'mv2mae' must name a pretrained arm"):
         load_plan(write_plan(tmp_path / "ref.yaml", tiny_plan(tmp_path, arms=[{"name": "x", "pretrain": False}])))
