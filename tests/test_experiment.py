@@ -12,7 +12,8 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.experiment.plan import PlanError, load_plan
+from mv2mae.experiment.plan import PLAN_DIR, PlanError, load_plan
+from mv2mae.experiment.report import shown_source
 from mv2mae.experiment.results import paired, summarize
 from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, stage_names
 from mv2mae.shards.schema import read_index
@@ -95,6 +96,8 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     report = (out / "RESULTS.md").read_text()
     assert "Status: complete" in report and "MV2MAE" in report and "![accuracy per arm](accuracy.svg)" in report
     assert "seed 3" in report and "mv2mae experiment --plan" in report
+    assert shown_source(str(PLAN_DIR / "crossview.yaml")) == "mv2mae/experiment/plans/crossview.yaml"
+    assert f"plan `{plan}`" in report  # a plan of one's own: as given
     # the noise line reads the test splits' sizes and chance from the finished tests themselves
     test = json.loads((out / "runs/scratch/seed0/eval-xview/results.json").read_text())
     assert results["test_splits"]["xview"] == {"videos": test["videos"]["count"], "chance": test["chance_top1"]}

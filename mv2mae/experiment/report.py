@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mv2mae.experiment.plan import EVALS, Plan
+from mv2mae.experiment.plan import EVALS, PLAN_DIR, Plan
 from mv2mae.experiment.results import collect
 from mv2mae.experiment.runner import write_json_atomic
 from mv2mae.experiment.svg import bar_chart, line_chart
@@ -67,8 +67,14 @@ def write_report(out: Path, plan: Plan, context: dict[str, Any]) -> Path:
     return path
 
 
+def shown_source(source: str) -> str:
+    """A shipped plan by its place in the package (not this machine's install path), any other as given."""
+    path = Path(source)
+    return f"mv2mae/experiment/plans/{path.name}" if path.parent == PLAN_DIR else source
+
+
 def _plan_summary(plan: Plan) -> dict[str, Any]:
-    return {"name": plan.name, "title": plan.title, "source": plan.source, "scale": plan.scale,
+    return {"name": plan.name, "title": plan.title, "source": shown_source(plan.source), "scale": plan.scale,
             "config": plan.config, "dataset": plan.dataset, "pretrain_protocol": plan.pretrain_protocol,
             "protocols": plan.protocols, "budget": {k: list(v) for k, v in plan.budget.items()},
             "reference": plan.reference, "pretrain_steps": plan.steps, "step_sweep": list(plan.step_sweep),
@@ -140,7 +146,7 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in plan.dataset.get("preprocess", {}).items()),
         f"- Pretraining on `{plan.pretrain_protocol}`; evaluation on "
         + ", ".join(f"{k} = `{p}`" for k, p in plan.protocols.items()),
-        f"- Budget: preset `{plan.config}`, plan `{plan.source}` scale `{plan.scale}`; "
+        f"- Budget: preset `{plan.config}`, plan `{shown_source(plan.source)}` scale `{plan.scale}`; "
         + "; ".join(f"{stage}: " + " ".join(f"`{s}`" for s in sets) for stage, sets in plan.budget.items() if sets),
         f"- Seeds: arms {list(groups['arm'][0]['seeds']) if groups['arm'] else []}"
         + (f", sweeps {groups['sweep'][0]['seeds']}" if groups["sweep"] else "")
