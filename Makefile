@@ -29,7 +29,7 @@ lint: $(STAMP)
 # make demo: synthetic 3-camera action set -> shards -> pretrain (tiny) -> finetune -> eval on the
 # cross-view protocol (train cameras 2, 3; test camera 1), and the same finetune from scratch beside it
 # (what pretraining contributed) -> runs/demo/report.md. Each stage's wall
-# time goes to runs/demo/timings.txt and into the report. About 15 minutes on 2 CPU cores.
+# time goes to runs/demo/timings.txt and into the report. About 8 minutes on 2 idle CPU cores.
 DEMO_DIR := runs/demo
 DEMO_RAW := data/raw/synth-demo
 DEMO_DATA := data/synth-demo
@@ -59,7 +59,7 @@ demo: $(STAMP)
 
 # make experiment [PLAN=crossview] [SCALE=default|gpu] [STUDY=experiments/crossview]: the controlled
 # cross-view study (mv2mae/experiment/plans/crossview.yaml: every arm × seed pretrained, probed and
-# finetuned under one budget) -> STUDY/RESULTS.md, results.json and plots. About 90 minutes on 2 CPU
+# finetuned under one budget) -> STUDY/RESULTS.md, results.json and plots. About 75 minutes on 2 CPU
 # cores at the default scale; run it again after an interruption and it continues where it stopped.
 PLAN ?= crossview
 SCALE ?= default
