@@ -152,12 +152,12 @@ def _build(raw: dict[str, Any], source: str, scale: str) -> Plan:
         arms += [Arm(f"{ref.name}-steps{n}", f"{ref.title}, {n} pretraining steps", "steps",
                      (*ref.sets, f"steps={n}"), t_seeds, t_evals) for n in lengths if n not in (0, steps)]
     for row in raw.get("paper") or ():
-        blank = [str(k) for k, v in row.items()] if isinstance(row, dict) else None
-        blank = [k for k in blank if row[k] is None] if blank is not None else None
-        if blank is None or blank:
-            raise PlanError(f"{source}: paper row {row!r} " + ("is not a mapping" if blank is None else
-                            f"has no value for {', '.join(blank)} (a comma inside an unquoted value of a "
-                            f"{{...}} row splits it: quote the value)"))
+        if not isinstance(row, dict):
+            raise PlanError(f"{source}: paper row {row!r} is not a mapping")
+        blank = [str(k) for k, v in row.items() if v is None]
+        if blank:
+            raise PlanError(f"{source}: paper row {row!r} has no value for {', '.join(blank)} (a comma inside an "
+                            f"unquoted value of a {{...}} row splits it: quote the value)")
     names = [a.name for a in arms]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
