@@ -31,7 +31,7 @@ def tiny_plan(base, **changes) -> dict:
                     "preprocess": {"size": 32, "fps": 15}},
         "pretrain_protocol": "synth_xview_xsub",
         "protocols": {"xview": "synth_xview_all", "xsub": "synth_xsub"},
-        "budget": {"shared": [*TINY_MODEL, "data.workers=0", "data.eval_clips=1", "data.eval_crops=1",
+        "budget": {"shared": [*TINY_MODEL, "data.workers=0", "data.eval_clips=2", "data.eval_crops=1",
                               "loop.log_every=1", "optim.batch_size=2"],
                    "pretrain": ["steps=3", "schedule.warmup_steps=1", "loop.ckpt_every=2", "loop.recon_every=0"],
                    "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none"]},
