@@ -54,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mv2mae.shards.atomic import write_atomic
+
 FORMAT = "mv2mae-shards"
 FORMAT_VERSION = 2  # 2: whole views + common-span offsets; camera sets per shard; layout
 INDEX_FILE = "index.json"
@@ -320,7 +322,4 @@ def read_index(root: str | Path) -> DatasetIndex:
 
 def write_index(root: str | Path, index: DatasetIndex) -> None:
     """Atomically (temporary file + rename) write ``index.json``."""
-    path = Path(root) / INDEX_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(index.to_json())
-    tmp.replace(path)
+    write_atomic(Path(root) / INDEX_FILE, index.to_json())

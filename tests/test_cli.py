@@ -141,7 +141,8 @@ def test_a_crop_larger_than_the_stored_frames_is_refused_and_an_upscaling_one_wa
 
 def test_resuming_with_a_config_of_another_model_names_the_keys(synth_data, tmp_path):
     run = ["pretrain", "--data", str(synth_data), "--out", str(tmp_path / "run")]
-    sets = [*TINY_MODEL, "optim.batch_size=2", "steps=1", "data.workers=0", "data.stride=2", "data.shuffle_buffer=4"]
+    sets = [*TINY_MODEL, "schedule.warmup_steps=1", "optim.batch_size=2", "steps=1", "data.workers=0", "data.stride=2",
+            "data.shuffle_buffer=4"]
     first = CliRunner().invoke(app, [*run, "--config", "tiny", *(a for s in sets for a in ("--set", s))])
     assert first.exit_code == 0, first.output
     again = CliRunner().invoke(app, [*run, "--config", "tiny", "--resume", "auto", "--set", "steps=2",

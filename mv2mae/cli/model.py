@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from mv2mae.cli.choices import ExportFormat, WeightsLayout
-from mv2mae.cli.errors import reported
+from mv2mae.cli.errors import check_output, reported
+from mv2mae.shards.atomic import check_publishable, publish_dir
 
 # what reading, converting and writing weights raises that the user can act on (CheckpointError is a
 # ValueError; imported with the command, so torch stays out of ``--help``)
@@ -45,21 +46,26 @@ def export(
     with_decoder: bool = typer.Option(False, "--with-decoder/--encoder-only",
                                       help="Pretraining checkpoints: write VideoMAEForPreTraining (with the self-view "
                                            "decoder) instead of VideoMAEModel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR even when it holds files an export "
+                                                              "did not write."),
 ) -> None:
     """Write a model in the Hugging Face VideoMAE layout: a classifier as VideoMAEForVideoClassification
     (labels from the dataset's class names), an encoder as VideoMAEModel; checked against transformers
-    when it is installed."""
-    from mv2mae.interop import EXPORT_TOLERANCE, check_export, export_hf
+    when it is installed. The folder is written beside OUT_DIR and put in its place when complete."""
+    from mv2mae.interop import EXPORT_TOLERANCE, check_export, export_hf, is_export
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier, load_mv2mae
 
     with reported(*WEIGHT_ERRORS):
+        check_publishable(out_dir, is_export, overwrite)
+        check_output(out_dir)
         ckpt = load_checkpoint(checkpoint)
         if "head.weight" in ckpt["model"]:
             model = load_classifier(ckpt, str(checkpoint))
-            export_hf(model, out_dir, class_names=ckpt.get("classes"))
+            publish_dir(out_dir, lambda tmp: export_hf(model, tmp, class_names=ckpt.get("classes")), is_export,
+                        overwrite)
         else:
             model = load_mv2mae(ckpt)
-            export_hf(model, out_dir, with_decoder=with_decoder)
+            publish_dir(out_dir, lambda tmp: export_hf(model, tmp, with_decoder=with_decoder), is_export, overwrite)
         diff = check_export(model, out_dir)
     typer.echo(f"wrote {out_dir}: config.json, model.safetensors, preprocessor_config.json")
     if diff is None:

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mv2mae.config import RunConfig
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.train.logs import read_log
 
 
@@ -34,8 +35,10 @@ def plot_losses(records: list[dict[str, Any]], keys: list[str], path: Path, titl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path
 
 
