@@ -13,6 +13,7 @@ every key of a query, and softmax is invariant to such a shift.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mv2mae.model.checkpoint import CheckpointError, load_state_strict, save_model_state
@@ -368,7 +370,11 @@ def export_hf(model: MV2MAE | VideoClassifier, out_dir: Path, with_decoder: bool
         hf_cfg, state = to_hf(model, with_decoder)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    weights = out_dir / "model.safetensors"
+    try:
+        save_file(state, str(weights), metadata={"format": "pt"})
+    except SafetensorError as e:  # safetensors reports a failed write (a full disk) as its own error type
+        raise OSError(errno.EIO, str(e).replace("\n", " "), str(weights)) from None
     (out_dir / "config.json").write_text(json.dumps(hf_cfg | dict([EXPORTED_BY]), indent=2) + "\n")
     (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(model.cfg), indent=2) + "\n")
     return out_dir

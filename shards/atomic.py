@@ -89,23 +89,33 @@ def publish_dir(dest: str | Path, fill: Callable[[Path], object], ours: Callable
     check_publishable(dest, ours, overwrite)
     tmp, old = temporary_name(dest), temporary_name(dest, OLD_MARK)
     try:
-        with writing(tmp, f"{dest} is unchanged"):
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
             tmp.mkdir(parents=True)
             fill(tmp)
             for item in tmp.iterdir():
                 if item.is_file():
                     sync_file(item)
+        except OSError as e:  # named as the file it would have become in ``dest``
+            failed = dest / _being_written(tmp, e).relative_to(tmp) if _being_written(tmp, e) != tmp else dest
+            raise WriteError(f"{failed}: cannot write ({reason(e)}); {dest} is unchanged") from None
         with writing(dest):
             if dest.exists():
                 os.replace(dest, old)
             os.replace(tmp, dest)
-    except WriteError as e:  # the file that could not be written is named inside the temporary folder
-        raise WriteError(str(e).replace(str(tmp), str(dest))) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
     return dest
+
+
+def _being_written(folder: Path, e: OSError) -> Path:
+    """The file a failed fill was writing: the error's own file name, else the newest file in ``folder``
+    (a write cut short by a full disk names no file), else the folder."""
+    if e.filename and Path(e.filename).is_relative_to(folder):
+        return Path(e.filename)
+    files = [p for p in folder.rglob("*") if p.is_file()] if folder.is_dir() else []
+    return max(files, key=lambda p: p.stat().st_mtime_ns) if files else folder
 
 
 def check_publishable(dest: Path, ours: Callable[[Path], bool], overwrite: bool = False) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from mv2mae.shards.atomic import write_atomic, writing
+from mv2mae.shards.atomic import WriteError, write_atomic, writing
 
 LOG_FILE = "log.jsonl"
 
@@ -38,6 +38,14 @@ def truncate_log(run_dir: str | Path, last_step: int) -> None:
     if path.is_file():
         keep = [json.dumps(r) for r in read_log(run_dir) if r.get("step", 0) <= last_step]
         write_atomic(path, "".join(line + "\n" for line in keep))
+
+
+def _quiet_event_writer(args: threading.ExceptHookArgs) -> None:
+    """TensorBoard's writer thread dies on a failed write (a full disk) and hands the error to the next
+    ``add_scalar`` in the training thread, which reports it in one line: its traceback is not printed."""
+    if isinstance(args.exc_value, OSError) and type(args.thread).__module__.startswith("tensorboard."):
+        return
+    threading.__excepthook__(args)
 
 
 class RunLogger:
@@ -60,6 +68,7 @@ class RunLogger:
 
             with writing(self.tb_dir):
                 self.tb = SummaryWriter(str(self.tb_dir), purge_step=start_step + 1)
+            self._excepthook, threading.excepthook = threading.excepthook, _quiet_event_writer
         except ImportError:  # tensorboard is a dependency; a broken install must not stop training
             self.console.print("[yellow]tensorboard unavailable: no event files will be written[/]")
         self.progress = Progress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
@@ -89,9 +98,9 @@ class RunLogger:
         size = os.fstat(self.fd).st_size
         with writing(self.path, "the log keeps its complete lines"):
             try:
-                data = line.encode()
-                if os.write(self.fd, data) != len(data):
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                rest = memoryview(line.encode())
+                while rest:  # a short write is followed by one that says why
+                    rest = rest[os.write(self.fd, rest):]
             except OSError:
                 os.ftruncate(self.fd, size)
                 raise
@@ -106,5 +115,9 @@ class RunLogger:
         self.progress.stop()
         os.close(self.fd)
         if self.tb is not None:
-            with writing(self.tb_dir):
-                self.tb.close()
+            try:  # a warning, not an error: the run's own error (if any) is the one to show
+                with writing(self.tb_dir, "its last events are lost"):
+                    self.tb.close()
+            except WriteError as e:
+                self.console.print(f"[yellow]warning: {e}[/]", highlight=False, soft_wrap=True)
+            threading.excepthook = self._excepthook
