@@ -108,7 +108,7 @@ def synth_data(tmp_path_factory):
                                    f"{SHORT_SIDE}): use model.image_size <= {SHORT_SIDE}, or preprocess with --size 4096"),
     (["data.protocol=ntu60_xsub"], 2, "protocol ntu60_xsub is for ntu60 data; this directory holds 'synth'"),
     (["data.protocol=nope"], 2, "unknown protocol 'nope'; known: all,"),
-    (["data.num_sources=2", "data.workers=0"], 1, "pretraining needs 3 views (1 target + 2 source(s))"),
+    (["data.num_sources=2", "data.workers=0"], 2, "pretraining needs 3 views (1 target + 2 source(s))"),
 ])
 def test_a_wrong_command_is_one_line_with_a_usage_exit_status(synth_data, tmp_path, sets, code, message):
     args = ["pretrain", "--config", "tiny", "--data", str(synth_data), "--out", str(tmp_path / "run")]
