@@ -124,3 +124,44 @@ def test_a_signal_to_one_rank_stops_both_ranks_after_the_same_step_and_rank_0_sa
     resumed = torchrun(tmp_path / "run", "none")  # exact resume itself: the in-process test above
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2, 3, 4]
+
+
+FAKE_SLURM = {  # just enough of SLURM and torchrun on PATH to run the cluster recipe on one machine
+    "srun": '#!/usr/bin/env bash\nexec "$@"\n',
+    "scontrol": '#!/usr/bin/env bash\nif [ "$1" = show ]; then echo localhost; else echo "$@" >> "$SCONTROL_LOG"; fi\n',
+    # torchrun's own options dropped: one process, as torchrun's single worker would run
+    "torchrun": '#!/usr/bin/env bash\nwhile [ "$1" != -m ]; do shift; done\nexec "$PYTHON" "$@"\n',
+}
+
+
+@pytest.mark.slow
+def test_the_cluster_recipe_saves_on_the_time_limit_signal_and_requeues_itself(synth_data, tmp_path):
+    """tools/cluster/train_multinode.sbatch with SLURM's time-limit warning (SIGUSR1 to the batch script):
+    the run saves the step it reached and exits 75, and the script requeues the job."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, text in FAKE_SLURM.items():
+        (fake / name).write_text(text)
+        (fake / name).chmod(0o755)
+    run, log = tmp_path / "run", tmp_path / "scontrol.log"
+    env = dict(CHILD_ENV, PATH=f"{fake}:{os.environ['PATH']}", PYTHON=sys.executable, SCONTROL_LOG=str(log),
+               SLURM_JOB_NODELIST="localhost", SLURM_NNODES="1", SLURM_JOB_ID="42", GPUS_PER_NODE="1")
+    sets = [*TINY_MODEL, "optim.batch_size=2", "steps=500", "schedule.warmup_steps=1", "loop.log_every=1",
+            "data.workers=0", "data.stride=2", "data.shuffle_buffer=4"]
+    script = HERE.parent / "tools" / "cluster" / "train_multinode.sbatch"
+    job = subprocess.Popen(["bash", str(script), "pretrain", "tiny", str(synth_data), str(run),
+                            *(a for s in sets for a in ("--set", s))], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        while len(read_log(run)) < 2:
+            assert job.poll() is None and time.monotonic() - t0 < 240, job.communicate()[1][-3000:]
+            time.sleep(0.2)
+        job.send_signal(signal.SIGUSR1)
+        _, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode == PREEMPTED_EXIT, err[-3000:]
+    assert log.read_text().split() == ["requeue", "42"]
+    assert ckpt_io.latest(run).name == ckpt_io.step_name(read_log(run)[-1]["step"])
