@@ -275,6 +275,7 @@ class DatasetIndex:
     flip_classes: list[int] | None = None
 
     def __post_init__(self) -> None:
+        check_layout(self.layout)
         table = self.flip_classes
         if table is None:
             return
@@ -307,6 +308,25 @@ class DatasetIndex:
             return cls(**obj)
         except (TypeError, KeyError, ContractError) as e:
             raise ContractError(f"{where}: malformed index ({e})") from e
+
+
+LAYOUT_KEYS = ("azimuth", "height")
+
+
+def check_layout(layout: object) -> None:
+    """``layout`` maps camera ids (whole numbers, as strings) to ``{"azimuth": degrees, "height": metres}``
+    with finite numbers, either key optional (a layout edited by hand is read by the source policies)."""
+    if not isinstance(layout, dict):
+        raise ContractError(f"layout must map camera ids to places, got {layout!r}")
+    for cam, place in layout.items():
+        if not (isinstance(cam, str) and cam.isdigit()) or not isinstance(place, dict):
+            raise ContractError(f"layout[{cam!r}] = {place!r}: a camera id maps to {{\"azimuth\": degrees, "
+                                f"\"height\": metres}}")
+        for key, value in place.items():
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if key not in LAYOUT_KEYS or not number or not math.isfinite(value):
+                raise ContractError(f"layout[{cam!r}][{key!r}] = {value!r}: must be azimuth or height, a finite "
+                                    f"number")
 
 
 def read_index(root: str | Path) -> DatasetIndex:

@@ -5,6 +5,7 @@ than the frame), an --out that cannot be written, and a resumed run pointed at a
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -144,3 +145,16 @@ def test_resuming_on_another_dataset_names_both_and_needs_switch_data(synth_data
                       *sets("steps=2"))
     assert switched.exit_code == 0, switched.output
     assert f"root: {other}" in (out / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("place", [{"azimuth": "90"}, {"azimuth": float("inf")}, {"angle": 90}, "left"])
+def test_a_camera_layout_that_is_not_numbers_is_one_line_naming_the_index(synth_data, tmp_path, place):
+    index = json.loads((synth_data / "index.json").read_text())
+    index["layout"] = {"1": place}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    result = invoke("pretrain", "--config", "tiny", "--data", tmp_path, "--out", tmp_path / "run",
+                    *sets(*TINY_RUN, "data.source_policy=adjacent"))
+    text = " ".join(result.output.split())
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert f"{tmp_path / 'index.json'}: malformed index (layout['1']" in text
+    assert not (tmp_path / "run").exists()
