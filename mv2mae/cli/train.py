@@ -171,9 +171,13 @@ def eval_(
     batch_size: int = TEST_BATCH,
     workers: int = TEST_WORKERS,
     device: str = TEST_DEVICE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it holds files an evaluation "
+                                                              "did not write."),
 ) -> None:
-    """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
-    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device)
+    """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix. The results are
+    written beside --out and put in its place when complete."""
+    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device,
+          overwrite)
 
 
 def probe(
@@ -222,7 +226,8 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
-          clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+          clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str,
+          overwrite: bool = False) -> None:
     from mv2mae.eval.evaluate import EVAL_FILES, evaluate, write_results
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.atomic import check_publishable, holds_only
@@ -235,11 +240,11 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
         out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
         if env.is_main:
             check_output(out)
-            check_publishable(out, holds_only(EVAL_FILES))
+            check_publishable(out, holds_only(EVAL_FILES), overwrite)
         classes = ckpt.get("classes") or read_index(d.root).classes
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
         if env.is_main:
-            path, table, png = write_results(results, videos, out)
+            path, table, png = write_results(results, videos, out, overwrite)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
             typer.echo(f"results: {path}  per-video predictions: {table}  confusion matrix: {png}")
 

@@ -124,7 +124,8 @@ def validator(data: DataConfig, env: DistEnv, class_names: list[str],
     return validate
 
 
-def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path, Path]:
+def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path,
+                  overwrite: bool = False) -> tuple[Path, Path, Path]:
     """``results.json``, ``predictions.csv`` (a row per video: true class, top classes and their scores)
     and the confusion matrix PNG in ``out_dir``, published together (:func:`publish_dir`): a failed or
     killed write leaves the earlier evaluation's files as they were, never some of each."""
@@ -140,7 +141,7 @@ def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir
                        title=f"{results['protocol']} ({results['split']}): video top-1 "
                              f"{100 * results['videos']['top1']:.1f}%")
 
-    publish_dir(out_dir, fill, ours=holds_only(EVAL_FILES))
+    publish_dir(out_dir, fill, holds_only(EVAL_FILES), overwrite)
     return out_dir / RESULTS_FILE, out_dir / PREDICTIONS_FILE, out_dir / CONFUSION_FILE
 
 
