@@ -221,7 +221,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_steps
         window = _Window()
-        bad_in_row, skipped, batch = 0, 0, None
+        bad_in_row, skipped, batch, first_step = 0, 0, None, self.step
         self.raw_model.train()
         while self.step < self.steps:
             t0 = time.perf_counter()
@@ -241,6 +241,8 @@ class Trainer:
                     terms_sum[k] = terms_sum.get(k, 0.0) + v.detach().float() / accum
                 samples += out.samples
             self.micro_batches += accum
+            if self.step == first_step:
+                self._check_every_parameter_learns()
             grad_norm = self._clip()
             terms = {k: all_reduce_mean(v) for k, v in terms_sum.items()}
             finite = bool(all_reduce_max(torch.tensor(
@@ -309,6 +311,16 @@ class Trainer:
             out |= {prefix + k: float(v) for k, v in self.validate(model).items()}
             model.train(was_training)
         return out
+
+    def _check_every_parameter_learns(self) -> None:
+        """After the first step's backward, every trainable parameter has a gradient. A configuration must
+        not build what its loss leaves out: under DDP the next step would fail with an error that names
+        none of them (alone, such weights only cost memory and time)."""
+        idle = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and p.grad is None]
+        if idle:
+            shown = ", ".join(idle[:4]) + (f", … ({len(idle)} in all)" if len(idle) > 4 else "")
+            raise TrainingStopped(f"{self.cfg.stage}: parameters that take no part in the loss: {shown}; the model "
+                                  f"builds a module this configuration does not train (a bug: please report it)")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
