@@ -212,7 +212,7 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
-    from mv2mae.eval.evaluate import evaluate, write_results
+    from mv2mae.eval.evaluate import evaluate, training_protocol, write_results
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.schema import read_index
 
@@ -222,10 +222,12 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = ckpt.get("classes") or read_index(d.root).classes
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
+        results["training"] = training_protocol(ckpt, checkpoint)
         if env.is_main:
             out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
             path, table, png = write_results(results, videos, out)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
+            typer.echo(f"the model was {results['training']['summary']}")
             typer.echo(f"results: {path}  per-video predictions: {table}  confusion matrix: {png}")
 
 

@@ -26,8 +26,10 @@ from mv2mae.model.checkpoint import TMP_MARK, CheckpointError, load_checkpoint, 
 
 RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
 CKPT_DIR = "checkpoints"
-# what the kept copies are: the lowest training loss (pretraining, or finetuning without validation), the
-# best validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+# what the kept copies are: the last step (what the paper's protocol tests, and what a transfer finetune
+# starts from), the lowest training loss (pretraining, or finetuning without validation), the best
+# validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+LAST_STEP = "last-step.pt"
 LOWEST_TRAIN_LOSS = "lowest-train-loss.pt"
 BEST_VAL_TOP1 = "best-val-top1.pt"
 BEST_VAL_TOP1_EMA = "best-val-top1-ema.pt"

@@ -90,7 +90,8 @@ Validate = Callable[[nn.Module], dict[str, float]]
 
 class Trainer:
     """With ``validate`` (finetuning), the run is scored on held-out data every ``finetune.val_every`` steps
-    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss."""
+    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss. Either
+    way ``last-step.pt`` is the last step."""
 
     def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
                  env: DistEnv, resume: str | None = None, validate: Validate | None = None) -> None:
@@ -173,7 +174,7 @@ class Trainer:
         metrics = dict(best_loss=self.best_loss, window_loss=window_loss, **{f"val_{k}": v for k, v in val.items()},
                        **{f"best_val_{k}": v for k, v in self.best_val.items() if math.isfinite(v)})
         state = dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
-                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step,
+                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, steps=self.steps,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), data=dict(micro_batches=self.micro_batches),
                      rng=ckpt_io.rng_state(), metrics=metrics, world_size=self.env.world_size,
@@ -282,6 +283,7 @@ class Trainer:
         if step % cfg.loop.ckpt_every == 0 or last or val:
             loss = window.checkpoint_loss()
             copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
+            copies += [ckpt_io.LAST_STEP] if last else []
             self.best_loss = min(self.best_loss, loss)
             ema_best = False
             for key, name in (("top1", ckpt_io.BEST_VAL_TOP1), ("ema_top1", ckpt_io.BEST_VAL_TOP1_EMA)):
