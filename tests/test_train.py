@@ -211,3 +211,6 @@ def test_a_module_the_loss_does_not_use_stops_the_run_after_its_first_step_namin
     assert not read_log(tmp_path)  # refused before the first step is logged or checkpointed
     fit(cfg, GlobalBatchSource(cfg, views=1), tmp_path / "built-as-configured")
     assert [r["loss_cross"] for r in read_log(tmp_path / "built-as-configured")] == [0.0, 0.0]
+    # the run's last step is also last-step.pt: another name of the step file, no second copy of its bytes
+    folder = tmp_path / "built-as-configured" / ckpt_io.CKPT_DIR
+    assert (folder / ckpt_io.LAST_STEP).stat().st_ino == (folder / ckpt_io.step_name(2)).stat().st_ino

@@ -81,7 +81,7 @@ def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies
     for name in copies:
         tmp = folder / f".{name}{TMP_MARK}{os.getpid()}"
         try:
-            shutil.copyfile(path, tmp)
+            _link_or_copy(path, tmp)
             os.replace(tmp, folder / name)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -90,6 +90,15 @@ def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies
     for old in step_checkpoints(run_dir)[:-max(1, keep_last)]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a second name of ``src`` (no bytes written: a step file is never changed once renamed into
+    place, only unlinked), or a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 # ---------------------------------------------------------------------------- RNG states
