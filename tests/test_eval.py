@@ -12,6 +12,7 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.data.datasets import ShardSplit
 from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
 from mv2mae.model.checkpoint import load_checkpoint
@@ -116,6 +117,12 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert "camera 1" in out and "fused" in out and "mean over classes" in out
     res = json.loads((ev / "results.json").read_text())
     assert res["protocol"] == "synth_xview" and list(res["per_camera"]) == ["1"]
+    # which protocol produced the number: tiny's held-out subjects, the last step of the run
+    fit = ShardSplit.open(synth_data, "synth_xview", "train", "subject", 0.1).selection
+    assert res["training"]["val_by"] == "subject" and res["training"]["train_videos"] == fit.videos
+    assert res["training"]["tested_at"] == "the last step (3)" and "held out for validation" in res["training"]["summary"]
+    assert "tested at the last step (3)" in out
+    assert load_checkpoint(fin / "checkpoints" / "last-step.pt")["step"] == 3
     assert res["clips"]["count"] == 2 * res["videos"]["count"] and (ev / "confusion.png").is_file()
     assert sum(c["count"] for c in res["per_class"]) == res["videos"]["count"] == sum(map(sum, res["confusion"]))
     with (ev / "predictions.csv").open() as f:
@@ -133,6 +140,7 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     invoke("report", "--pretrain", pre, "--finetune", fin, "--eval", ev, "--out", tmp_path / "r" / "report.md",
            "--timings", timings, "--probe", probe)
     report = (tmp_path / "r" / "report.md").read_text()
+    assert f"The finetuned model was {res['training']['summary']}." in report
     assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
     assert "mean over classes" in report and f"best-val-top1.pt = step {best['step']}" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):

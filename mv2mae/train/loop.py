@@ -90,7 +90,8 @@ Validate = Callable[[nn.Module], dict[str, float]]
 
 class Trainer:
     """With ``validate`` (finetuning), the run is scored on held-out data every ``finetune.val_every`` steps
-    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss."""
+    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss. Either
+    way ``last-step.pt`` is the last step."""
 
     def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
                  env: DistEnv, resume: str | None = None, validate: Validate | None = None) -> None:
@@ -173,7 +174,7 @@ class Trainer:
         metrics = dict(best_loss=self.best_loss, window_loss=window_loss, **{f"val_{k}": v for k, v in val.items()},
                        **{f"best_val_{k}": v for k, v in self.best_val.items() if math.isfinite(v)})
         state = dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
-                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step,
+                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, steps=self.steps,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), data=dict(micro_batches=self.micro_batches),
                      rng=ckpt_io.rng_state(), metrics=metrics, world_size=self.env.world_size,
@@ -221,7 +222,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_steps
         window = _Window()
-        bad_in_row, skipped, batch = 0, 0, None
+        bad_in_row, skipped, batch, first_step = 0, 0, None, self.step
         self.raw_model.train()
         while self.step < self.steps:
             t0 = time.perf_counter()
@@ -241,6 +242,8 @@ class Trainer:
                     terms_sum[k] = terms_sum.get(k, 0.0) + v.detach().float() / accum
                 samples += out.samples
             self.micro_batches += accum
+            if self.step == first_step:
+                self._check_every_parameter_learns()
             grad_norm = self._clip()
             terms = {k: all_reduce_mean(v) for k, v in terms_sum.items()}
             finite = bool(all_reduce_max(torch.tensor(
@@ -280,6 +283,7 @@ class Trainer:
         if step % cfg.loop.ckpt_every == 0 or last or val:
             loss = window.checkpoint_loss()
             copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
+            copies += [ckpt_io.LAST_STEP] if last else []
             self.best_loss = min(self.best_loss, loss)
             ema_best = False
             for key, name in (("top1", ckpt_io.BEST_VAL_TOP1), ("ema_top1", ckpt_io.BEST_VAL_TOP1_EMA)):
@@ -309,6 +313,16 @@ class Trainer:
             out |= {prefix + k: float(v) for k, v in self.validate(model).items()}
             model.train(was_training)
         return out
+
+    def _check_every_parameter_learns(self) -> None:
+        """After the first step's backward, every trainable parameter has a gradient. A configuration must
+        not build what its loss leaves out: under DDP the next step would fail with an error that names
+        none of them (alone, such weights only cost memory and time)."""
+        idle = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and p.grad is None]
+        if idle:
+            shown = ", ".join(idle[:4]) + (f", … ({len(idle)} in all)" if len(idle) > 4 else "")
+            raise TrainingStopped(f"{self.cfg.stage}: parameters that take no part in the loss: {shown}; the model "
+                                  f"builds a module this configuration does not train (a bug: please report it)")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:
