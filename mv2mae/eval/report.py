@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import summary
 from mv2mae.train.logs import read_log
 
 
@@ -158,6 +159,8 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
              f"Every test video is scored as {results['clips_per_video']} clips × {results['crops_per_clip']} crops "
              f"with the softmax averaged; *fused* averages the cameras of a group.", ""]
     lines += _timings(timings)
+    if "fingerprint" in results:
+        lines += [f"Computed on: {summary(results['fingerprint'])}.", ""]
     lines += ["## Accuracy", ""] + _accuracy_table(results)
     if len(results["per_camera"]) == 1:
         lines += ["", "(One test camera: the fused score equals that camera's.)"]
