@@ -271,3 +271,22 @@ def test_verify_compares_within_the_stated_tolerance():
     assert compare("knn.top1", 0.5, 0.55, 0.1)[1] and not compare("knn.top1", 0.5, 0.75, 0.1)[1]
     assert not compare("data: shards sha256", "ab", "cd", None)[1]
     assert not compare("knn.top1", 0.5, None, 0.1)[1]
+
+
+def test_compare_sets_two_finished_studies_side_by_side(study, tmp_path):
+    _, plan, finished = study
+    other = tmp_path / "other"
+    shutil.copytree(finished, other)
+    same = CliRunner().invoke(app, ["experiment", "--out", str(finished), "--compare", str(other)])
+    assert same.exit_code == 0 and "| data: shards sha256 |" in same.output and "  no differences" in same.output
+    results = json.loads((other / "results.json").read_text())
+    arm = next(a for a in results["arms"] if a["name"] == "mv2mae")
+    mine = arm["metrics"]["xsub"]["knn"]["values"]["1"]
+    arm["metrics"]["xsub"]["knn"]["values"]["1"] = mine + 0.5
+    results["fingerprint"]["numerics"]["environment"]["OPENBLAS_CORETYPE"] = "Prescott"
+    (other / "results.json").write_text(json.dumps(results))
+    differ = CliRunner().invoke(app, ["experiment", "--out", str(finished), "--compare", str(other / "results.json")])
+    assert differ.exit_code == 1
+    assert f"| mv2mae/seed1/xsub/knn | {mine:.6g} | {mine + 0.5:.6g} | +0.5 |" in differ.output
+    assert "environment.OPENBLAS_CORETYPE:" in differ.output and "-> Prescott" in differ.output
+    assert "NOT reproduced: mv2mae/seed1/xsub/knn differ" in differ.output

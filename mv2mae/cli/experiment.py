@@ -22,7 +22,10 @@ def experiment(
                                 "data digests with the committed ones; exit 1 when they differ."),
     stage: str = typer.Option(None, "--stage", help="With --verify: runs/ARM/seedS/STAGE (default: the first probe "
                               "of the untrained encoder's arm, which needs no pretraining)."),
-    tolerance: float = typer.Option(0.0, "--tolerance", min=0.0, help="With --verify: the largest absolute difference "
+    compare: Path = typer.Option(None, "--compare", help="Another finished study (its folder or results.json): print "
+                                 "where its data digests, per-seed numbers and fingerprint differ from --out's; exit 1 "
+                                 "when digests or numbers differ."),
+    tolerance: float = typer.Option(0.0, "--tolerance", min=0.0, help="With --verify or --compare: the largest absolute difference "
                                     "of a number (accuracy in [0, 1], loss) still called reproduced; 0 = bit-equal."),
 ) -> None:
     """Pretrain, probe (linear, k-NN) and finetune every arm of a plan under one budget and several seeds.
@@ -39,6 +42,9 @@ def experiment(
         return
     if verify:
         _verify(the_plan, out, stage, tolerance, device)
+        return
+    if compare is not None:
+        _compare(out, compare, tolerance)
         return
     from mv2mae.cli.train import _process_group, _run_errors
     from mv2mae.experiment.study import run_plan
@@ -62,6 +68,17 @@ def _verify(plan, out: Path, stage: str | None, tolerance: float, device: str) -
 
     with reported(StudyError, PreprocessError, AdapterError, *_run_errors()), _process_group(device) as env:
         result = verify(plan, out, env, stage, tolerance, log=lambda line: typer.echo(f"verify: {line}", err=True))
+    typer.echo("\n".join(format_verification(result)))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _compare(out: Path, other: Path, tolerance: float) -> None:
+    from mv2mae.experiment.runner import StudyError
+    from mv2mae.experiment.verify import compare_studies, format_verification
+
+    with reported(StudyError):
+        result = compare_studies(out, other, tolerance)
     typer.echo("\n".join(format_verification(result)))
     if not result.ok:
         raise typer.Exit(1)

@@ -41,6 +41,8 @@ class Verification:
     machine: list[tuple[str, Any, Any]]  # fingerprint path, committed, this machine
     tolerance: float
     failed: list[str] = field(default_factory=list)  # the rows that decide the exit status and differ
+    columns: tuple[str, str] = ("committed", "re-run")
+    machines: str = "committed results.json against this machine"
 
     @property
     def ok(self) -> bool:
@@ -126,8 +128,9 @@ def compare(name: str, old: Any, new: Any, tolerance: float | None) -> tuple[tup
     return (name, old, new, f"{diff:+.6g}"), math.isfinite(diff) and abs(diff) <= tolerance
 
 
-def _digest(record: dict[str, Any], what: str) -> str | None:
-    return record.get("fingerprint", {}).get(what, {}).get("sha256")
+def _digest(data: dict[str, Any], what: str) -> str | None:
+    """The sha256 of ``what`` (shards, raw) in a data fingerprint; None when it was not recorded."""
+    return data.get(what, {}).get("sha256")
 
 
 def verify(plan: Plan, out: Path, env: DistEnv, stage: str | None, tolerance: float = 0.0,
@@ -153,7 +156,8 @@ def verify(plan: Plan, out: Path, env: DistEnv, stage: str | None, tolerance: fl
         rerun_data = json.loads((study.out / DATASET_RECORD).read_text())
     rows, failed = [], []
     for what in ("shards", "raw"):
-        row, same = compare(f"data: {what} sha256", _digest(committed_data, what), _digest(rerun_data, what), None)
+        row, same = compare(f"data: {what} sha256", _digest(committed_data.get("fingerprint", {}), what),
+                            _digest(rerun_data["fingerprint"], what), None)
         rows.append(row)
         failed += [] if same or row[1] is None else [row[0]]  # a digest the study never recorded decides nothing
     for metric in sorted(old):
@@ -167,6 +171,42 @@ def verify(plan: Plan, out: Path, env: DistEnv, stage: str | None, tolerance: fl
     return Verification(label, rows, machine, tolerance, failed)
 
 
+def study_results(path: Path) -> dict[str, Any]:
+    """A finished study's results.json (``path`` is it or the study folder holding it)."""
+    path = path / RESULTS if path.is_dir() else path
+    if not path.is_file():
+        raise StudyError(f"{path}: no such file; --compare takes a study folder or its {RESULTS}")
+    return json.loads(path.read_text())
+
+
+def seed_numbers(results: dict[str, Any]) -> dict[str, float]:
+    """Every per-seed top-1 of a study, by ``ARM/seedS/PROTOCOL/EVALUATION``."""
+    return {f"{arm['name']}/seed{seed}/{key}/{method}": value for arm in results["arms"]
+            for key, per in arm["metrics"].items() for method, summary in per.items()
+            for seed, value in summary["values"].items()}
+
+
+def compare_studies(mine: Path, other: Path, tolerance: float = 0.0) -> Verification:
+    """Two finished studies side by side: data digests, the per-seed numbers both have, fingerprints."""
+    a, b = study_results(mine), study_results(other)
+    fa, fb = a.get("fingerprint") or {}, b.get("fingerprint") or {}
+    rows, failed = [], []
+    for what in ("shards", "raw"):
+        row, same = compare(f"data: {what} sha256", _digest(fa.get("data", {}), what), _digest(fb.get("data", {}), what),
+                            None)
+        rows.append(row)
+        failed += [] if same or None in row[1:3] else [row[0]]
+    na, nb = seed_numbers(a), seed_numbers(b)
+    for metric in sorted(set(na) & set(nb)):
+        row, same = compare(metric, na[metric], nb[metric], tolerance)
+        rows.append(row)
+        failed += [] if same else [metric]
+    machine = (differences(fa["numerics"], fb["numerics"]) if "numerics" in fa and "numerics" in fb
+               else [("fingerprint", "recorded" if fa else "not recorded", "recorded" if fb else "not recorded")])
+    return Verification(f"{len(set(na) & set(nb))} numbers both hold", rows, machine, tolerance, failed,
+                        columns=(str(mine), str(other)), machines=f"{mine} against {other}")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "not recorded"
@@ -175,9 +215,9 @@ def _cell(value: Any) -> str:
 
 def format_verification(v: Verification) -> list[str]:
     """The comparison table, the machine's differences and the verdict, as lines of text."""
-    lines = [f"| {v.stage} | committed | re-run | difference |", "|---|---:|---:|---:|"]
+    lines = [f"| {v.stage} | {v.columns[0]} | {v.columns[1]} | difference |", "|---|---:|---:|---:|"]
     lines += [f"| {what} | {_cell(a)} | {_cell(b)} | {d} |" for what, a, b, d in v.rows]
-    lines += ["", "Fingerprint: committed results.json against this machine"]
+    lines += ["", f"Fingerprint: {v.machines}"]
     lines += [f"  {path}: {_cell(a)} -> {_cell(b)}" for path, a, b in v.machine] or ["  no differences"]
     tol = "bit-equal numbers" if v.tolerance == 0 else f"numbers within {v.tolerance:g}"
     verdict = ("reproduced" if v.ok else "NOT reproduced: " + ", ".join(v.failed) + " differ")
