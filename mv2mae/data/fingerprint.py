@@ -40,6 +40,8 @@ _TORCH_BUILD = ("BLAS_INFO", "LAPACK_INFO", "USE_MKL", "USE_MKLDNN", "USE_OPENMP
 _OPENCV_LINES = ("General configuration for OpenCV", "Baseline:", "requested:", "Dispatched code generation:",
                  "Parallel framework:", "Lapack:", "JPEG:", "FFMPEG:")
 _BLOCK = 1 << 20
+_CPUINFO = {"model name": "model", "vendor_id": "vendor", "cpu family": "family", "model": "model_number",
+            "stepping": "stepping", "microcode": "microcode", "cache size": "cache", "flags": "flags"}
 
 
 def shards_digest(root: str | Path) -> dict[str, Any]:
@@ -80,17 +82,16 @@ def data_fingerprint(root: str | Path, raw: str | Path | None = None) -> dict[st
 
 
 def cpu() -> dict[str, Any]:
-    """Model name and feature flags (from /proc/cpuinfo on Linux, ``platform`` elsewhere)."""
-    found = {"model": platform.processor() or platform.machine(), "flags": "", "machine": platform.machine()}
+    """The first processor's identity and feature flags (/proc/cpuinfo on Linux, ``platform`` elsewhere)."""
+    found: dict[str, Any] = {"model": platform.processor() or platform.machine(), "machine": platform.machine()}
     info = Path("/proc/cpuinfo")
-    if info.is_file():
-        for line in info.read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and found["flags"] == "":
-                found["model"] = value.strip()
-            if key.strip() == "flags":
-                found["flags"] = " ".join(sorted(value.split()))
-                break
+    if not info.is_file():
+        return found
+    first = info.read_text().split("\n\n", 1)[0]
+    fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
+    for key, name in _CPUINFO.items():
+        if key in fields:
+            found[name] = " ".join(sorted(fields[key].split())) if name == "flags" else fields[key]
     return found
 
 
@@ -110,11 +111,14 @@ def torch_numerics() -> dict[str, Any]:
 
 
 def numpy_numerics() -> dict[str, Any]:
-    """numpy's version and the BLAS/LAPACK it was built with."""
-    config = np.show_config(mode="dicts") if "mode" in np.show_config.__code__.co_varnames else {}
+    """numpy's version, the BLAS/LAPACK it was built with and its SIMD baseline and dispatch (numpy >= 1.26)."""
+    config = getattr(np.__config__, "CONFIG", {})
     deps = config.get("Build Dependencies", {})
-    return {"version": np.__version__, **{k: {f: deps[k].get(f) for f in ("name", "version", "openblas configuration")
-                                             if deps[k].get(f) is not None} for k in ("blas", "lapack") if k in deps}}
+    found: dict[str, Any] = {"version": np.__version__, "simd": config.get("SIMD Extensions")}
+    for lib in ("blas", "lapack"):
+        if lib in deps:
+            found[lib] = {f: deps[lib][f] for f in ("name", "version", "openblas configuration") if f in deps[lib]}
+    return found
 
 
 def opencv_numerics() -> dict[str, Any]:

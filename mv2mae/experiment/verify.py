@@ -2,7 +2,7 @@
 
 The stage (``runs/ARM/seedS/STAGE``) is re-run in a temporary folder with everything it depends on:
 the dataset is rendered and preprocessed anew, and a probe's or a finetune's pretraining is re-run too
-(a study folder keeps no checkpoints worth trusting more than a fresh run). Its numbers are compared
+(a committed study keeps no checkpoints). Its numbers are compared
 with the committed ones — the stage's ``done.json`` when the study folder holds it, else the per-seed
 top-1 in ``results.json`` — and so are the data digests in ``dataset.json``. The machine's fingerprint
 is compared with the one in the committed ``results.json``: those differences explain, they do not decide.
