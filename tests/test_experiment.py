@@ -256,11 +256,14 @@ def test_verify_reruns_a_stage_from_scratch_and_says_what_differs(study, tmp_pat
     committed = record["result"]["linear"]["top1"]
     record["result"]["linear"]["top1"] = committed + 0.25
     done.write_text(json.dumps(record))
+    dataset = json.loads((out / "dataset.json").read_text())  # and raw videos other than the study's
+    dataset["fingerprint"]["raw"]["sha256"] = "f" * 64
+    (out / "dataset.json").write_text(json.dumps(dataset))
     result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--device", "cpu", "--verify",
                                       "--stage", "runs/scratch/seed0/probe-xview", "--tolerance", "0.1"])
     assert result.exit_code == 1
     assert f"| linear.top1 | {committed + 0.25:.6g} | {committed:.6g} | -0.25 |" in result.output
-    assert "NOT reproduced: linear.top1 differ" in result.output
+    assert "NOT reproduced: data: raw sha256, linear.top1 differ" in result.output
     wrong = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--verify", "--stage",
                                      "runs/scratch/seed7/probe-xview", "--device", "cpu"])
     assert wrong.exit_code == 1 and "arm scratch runs seeds [0, 1]" in wrong.output

@@ -133,6 +133,22 @@ def _digest(data: dict[str, Any], what: str) -> str | None:
     return data.get(what, {}).get("sha256")
 
 
+def comparison(data_a: dict[str, Any], data_b: dict[str, Any], a: dict[str, float], b: dict[str, float],
+               keys: list[str], tolerance: float) -> tuple[list[tuple[str, Any, Any, str]], list[str]]:
+    """Table rows (data digests, then the numbers ``keys``) and the names of those that differ: a digest
+    one side never recorded decides nothing, a number the other side lacks differs."""
+    rows, failed = [], []
+    for what in ("shards", "raw"):
+        row, same = compare(f"data: {what} sha256", _digest(data_a, what), _digest(data_b, what), None)
+        rows.append(row)
+        failed += [] if same or None in row[1:3] else [row[0]]
+    for key in keys:
+        row, same = compare(key, a[key], b.get(key), tolerance)
+        rows.append(row)
+        failed += [] if same else [key]
+    return rows, failed
+
+
 def verify(plan: Plan, out: Path, env: DistEnv, stage: str | None, tolerance: float = 0.0,
            log: Callable[[str], None] = print) -> Verification:
     """Re-run ``stage`` of the study in ``out`` from scratch and compare it with what ``out`` holds."""
@@ -154,18 +170,10 @@ def verify(plan: Plan, out: Path, env: DistEnv, stage: str | None, tolerance: fl
             raise StudyError(f"{label}: the re-run finished without the stage (a plan other than the study's?)")
         new = numbers(done["result"])
         rerun_data = json.loads((study.out / DATASET_RECORD).read_text())
-    rows, failed = [], []
-    for what in ("shards", "raw"):
-        row, same = compare(f"data: {what} sha256", _digest(committed_data.get("fingerprint", {}), what),
-                            _digest(rerun_data["fingerprint"], what), None)
-        rows.append(row)
-        failed += [] if same or row[1] is None else [row[0]]  # a digest the study never recorded decides nothing
-    for metric in sorted(old):
-        row, same = compare(metric, old[metric], new.get(metric), tolerance)
-        rows.append(row)
-        failed += [] if same else [metric]
+    rows, failed = comparison(committed_data.get("fingerprint", {}), rerun_data["fingerprint"], old, new, sorted(old),
+                              tolerance)
     log(f"committed numbers from {source}")
-    committed_fp = json.loads((out / RESULTS).read_text()).get("fingerprint") if (out / RESULTS).is_file() else None
+    committed_fp = json.loads((out / RESULTS).read_text()).get("fingerprint")
     machine = (differences(committed_fp["numerics"], machine_now) if committed_fp
                else [("fingerprint", "not recorded in the committed results.json", "-")])
     return Verification(label, rows, machine, tolerance, failed)
@@ -190,20 +198,12 @@ def compare_studies(mine: Path, other: Path, tolerance: float = 0.0) -> Verifica
     """Two finished studies side by side: data digests, the per-seed numbers both have, fingerprints."""
     a, b = study_results(mine), study_results(other)
     fa, fb = a.get("fingerprint") or {}, b.get("fingerprint") or {}
-    rows, failed = [], []
-    for what in ("shards", "raw"):
-        row, same = compare(f"data: {what} sha256", _digest(fa.get("data", {}), what), _digest(fb.get("data", {}), what),
-                            None)
-        rows.append(row)
-        failed += [] if same or None in row[1:3] else [row[0]]
     na, nb = seed_numbers(a), seed_numbers(b)
-    for metric in sorted(set(na) & set(nb)):
-        row, same = compare(metric, na[metric], nb[metric], tolerance)
-        rows.append(row)
-        failed += [] if same else [metric]
+    both = sorted(set(na) & set(nb))
+    rows, failed = comparison(fa.get("data", {}), fb.get("data", {}), na, nb, both, tolerance)
     machine = (differences(fa["numerics"], fb["numerics"]) if "numerics" in fa and "numerics" in fb
                else [("fingerprint", "recorded" if fa else "not recorded", "recorded" if fb else "not recorded")])
-    return Verification(f"{len(set(na) & set(nb))} numbers both hold", rows, machine, tolerance, failed,
+    return Verification(f"{len(both)} numbers both hold", rows, machine, tolerance, failed,
                         columns=(str(mine), str(other)), machines=f"{mine} against {other}")
 
 
