@@ -122,7 +122,9 @@ def compare(name: str, old: Any, new: Any, tolerance: float | None) -> tuple[tup
     """One table row and whether it is within tolerance (None: must be equal)."""
     if old == new:
         return (name, old, new, "identical"), True
-    if tolerance is None or old is None or new is None:
+    if old is None or new is None:
+        return (name, old, new, "one side not recorded"), False
+    if tolerance is None:
         return (name, old, new, "differs"), False
     diff = new - old
     return (name, old, new, f"{diff:+.6g}"), math.isfinite(diff) and abs(diff) <= tolerance
