@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mv2mae.cli import app
 from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.fingerprint import FINGERPRINT_FILE, shards_digest
 from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
 from mv2mae.model.checkpoint import load_checkpoint
@@ -95,6 +96,10 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert [json.loads(line)["step"] for line in (pre / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert (pre / "recon" / "step-00000004.png").is_file() and (pre / "config.yaml").is_file()
     assert list((pre / "tb").iterdir())
+    # what the run computed on: its shards' digest and the machine, once per start on a different machine
+    digest = shards_digest(synth_data)
+    starts = json.loads((pre / FINGERPRINT_FILE).read_text())
+    assert [s["step"] for s in starts] == [0] and starts[0]["data"]["shards"] == digest
     refused = CliRunner().invoke(app, ["pretrain", "--config", "tiny", "--data", str(synth_data), "--out", str(pre)])
     assert refused.exit_code == 1 and "--resume auto" in refused.output
 
@@ -134,6 +139,8 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     invoke("probe", "--checkpoint", pre / "checkpoints" / "lowest-train-loss.pt", "--method", "knn", "--out", probe,
            "--clips", "1", "--crops", "1", "--workers", "1")
     assert json.loads((probe / "results.json").read_text())["method"] == "knn"
+    assert res["fingerprint"]["data"]["shards"] == digest
+    assert json.loads((probe / "results.json").read_text())["fingerprint"]["data"]["shards"] == digest
 
     timings = tmp_path / "timings.txt"
     timings.write_text("pretrain 1.5\nfinetune 2\n")
@@ -143,6 +150,7 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert f"The finetuned model was {res['training']['summary']}." in report
     assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
     assert "mean over classes" in report and f"best-val-top1.pt = step {best['step']}" in report
+    assert f"Computed on: shards sha256 {digest['sha256'][:12]}" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
         assert (tmp_path / "r" / png).is_file(), png
     assert "What pretraining contributed" not in report

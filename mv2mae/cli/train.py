@@ -212,6 +212,7 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+    from mv2mae.data.fingerprint import fingerprint
     from mv2mae.eval.evaluate import evaluate, training_protocol, write_results
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.schema import read_index
@@ -224,6 +225,7 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
         results["training"] = training_protocol(ckpt, checkpoint)
         if env.is_main:
+            results["fingerprint"] = fingerprint(d.root)
             out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
             path, table, png = write_results(results, videos, out)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
@@ -233,6 +235,7 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
 
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+    from mv2mae.data.fingerprint import fingerprint
     from mv2mae.eval.probe import run_probe
     from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
     from mv2mae.shards.schema import read_index
@@ -245,6 +248,7 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
         results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]
         results["classes"] = classes
         if env.is_main:
+            results["fingerprint"] = fingerprint(d.root)
             out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
             write_json(out / "results.json", results)
             _print_results(results, f"{method} probe of {checkpoint} on {d.protocol}")

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import summary
 from mv2mae.train.logs import read_log
 
 
@@ -161,6 +162,8 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
     if "training" in results:
         lines += [f"The finetuned model was {results['training']['summary']}.", ""]
     lines += _timings(timings)
+    if "fingerprint" in results:
+        lines += [f"Computed on: {summary(results['fingerprint'])}.", ""]
     lines += ["## Accuracy", ""] + _accuracy_table(results)
     if len(results["per_camera"]) == 1:
         lines += ["", "(One test camera: the fused score equals that camera's.)"]

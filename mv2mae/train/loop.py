@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import record_run_fingerprint
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
@@ -201,6 +202,7 @@ class Trainer:
             for stale in ckpt_io.remove_stale(self.run_dir):
                 log.print(f"removed {stale}, left by a checkpoint write that did not finish")
             (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            record_run_fingerprint(self.run_dir, self.cfg.data.root, self.step)
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
             log.print(self.data.describe())
