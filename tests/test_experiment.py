@@ -16,7 +16,7 @@ from mv2mae.data import fingerprint
 from mv2mae.experiment.plan import PLAN_DIR, PlanError, load_plan
 from mv2mae.experiment.report import shown_source
 from mv2mae.experiment.results import paired, summarize
-from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, stage_names
+from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, prepare_dataset, stage_names
 from mv2mae.experiment.verify import compare
 from mv2mae.shards.schema import read_index
 from mv2mae.train.logs import read_log
@@ -293,3 +293,18 @@ def test_compare_sets_two_finished_studies_side_by_side(study, tmp_path):
     assert f"| mv2mae/seed1/xsub/knn | {mine:.6g} | {mine + 0.5:.6g} | +0.5 |" in differ.output
     assert "environment.OPENBLAS_CORETYPE:" in differ.output and "-> Prescott" in differ.output
     assert "NOT reproduced: mv2mae/seed1/xsub/knn differ" in differ.output
+
+
+def test_a_dataset_folder_other_than_the_plans_pinned_shards_is_refused(study, tmp_path):
+    """The plan pins its dataset's shard digest: a folder left by other code (what the first cross-view study
+    read, issue 24) is refused before any stage runs, and the right digest passes."""
+    base, _, _ = study
+    digest = fingerprint.shards_digest(base / "data")["sha256"]
+    spec = tiny_plan(base)["dataset"]
+    wrong = write_plan(tmp_path / "wrong.yaml", tiny_plan(base, dataset={**spec, "shards_sha256": "ab" * 32}))
+    result = CliRunner().invoke(app, ["experiment", "--plan", wrong, "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert result.exit_code == 1 and f"shards sha256 {digest[:12]}, the plan's dataset.shards_sha256 is abababab" \
+        in result.output.replace("\n", "")
+    assert not (tmp_path / "a" / "runs").exists()
+    right = write_plan(tmp_path / "right.yaml", tiny_plan(base, dataset={**spec, "shards_sha256": digest}))
+    assert prepare_dataset(load_plan(right), tmp_path / "b", print) == base / "data"

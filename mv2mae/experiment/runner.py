@@ -111,6 +111,7 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
         if made["spec"] != spec:
             raise StudyError(f"{out} was made on another dataset ({record}: {made['spec']}); choose another --out")
         check_same_shards(made, data, record, log)
+        check_expected_shards(spec, data)
         return data
     workers = int(spec.get("workers", 0))
     truth = raw / GROUND_TRUTH
@@ -129,9 +130,25 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
     if truth.is_file():
         log(f"preprocessing {raw} into {data} (resumes; nothing to do when finished)")
         preprocess("synth", raw, data, workers=workers, progress=False, **spec.get("preprocess", {}))
+    check_expected_shards(spec, data)
     write_json_atomic(record, {"spec": spec, "groups": read_index(data).groups,
                                "fingerprint": data_fingerprint(data, raw)})
     return data
+
+
+def check_expected_shards(spec: dict[str, Any], data: Path) -> None:
+    """The shards are the ones the plan was run on (``dataset.shards_sha256``, the digest of
+    :func:`shards_digest`). Rendering and preprocessing are bit-stable for the pinned tool versions
+    (tests/test_golden_digests.py), so another digest means the folder was made by other code or other
+    tools: the first published cross-view study read a folder left by an earlier version (issue 24)."""
+    want = spec.get("shards_sha256")
+    if want is None:
+        return
+    now = shards_digest(data)["sha256"]
+    if now != want:
+        raise StudyError(f"{data}: shards sha256 {now[:12]}, the plan's dataset.shards_sha256 is {want[:12]}: the folder "
+                         f"was made by another version of mv2mae or of its data libraries (constraints.txt); delete "
+                         f"{data} (and its raw folder) to render it again, or set dataset.dir and dataset.raw elsewhere")
 
 
 def check_same_shards(made: dict[str, Any], data: Path, record: Path, log: Callable[[str], None]) -> None:
