@@ -118,9 +118,15 @@ class GroupTable:
         return self.spans[2 * i], self.spans[2 * i + 1]
 
 
-def read_member(fd: int, span: tuple[int, int], where: str, member: str) -> bytes:
-    """The bytes of one member at ``span`` (from a table) with one positioned read of file ``fd``."""
+MAX_MEMBER_BYTES = 64 << 20  # a stored frame is tens of KB, a group's metadata a few: the bound before reading
+
+
+def read_member(fd: int, span: tuple[int, int], where: str, member: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of one member at ``span`` (from a table) with one positioned read of file ``fd``; a
+    member larger than ``limit`` is refused before anything is allocated for it."""
     offset, size = span
+    if size > limit:
+        raise ContractError(f"{where}: member {member} is {size} bytes, more than the {limit} allowed")
     try:
         data = os.pread(fd, size, offset)
     except OSError as e:
