@@ -75,6 +75,7 @@ _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FRAME_EXT_RE = re.compile(r"^c(\d{3})\.f(\d{4})\.jpg$")
 _SHARD_RE = re.compile(r"^[A-Za-z0-9_\-]+\.tar$")  # ``shard_name``'s output: a plain file name in DIR
 MAX_CAMERA = 999  # camera ids are written with three digits in member names
+MAX_VIEW_FRAMES = 10_000  # stored frame numbers are written with four digits
 
 
 def check_key(key: str) -> str:
@@ -225,7 +226,7 @@ _META_TYPES = {
     "setup": lambda v: v is None or _is_int(v), "replication": lambda v: v is None or _is_int(v),
     "label_name": lambda v: isinstance(v, str),
     "crop": _str_map(lambda x: x is None or (_int_list(x) and len(x) == 4)),
-    "view_frames": _str_map(lambda x: _is_int(x) and x >= 1), "offsets": _str_map(_is_int),
+    "view_frames": _str_map(lambda x: _is_int(x) and 1 <= x <= MAX_VIEW_FRAMES), "offsets": _str_map(_is_int),
     "source_start": _str_map(_is_int), "motion_rows": _str_map(lambda x: _is_int(x) and x >= 0),
     "source": _str_map(lambda x: isinstance(x, str)), "extra": lambda v: isinstance(v, dict),
 }

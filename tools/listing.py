@@ -50,7 +50,7 @@ def list_shards(root: str | Path) -> dict[str, Any]:
                  subjects=_ranges(s.subjects), setups=_ranges(s.setups), cameras=_ranges(s.cameras))
             for s in index.shards]
     return dict(dataset=index.dataset, shards=rows, groups=index.groups, bytes=sum(s.bytes for s in index.shards),
-                motion_bytes=dir_bytes(root / MOTION_STORE), motion=index.motion, classes=len(index.classes))
+                motion_bytes=dir_bytes(confined(root, MOTION_STORE, "motion store")), motion=index.motion, classes=len(index.classes))
 
 
 def protocol_counts(root: str | Path, protocol: str, val_by: str = "subject",
