@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from fixtures_data import session_synth_data
+from fixtures_data import SHORT_SIDE, session_synth_data
 from train_helpers import TINY_MODEL, tiny_config
 from typer.testing import CliRunner
 
@@ -40,6 +40,7 @@ from mv2mae.preprocess.decode import (
     ffmpeg_exe,
     probe,
 )
+from mv2mae.preprocess.pipeline import PreprocessError, run
 from mv2mae.shards.motion import write_shard_motion
 from mv2mae.shards.reader import BadSampleLimit
 from mv2mae.shards.schema import ContractError, read_index
@@ -147,6 +148,18 @@ def test_merge_moves_nothing_from_outside_the_folders_it_merges(data, tmp_path):
     assert (elsewhere / f"{name}.json").read_text() == "theirs" and (part / name).is_file()
 
 
+def test_a_resumed_preprocessing_takes_no_shard_name_from_a_run_record(data, tmp_path_factory):
+    """A run record names its shard; that name goes into the index, so it must be the record's own."""
+    name = read_index(data).shards[0].name
+    record = data / ".state" / f"{name}.json"
+    obj = json.loads(record.read_text())
+    obj["entry"]["name"] = "../victim.tar"
+    record.write_text(json.dumps(obj))
+    raw = session_synth_data(tmp_path_factory).parent / "raw"
+    with pytest.raises(PreprocessError, match=f"not the run record of shard {name}"):
+        run("synth", raw, data, size=SHORT_SIDE, workers=1)
+
+
 def test_manifest_video_paths_stay_inside_the_manifest_folder(tmp_path):
     (tmp_path / "set").mkdir()
     (tmp_path / "secret.mp4").write_bytes(b"not yours")
@@ -185,7 +198,7 @@ def _bomb_header(jpeg: bytes) -> bytes:
 def test_a_frame_that_is_no_jpeg_of_the_stored_size_is_a_bad_group_on_both_decode_paths(data, decode_on):
     """PNG and WebP of the right size, and a JPEG whose header declares 60000x60000: each group is skipped and
     counted, on the workers' path and on the device path (decoding on the CPU here, as CI runs it), never
-    decoded, and ``verify`` names each."""
+    decoded; ``verify`` names each, and ``show`` refuses in one line."""
     shard = read_index(data).shards[0]
     first = _member(data / shard.name, f"{shard.keys[0]}.c001.f0000.jpg")
     image = cv2.imdecode(np.frombuffer(first, np.uint8), cv2.IMREAD_COLOR)
@@ -205,6 +218,8 @@ def test_a_frame_that_is_no_jpeg_of_the_stored_size_is_a_bad_group_on_both_decod
         _, problems = verify(data)
         assert any("declares 60000x60000, beyond the 4096-pixel bound (not decoded)" in p for p in problems)
         assert any(f"{shard.keys[0]}.c001.f0000.jpg is not a JPEG" in p for p in problems)
+        out = _cli("shards", "show", data, shard.keys[2], "--out", data.parent / "m.png")
+        assert "is 60000x60000 by its header" in out
 
 
 def test_manifest_numbers_are_bounded_before_anything_is_sized_by_them(tmp_path):

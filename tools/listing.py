@@ -107,10 +107,10 @@ def dataset_stats(root: str | Path, bins: int = 8) -> dict[str, Any]:
     shards = track(index.shards, description="reading group metadata", console=Console(stderr=True), transient=True)
     metas = [m for s in shards for m in iter_metas(confined(root, s.name, "shard"))]
     cameras = sorted({c for m in metas for c in m.cameras})
-    per_class = {index.classes[m.label] if m.label < len(index.classes) else str(m.label): None for m in metas}
+    per_class = {index.classes[m.label] if 0 <= m.label < len(index.classes) else str(m.label): None for m in metas}
     table = {name: {str(c): 0 for c in cameras} for name in sorted(per_class)}
     for m in metas:
-        name = index.classes[m.label] if m.label < len(index.classes) else str(m.label)
+        name = index.classes[m.label] if 0 <= m.label < len(index.classes) else str(m.label)
         for c in m.cameras:
             table[name][str(c)] += 1
     frames = np.array([m.frames for m in metas] or [0])
