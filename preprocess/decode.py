@@ -5,6 +5,11 @@ rate and scales *inside* ffmpeg, so a 1080p frame never crosses the pipe — onl
 does. ``opencv`` decodes full frames in-process and resizes them with ``INTER_AREA``; it is the
 fallback when the ffmpeg binary is unavailable. ``mv2mae bench preprocess`` measures both on 1080p
 H.264; the default is the faster one there.
+
+A variable-frame-rate video (phones record so) is resampled by its frames' own presentation times, read
+from the container without decoding (:func:`variable_frame_times`), on both backends: its header's rate
+and frame count may be nominal ones that no frame follows. Sizes are bounded before anything is
+allocated: stored frames at most ``MAX_FRAME_SIDE`` a side, a view at most ``MAX_VIEW_FRAMES`` frames.
 """
 
 from __future__ import annotations

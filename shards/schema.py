@@ -74,6 +74,7 @@ META_EXT = "json"
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FRAME_EXT_RE = re.compile(r"^c(\d{3})\.f(\d{4})\.jpg$")
 _SHARD_RE = re.compile(r"^[A-Za-z0-9_\-]+\.tar$")  # ``shard_name``'s output: a plain file name in DIR
+_CAMERA_SET_RE = re.compile(r"^\d+(,\d+)*$")  # ``camera_set_key``'s output
 MAX_CAMERA = 999  # camera ids are written with three digits in member names
 MAX_VIEW_FRAMES = 10_000  # stored frame numbers are written with four digits
 
@@ -333,7 +334,8 @@ _ENTRY_TYPES = {
     "name": lambda v: isinstance(v, str) and bool(_SHARD_RE.match(v)), "partition": lambda v: isinstance(v, str),
     "samples": lambda v: _is_int(v) and v >= 0, "bytes": lambda v: _is_int(v) and v >= 0,
     "sha256": lambda v: isinstance(v, str), "subjects": _int_list, "setups": _int_list, "cameras": _int_list,
-    "camera_sets": _str_map(lambda x: _is_int(x) and x >= 0), "keys": _str_list,
+    "camera_sets": lambda v: _str_map(lambda x: _is_int(x) and x >= 0)(v) and all(_CAMERA_SET_RE.match(k) for k in v),
+    "keys": _str_list,
 }
 _LAYOUT_PLACE = ("azimuth", "height")
 
