@@ -171,27 +171,37 @@ def conform_views(infos: list[VideoInfo], boxes: list[list[int]], short_side: in
     first view's on a tie) and, per view, its crop box (source pixels, after rotation) trimmed to the
     group's aspect ratio — the most common one among the boxes — or why the crop policy cannot serve the
     view: a box whose aspect ratio differs by more than ``ASPECT_TOLERANCE`` (a portrait phone beside
-    landscape cameras under ``--crop none``). Every kept view is then cropped, scaled and resampled to
-    the same size and rate by the decoder."""
+    landscape cameras under ``--crop none``), or one whose own stored frames would exceed
+    ``MAX_FRAME_SIDE`` (a 16000x2 video would ask for 1,280,000x160 frames), which takes no part in
+    choosing the group's ratio. Every kept view is then cropped, scaled and resampled to the same size and
+    rate by the decoder."""
     if not infos:
         return (0, 0), float(fps or 0.0), []
     rates = Counter(round(i.fps, 2) for i in infos)
     rate = fps or max(infos, key=lambda i: (rates[round(i.fps, 2)], -infos.index(i))).fps
-    aspects = Counter(round(_aspect(b), 2) for b in boxes)
-    reference = max(boxes, key=lambda b: (aspects[round(_aspect(b), 2)], -boxes.index(b)))
+    oversized = [_oversized(box, short_side) for box in boxes]
+    usable = [b for b, why in zip(boxes, oversized, strict=True) if why is None]
+    if not usable:
+        return (0, 0), float(rate), oversized
+    aspects = Counter(round(_aspect(b), 2) for b in usable)
+    reference = max(usable, key=lambda b: (aspects[round(_aspect(b), 2)], -usable.index(b)))
     planned: list[tuple[int, int, int, int] | str] = []
-    for info, box in zip(infos, boxes, strict=True):
-        fitted = fit_aspect(box, _aspect(reference))
-        planned.append(tuple(fitted) if fitted is not None else
+    for info, box, why in zip(infos, boxes, oversized, strict=True):
+        fitted = fit_aspect(box, _aspect(reference)) if why is None else None
+        planned.append(why or (tuple(fitted) if fitted is not None else
                        f"{box[2] - box[0]}x{box[3] - box[1]} crop of a {info.width}x{info.height} view does not fit "
                        f"the group's aspect ratio {_aspect(reference):.3f} (more than {ASPECT_TOLERANCE:.0%} off): "
-                       f"the crop policy cannot serve it (--crop center or person can)")
-    size = stored_size(list(reference), short_side)
-    if max(size) > MAX_FRAME_SIDE:  # a 16000x2 video would ask for 1,280,000x160 frames
-        planned = [f"its stored frames would be {size[0]}x{size[1]} (the group's aspect ratio "
-                   f"{_aspect(reference):.3g} at short side {short_side}), beyond the {MAX_FRAME_SIDE}-pixel bound"
-                   for _ in planned]
-    return size, float(rate), planned
+                       f"the crop policy cannot serve it (--crop center or person can)"))
+    return stored_size(list(reference), short_side), float(rate), planned
+
+
+def _oversized(box: list[int], short_side: int) -> str | None:
+    """Why ``box`` cannot be stored at ``short_side`` within ``MAX_FRAME_SIDE`` (None: it can)."""
+    width, height = stored_size(box, short_side)
+    if max(width, height) <= MAX_FRAME_SIDE:
+        return None
+    return (f"its stored frames would be {width}x{height} (a {box[2] - box[0]}x{box[3] - box[1]} view at short side "
+            f"{short_side}), beyond the {MAX_FRAME_SIDE}-pixel bound")
 
 
 def _aspect(box: list[int] | tuple[int, ...]) -> float:

@@ -240,8 +240,11 @@ def test_manifest_numbers_are_bounded_before_anything_is_sized_by_them(tmp_path)
 
 
 def test_a_video_of_absurd_shape_or_length_is_a_per_video_failure(tmp_path):
-    size, _, planned = conform_views([VideoInfo(16000, 2, 30.0, 10)], [[0, 0, 16000, 2]], 160, None)
-    assert size == (1280000, 160) and "beyond the 4096-pixel bound" in planned[0]
+    views = [VideoInfo(16000, 2, 30.0, 10), VideoInfo(64, 48, 30.0, 10)]
+    size, _, planned = conform_views(views, [[0, 0, 16000, 2], [0, 0, 64, 48]], 160, None)
+    assert planned[0] == "its stored frames would be 1280000x160 (a 16000x2 view at short side 160), beyond the " \
+                         "4096-pixel bound"
+    assert size == (213, 160) and planned[1] == (0, 0, 64, 48)  # the other view is kept, at its own ratio
     video = tmp_path / "v.avi"
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 30.0, (16, 16))
     for _ in range(3):
