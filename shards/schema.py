@@ -43,6 +43,11 @@ Cameras: ``index.json``'s ``layout`` places the dataset's cameras ({cam: {"azimu
 reads it (``mv2mae.data.sampling.choose_views``). ``ShardEntry.camera_sets`` counts a shard's groups
 by the cameras they hold, so a protocol knows how many groups can form a multi-view sample without
 reading one.
+
+Nothing in a directory is trusted: this module refuses what has the wrong type as it parses (shard
+names are plain ``<partition>-<seq>.tar`` file names, numbers finite, ids and sizes within the bounds
+above), :mod:`mv2mae.shards.untrusted` confines names and bounds JSON and JPEG headers, and
+:mod:`mv2mae.shards.contract` checks what is typed right but wrong together.
 """
 
 from __future__ import annotations
