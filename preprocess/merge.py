@@ -8,12 +8,12 @@ into the destination first. Parts must agree on every output option but ``part``
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 from mv2mae.shards.schema import FAILURES_FILE, INDEX_FILE, MOTION_STORE, DatasetIndex, write_index
+from mv2mae.shards.untrusted import MAX_INDEX_BYTES, confined, read_json_file
 
 PART_RE = re.compile(r"^index\.part-(\d{3})-of-(\d{3})\.json$")
 
@@ -27,7 +27,7 @@ def _indexes(src: Path) -> list[tuple[Path, DatasetIndex]]:
     paths = parts or ([src / INDEX_FILE] if (src / INDEX_FILE).is_file() else [])
     if not paths:
         raise MergeError(f"{src}: no index.json and no index.part-*.json — not a preprocessed directory")
-    return [(p, DatasetIndex.from_dict(json.loads(p.read_text()), where=str(p))) for p in paths]
+    return [(p, DatasetIndex.from_dict(read_json_file(p, MAX_INDEX_BYTES), where=str(p))) for p in paths]
 
 
 def _failures_of(index_path: Path) -> Path:
@@ -59,12 +59,14 @@ def _check_compatible(found: list[tuple[Path, DatasetIndex]]) -> int:
 
 
 def _moves(src: Path, dest: Path, ix: DatasetIndex) -> list[tuple[Path, Path]]:
-    """(source, destination) of every file and motion sub-group of ``ix``'s shards that must move."""
+    """(source, destination) of every file and motion sub-group of ``ix``'s shards that must move; the
+    names come from a part's index, so each must stay inside its folder on both sides."""
     moves = []
     for entry in ix.shards:
         for rel in (entry.name, f"{MOTION_STORE}/{entry.name[:-4]}", f".state/{entry.name}.json"):
-            if (src / rel).exists():
-                moves.append((src / rel, dest / rel))
+            source = confined(src, rel, "shard file")
+            if source.exists():
+                moves.append((source, confined(dest, rel, "shard file")))
     return moves
 
 

@@ -214,14 +214,17 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
     from mv2mae.data.fingerprint import fingerprint
     from mv2mae.eval.evaluate import evaluate, training_protocol, write_results
+    from mv2mae.eval.guards import require_dataset_classes, require_finite_weights
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env, _rank_named(env):
         ckpt = load_checkpoint(checkpoint)
         model = load_classifier(ckpt, str(checkpoint)).to(env.device).eval()
+        require_finite_weights(model, str(checkpoint))
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
-        classes = ckpt.get("classes") or read_index(d.root).classes
+        classes = require_dataset_classes(ckpt.get("classes"), model.num_classes, read_index(d.root).classes,
+                                          str(checkpoint), d.root)
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
         results["training"] = training_protocol(ckpt, checkpoint)
         if env.is_main:
@@ -236,6 +239,7 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
     from mv2mae.data.fingerprint import fingerprint
+    from mv2mae.eval.guards import require_finite_weights
     from mv2mae.eval.probe import run_probe
     from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
     from mv2mae.shards.schema import read_index
@@ -243,6 +247,7 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
     with reported(*_run_errors()), _process_group(device) as env, _rank_named(env):
         ckpt = load_checkpoint(checkpoint)
         model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
+        require_finite_weights(model, str(checkpoint))  # a probe fits its own head: the classes are the data's
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         classes = read_index(d.root).classes
         results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]

@@ -24,6 +24,7 @@ from torch import nn
 from mv2mae.config import RunConfig
 from mv2mae.data.config import DataConfig
 from mv2mae.data.loaders import build_eval_loader
+from mv2mae.eval.guards import require_finite_scores
 from mv2mae.eval.metrics import aggregate, video_predictions
 from mv2mae.model.config import ModelConfig
 from mv2mae.train.checkpoint import BEST_VAL_TOP1, BEST_VAL_TOP1_EMA
@@ -102,6 +103,7 @@ def evaluate(model: nn.Module, data: DataConfig, env: DistEnv, class_names: list
     if not rows["out"]:
         raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no test clips")
     probs = np.asarray(rows["out"])
+    require_finite_scores(probs, f"{data.root} ({data.protocol} {split})")
     ids = (rows["video_id"], rows["key"], rows["camera"], rows["label"])
     results = aggregate(probs, *ids, num_classes=len(class_names))
     results.update(protocol=data.protocol, split=split, data=str(data.root), clips_per_video=data.eval_clips,
