@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # torch is installed first and explicitly: on this project's machines 2.14.1 + 0.29.1 is the pair that
 # works with timm (override TORCH_SPEC for another platform, e.g. TORCH_SPEC="torch torchvision").
+# constraints.txt pins the libraries the data's bytes depend on (tests/test_golden_digests.py).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 WORKERS ?= 2
 export HF_HUB_OFFLINE := 1
@@ -12,10 +13,10 @@ export PYTHONUNBUFFERED := 1
 
 .PHONY: setup demo test bench gpu-check lint preprocess pretrain finetune experiment clean-venv
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e '.[test,interop]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,interop]'
 	touch $@
 
 setup: $(STAMP)

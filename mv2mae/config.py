@@ -162,6 +162,10 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ConfigError(f"stage={self.stage!r} must be one of {STAGES}")
+        # the cross-view decoder is built only where the loss uses it (DDP needs every parameter in the loss)
+        cross_view = self.data.num_sources > 0 and self.model.lambda_cross != 0
+        if self.model.cross_view != cross_view:
+            self.model = self.model.with_(cross_view=cross_view)
 
     @property
     def motion_tau(self) -> float:

@@ -5,13 +5,18 @@ rate and scales *inside* ffmpeg, so a 1080p frame never crosses the pipe — onl
 does. ``opencv`` decodes full frames in-process and resizes them with ``INTER_AREA``; it is the
 fallback when the ffmpeg binary is unavailable. ``mv2mae bench preprocess`` measures both on 1080p
 H.264; the default is the faster one there.
+
+A variable-frame-rate video (phones record so) is resampled by its frames' own presentation times, read
+from the container without decoding (:func:`variable_frame_times`), on both backends: its header's rate
+and frame count may be nominal ones that no frame follows. Sizes are bounded before anything is
+allocated: stored frames at most ``MAX_FRAME_SIDE`` a side, a view at most ``MAX_VIEW_FRAMES`` frames.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +26,8 @@ import imageio_ffmpeg
 import numpy as np
 
 from mv2mae.preprocess.crop import ASPECT_TOLERANCE, fit_aspect, stored_size
+from mv2mae.shards.schema import MAX_VIEW_FRAMES
+from mv2mae.shards.untrusted import MAX_FRAME_SIDE
 
 BACKENDS = ("ffmpeg", "opencv")
 # ``mv2mae bench preprocess``, 1080p H.264 -> 284x160, one process: ffmpeg 42.9-59.2 frames/s, OpenCV
@@ -32,6 +39,9 @@ MIN_DECODED_FRACTION = 0.9  # fewer decoded frames than this share of the header
 # into one (a valid 10-frame MKV reads as 12)
 HEADER_SLACK = 2
 MIN_VIEW_FRACTION = 0.5  # a view shorter than this share of its group's longest view is left out
+# frame intervals that differ from their median by more than this share (and more than a tick and a half
+# of the container's clock, which rounds them) make a video variable-frame-rate
+VFR_TOLERANCE = 0.05
 
 
 class DecodeError(RuntimeError):
@@ -42,8 +52,10 @@ class DecodeError(RuntimeError):
 class VideoInfo:
     width: int
     height: int
-    fps: float
+    fps: float  # a variable-frame-rate video's average rate
     frames: int  # as the container header says (may be approximate for damaged files)
+    # presentation times (s, from 0) of every frame of a variable-frame-rate video; None: constant rate
+    times: tuple[float, ...] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -103,9 +115,51 @@ def probe(path: Path, image_fps: float = 30.0) -> VideoInfo:
         cap.release()
     if w <= 0 or h <= 0:
         raise DecodeError("no video stream (zero frame size)")
+    times = variable_frame_times(path)
+    if times is not None:  # the header's rate and count may be the container's nominal ones: use the times
+        return VideoInfo(w, h, (len(times) - 1) / times[-1], len(times), times)
     if not fps or fps <= 0 or fps > 1000:
         raise DecodeError(f"no usable frame rate in the header ({fps})")
     return VideoInfo(w, h, fps, max(n, 0))
+
+
+def frame_times(path: Path) -> tuple[np.ndarray, float] | None:
+    """(presentation times in seconds, sorted, one per frame; the container's clock tick) of the first
+    video stream, read from the packets without decoding them (a stream copy into ffmpeg's ``framemd5``
+    listing); None when the container gives no times."""
+    cmd = (ffmpeg.input(str(path)).video.output("pipe:", c="copy", f="framemd5")
+           .global_args("-nostdin", "-loglevel", "error"))
+    try:
+        listing, _ = cmd.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True)
+    except ffmpeg.Error:
+        return None
+    tick, pts = None, []
+    for line in listing.decode(errors="replace").splitlines():
+        if line.startswith("#tb 0:"):
+            num, _, den = line.split(":", 1)[1].strip().partition("/")
+            tick = int(num) / int(den) if den.isdigit() and int(den) > 0 and num.isdigit() else None
+        elif line and not line.startswith("#"):
+            fields = [f.strip() for f in line.split(",")]
+            if len(fields) > 2 and fields[2].lstrip("-").isdigit():
+                pts.append(int(fields[2]))
+    if tick is None or len(pts) < 2:
+        return None
+    times = np.sort(np.asarray(pts, np.float64)) * tick
+    return times - times[0], tick
+
+
+def variable_frame_times(path: Path) -> tuple[float, ...] | None:
+    """The frame times of ``path`` if its frame rate varies (phones record so: the interval follows the
+    exposure), else None (constant rate, or no times to tell)."""
+    found = frame_times(path)
+    if found is None:
+        return None
+    times, tick = found
+    steps = np.diff(times)
+    typical = float(np.median(steps))
+    if typical <= 0 or np.abs(steps - typical).max() <= max(VFR_TOLERANCE * typical, 1.5 * tick):
+        return None
+    return tuple(times.tolist())
 
 
 def conform_views(infos: list[VideoInfo], boxes: list[list[int]], short_side: int,
@@ -117,22 +171,37 @@ def conform_views(infos: list[VideoInfo], boxes: list[list[int]], short_side: in
     first view's on a tie) and, per view, its crop box (source pixels, after rotation) trimmed to the
     group's aspect ratio — the most common one among the boxes — or why the crop policy cannot serve the
     view: a box whose aspect ratio differs by more than ``ASPECT_TOLERANCE`` (a portrait phone beside
-    landscape cameras under ``--crop none``). Every kept view is then cropped, scaled and resampled to
-    the same size and rate by the decoder."""
+    landscape cameras under ``--crop none``), or one whose own stored frames would exceed
+    ``MAX_FRAME_SIDE`` (a 16000x2 video would ask for 1,280,000x160 frames), which takes no part in
+    choosing the group's ratio. Every kept view is then cropped, scaled and resampled to the same size and
+    rate by the decoder."""
     if not infos:
         return (0, 0), float(fps or 0.0), []
     rates = Counter(round(i.fps, 2) for i in infos)
     rate = fps or max(infos, key=lambda i: (rates[round(i.fps, 2)], -infos.index(i))).fps
-    aspects = Counter(round(_aspect(b), 2) for b in boxes)
-    reference = max(boxes, key=lambda b: (aspects[round(_aspect(b), 2)], -boxes.index(b)))
+    oversized = [_oversized(box, short_side) for box in boxes]
+    usable = [b for b, why in zip(boxes, oversized, strict=True) if why is None]
+    if not usable:
+        return (0, 0), float(rate), oversized
+    aspects = Counter(round(_aspect(b), 2) for b in usable)
+    reference = max(usable, key=lambda b: (aspects[round(_aspect(b), 2)], -usable.index(b)))
     planned: list[tuple[int, int, int, int] | str] = []
-    for info, box in zip(infos, boxes, strict=True):
-        fitted = fit_aspect(box, _aspect(reference))
-        planned.append(tuple(fitted) if fitted is not None else
+    for info, box, why in zip(infos, boxes, oversized, strict=True):
+        fitted = fit_aspect(box, _aspect(reference)) if why is None else None
+        planned.append(why or (tuple(fitted) if fitted is not None else
                        f"{box[2] - box[0]}x{box[3] - box[1]} crop of a {info.width}x{info.height} view does not fit "
                        f"the group's aspect ratio {_aspect(reference):.3f} (more than {ASPECT_TOLERANCE:.0%} off): "
-                       f"the crop policy cannot serve it (--crop center or person can)")
+                       f"the crop policy cannot serve it (--crop center or person can)"))
     return stored_size(list(reference), short_side), float(rate), planned
+
+
+def _oversized(box: list[int], short_side: int) -> str | None:
+    """Why ``box`` cannot be stored at ``short_side`` within ``MAX_FRAME_SIDE`` (None: it can)."""
+    width, height = stored_size(box, short_side)
+    if max(width, height) <= MAX_FRAME_SIDE:
+        return None
+    return (f"its stored frames would be {width}x{height} (a {box[2] - box[0]}x{box[3] - box[1]} view at short side "
+            f"{short_side}), beyond the {MAX_FRAME_SIDE}-pixel bound")
 
 
 def _aspect(box: list[int] | tuple[int, ...]) -> float:
@@ -151,6 +220,9 @@ def short_views(lengths: list[int]) -> list[str | None]:
 def decode(path: Path, info: VideoInfo, req: DecodeRequest, backend: str = DEFAULT_BACKEND) -> np.ndarray:
     """Decode ``path`` into RGB frames [T, H, W, 3] (uint8) shaped as ``req`` asks."""
     path = Path(path)
+    if expected_frames(info, req) > MAX_VIEW_FRAMES:
+        raise DecodeError(f"{expected_frames(info, req)} frames at {req.fps:g} fps, more than the {MAX_VIEW_FRAMES} "
+                          f"a stored view may hold (cut it with start/end)")
     if path.is_dir():
         frames = _decode_images(path, info, req)
     elif backend == "ffmpeg":
@@ -173,6 +245,8 @@ def expected_frames(info: VideoInfo, req: DecodeRequest) -> int:
 def _check_complete(frames: np.ndarray, info: VideoInfo, req: DecodeRequest) -> None:
     if len(frames) == 0:
         raise DecodeError("no frame could be decoded")
+    if len(frames) > MAX_VIEW_FRAMES:  # the header understated the length
+        raise DecodeError(f"more than the {MAX_VIEW_FRAMES} frames a stored view may hold (cut it with start/end)")
     want = expected_frames(info, req)
     if want and len(frames) + HEADER_SLACK < MIN_DECODED_FRACTION * want:
         raise DecodeError(f"truncated or damaged: decoded {len(frames)} of {want} expected frames")
@@ -197,10 +271,13 @@ def _decode_ffmpeg(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarra
         # exact: without it ffmpeg rounds x, y, width and height of 4:2:0 sources down to even values,
         # so an odd box (person crops) would be shifted against the box recorded in the metadata.
         stream = stream.crop(x0, y0, x1 - x0, y1 - y0, exact=1)
-    out_kwargs = {"format": "rawvideo", "pix_fmt": "rgb24"}
-    if _same_fps(req.fps, info.fps):
+    # one frame past the bound is enough to refuse the view (_check_complete), whatever the header said
+    out_kwargs = {"format": "rawvideo", "pix_fmt": "rgb24", "frames:v": MAX_VIEW_FRAMES + 1}
+    if _same_fps(req.fps, info.fps) and info.times is None:
         out_kwargs["fps_mode"] = "passthrough"  # keep every decoded frame exactly once
-    else:
+    else:  # resampled by the frames' own times: a variable-rate video too, even at its average rate
+        if info.times is not None and not (req.start or req.end is not None):
+            stream = stream.setpts("PTS-STARTPTS")
         stream = stream.filter("fps", fps=req.fps)
     stream = stream.filter("scale", width, height, flags="area")
     cmd = stream.output("pipe:", **out_kwargs).global_args("-nostdin", "-loglevel", "error")
@@ -223,6 +300,16 @@ def _resample_indices(n_src: int, src_fps: float, out_fps: float) -> list[int]:
     return [min(n_src - 1, int(np.floor(k * src_fps / out_fps + 0.5))) for k in range(n_out)]
 
 
+def _resample_times(times: np.ndarray, out_fps: float) -> list[int]:
+    """Source index for each output frame of a variable-rate video with frame ``times`` (s): each frame
+    takes the output slot nearest its time and holds it until the next frame's slot, the last of several
+    frames in one slot winning (the rule of ffmpeg's ``fps`` filter)."""
+    if len(times) == 0:
+        return []
+    slots = np.round((times - times[0]) * out_fps).astype(np.int64)
+    return (np.searchsorted(slots, np.arange(slots[-1] + 1), side="right") - 1).tolist()
+
+
 def _shape_frame(bgr: np.ndarray, req: DecodeRequest) -> np.ndarray:
     x0, y0, x1, y1 = req.box
     crop = bgr[y0:y1, x0:x1]
@@ -236,7 +323,9 @@ def _decode_opencv(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarra
     if not cap.isOpened():
         raise DecodeError("not a readable video (OpenCV could not open it)")
     start = req.start or 0
-    limit = (req.end if req.end is not None else 1 << 30) - start
+    # source frames enough for the most a stored view may hold: a lying header cannot fill the memory
+    bound = int(MAX_VIEW_FRAMES * max(1.0, info.fps / req.fps)) + HEADER_SLACK + 1
+    limit = min((req.end if req.end is not None else 1 << 30) - start, bound)
     if start:
         cap.set(cv2.CAP_PROP_POS_FRAMES, start)
     shaped: list[np.ndarray] = []
@@ -248,7 +337,10 @@ def _decode_opencv(path: Path, info: VideoInfo, req: DecodeRequest) -> np.ndarra
             shaped.append(_shape_frame(bgr, req))
     finally:
         cap.release()
-    idx = _resample_indices(len(shaped), info.fps, req.fps)
+    if info.times is not None:
+        idx = _resample_times(np.asarray(info.times[start:start + len(shaped)]), req.fps)
+    else:
+        idx = _resample_indices(len(shaped), info.fps, req.fps)
     if not idx:
         return np.zeros((0, req.size[1], req.size[0], 3), np.uint8)
     return np.stack([shaped[i] for i in idx])

@@ -9,7 +9,6 @@ into the destination, indexed there, and then removed from the sources (``keep_s
 from __future__ import annotations
 
 import filecmp
-import json
 import os
 import re
 import shutil
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from mv2mae.shards.atomic import sync_file, temporary_name, write_atomic, writing
 from mv2mae.shards.schema import FAILURES_FILE, INDEX_FILE, MOTION_STORE, DatasetIndex, write_index
+from mv2mae.shards.untrusted import MAX_INDEX_BYTES, confined, read_json_file
 
 PART_RE = re.compile(r"^index\.part-(\d{3})-of-(\d{3})\.json$")
 
@@ -30,7 +30,7 @@ def _indexes(src: Path) -> list[tuple[Path, DatasetIndex]]:
     paths = parts or ([src / INDEX_FILE] if (src / INDEX_FILE).is_file() else [])
     if not paths:
         raise MergeError(f"{src}: no index.json and no index.part-*.json — not a preprocessed directory")
-    return [(p, DatasetIndex.from_dict(json.loads(p.read_text()), where=str(p))) for p in paths]
+    return [(p, DatasetIndex.from_dict(read_json_file(p, MAX_INDEX_BYTES), where=str(p))) for p in paths]
 
 
 def _failures_of(index_path: Path) -> Path:
@@ -62,12 +62,14 @@ def _check_compatible(found: list[tuple[Path, DatasetIndex]]) -> int:
 
 
 def _moves(src: Path, dest: Path, ix: DatasetIndex) -> list[tuple[Path, Path]]:
-    """(source, destination) of every file and motion sub-group of ``ix``'s shards that must move."""
+    """(source, destination) of every file and motion sub-group of ``ix``'s shards that must move; the
+    names come from a part's index, so each must stay inside its folder on both sides."""
     moves = []
     for entry in ix.shards:
         for rel in (entry.name, f"{MOTION_STORE}/{entry.name[:-4]}", f".state/{entry.name}.json"):
-            if (src / rel).exists():
-                moves.append((src / rel, dest / rel))
+            source = confined(src, rel, "shard file")
+            if source.exists():
+                moves.append((source, confined(dest, rel, "shard file")))
     return moves
 
 
@@ -90,7 +92,7 @@ def _copy_in(a: Path, b: Path) -> None:
         b.parent.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         if a.is_dir():
-            shutil.copytree(a, tmp, copy_function=_link_or_copy)
+            shutil.copytree(a, tmp, symlinks=True, copy_function=_link_or_copy)  # links stay links, as a move keeps them
             files = [f for f in tmp.rglob("*") if f.is_file()]
         else:
             _link_or_copy(a, tmp)

@@ -53,6 +53,7 @@ from mv2mae.shards.schema import (
     shard_name,
     shard_stem,
 )
+from mv2mae.shards.untrusted import MAX_INDEX_BYTES, read_json_file
 from mv2mae.shards.writer import PARTIAL_SUFFIX, Member, ShardWriter
 
 STATE_DIR = ".state"
@@ -286,6 +287,8 @@ def _recover(out: Path, mine: set[str]) -> dict[str, _ShardRecord]:
                 path.unlink()
             continue
         obj = _read_json(path)
+        if not isinstance(obj.get("entry"), dict) or obj["entry"].get("name") != name:  # its name goes into the index
+            raise PreprocessError(f"{path}: not the run record of shard {name}; delete it to redo that part")
         records[name] = _ShardRecord(entry=ShardEntry(**obj["entry"]), failures=obj["failures"], fps=obj["fps"])
     store = out / MOTION_STORE
     if store.is_dir():
@@ -311,9 +314,12 @@ def _next_seq(records: dict[str, _ShardRecord]) -> dict[str, int]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+        obj = read_json_file(path, MAX_INDEX_BYTES)
+    except (OSError, ValueError) as e:  # ContractError (too large, too deep, not JSON) is a ValueError
         raise PreprocessError(f"{path}: unreadable run record ({e}); delete it to redo that part") from None
+    if not isinstance(obj, dict):
+        raise PreprocessError(f"{path}: unreadable run record (not a JSON object); delete it to redo that part")
+    return obj
 
 
 @contextlib.contextmanager

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from mv2mae.shards.contract import motion_problems
 from mv2mae.shards.schema import MOTION_STORE, ContractError, DatasetIndex, motion_grid
+from mv2mae.shards.untrusted import confined
 
 if TYPE_CHECKING:  # the reader pulls in webdataset and torch, which the preprocessing processes never need
     from mv2mae.shards.reader import GroupSample
@@ -62,7 +64,8 @@ def write_shard_motion(root: str | Path, stem: str, arrays: dict[str, np.ndarray
         n, gh, gw = rows.shape
         shard_rows = -(-n // CHUNK_ROWS) * CHUNK_ROWS
         arr = group.create_array(source, shape=rows.shape, dtype="float16", chunks=(CHUNK_ROWS, gh, gw),
-                                 shards=(shard_rows, gh, gw), compressors=_codecs(), fill_value=0.0)
+                                 shards=(shard_rows, gh, gw), compressors=_codecs(), fill_value=0.0,
+                                 config={"write_empty_chunks": True})  # every chunk stored: a missing one is damage
         arr[...] = rows
     final = ensure_store(root) / stem
     if final.exists():  # left by a run killed between this rename and its shard's rename
@@ -75,7 +78,7 @@ def open_motion(root: str | Path):
     """Open a motion store read-only: ``root`` is a dataset directory or the ``motion.zarr`` itself."""
     path = Path(root)
     if path.name != MOTION_STORE:
-        path = path / MOTION_STORE
+        path = confined(path, MOTION_STORE, "motion store")
     if not (path / "zarr.json").is_file():
         raise FileNotFoundError(f"{path}: no motion cache (was the dataset preprocessed with --motion?)")
     return zarr.open_group(str(path), mode="r")
@@ -106,9 +109,15 @@ class MotionRows:
             return self._arrays[stem]
         if self._store is None:
             self._store = open_motion(self.root)
+        confined(self.root / MOTION_STORE, stem, "motion sub-group")
         if stem not in self._store or self.source not in self._store[stem]:
             raise ContractError(f"{self.root}/motion.zarr: no {self.source} rows for shard {stem}")
-        self._arrays[stem] = np.asarray(self._store[stem][self.source][...])
+        array = self._store[stem][self.source]
+        values = np.asarray(array[...])
+        problems = motion_problems(array, values, f"{self.root}/motion.zarr/{stem}/{self.source}")
+        if problems:
+            raise ContractError("; ".join(problems))
+        self._arrays[stem] = values
         while len(self._arrays) > 1 and sum(a.nbytes for a in self._arrays.values()) > self.budget:
             self._arrays.popitem(last=False)
         return self._arrays[stem]

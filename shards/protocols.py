@@ -49,8 +49,9 @@ class Protocol:
     (cross-view protocols). Cameras ``None`` = all, except that train cameras ``None`` beside listed
     test cameras means every camera the test split does not use (so one protocol holds out camera 1 of a
     3- or an 8-camera rig). With ``index_split`` the two lists come from the
-    official split the adapter recorded in ``index.args["meta"]["splits"][index_split]``
-    (``train_partitions`` / ``test_partitions``)."""
+    official split the adapter recorded in ``index.args["meta"]["splits"][index_split]``:
+    ``train_partitions`` / ``test_partitions`` for a protocol with a field, ``train_cameras`` /
+    ``test_cameras`` for a cross-view one (no field)."""
 
     name: str
     datasets: tuple[str, ...]  # datasets it applies to ("*" = any)
@@ -61,10 +62,6 @@ class Protocol:
     train_cameras: tuple[int, ...] | None = None
     test_cameras: tuple[int, ...] | None = None
     index_split: str | None = None  # official split recorded by the adapter (see the docstring)
-
-    def cameras_for(self, split: str) -> tuple[int, ...] | None:
-        _check_split(split)
-        return self.train_cameras if split == "train" else self.test_cameras
 
 
 @dataclass
@@ -122,6 +119,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in [
              train_cameras=(1, 2), test_cameras=(3,)),
     Protocol("pkummd2_xsub", ("pkummd2",), "PKU-MMD II cross-subject from the official cross_subject_v2.txt",
              "partition", index_split="cross_subject"),
+    Protocol("pkummd2_xview", ("pkummd2",), "PKU-MMD II cross-view from the official cross_view_v2.txt: the "
+             "views it trains on train, the view it tests tests", index_split="cross_view"),
     Protocol("etri_xsub", ("etri",), "ETRI-Activity3D cross-subject: of subjects 1-100, those divisible by 3 "
              "test", "subject", ETRI_XSUB_TRAIN, ETRI_XSUB_TEST),
     Protocol("synth_xview", ("synth",), "synthetic set, cross-view as NTU: cameras 2, 3 train; 1 tests",
@@ -164,15 +163,34 @@ def get_protocol(name: str) -> Protocol:
     return PROTOCOLS[name]
 
 
+def _official_split(protocol: Protocol, index: DatasetIndex, what: str) -> tuple[list[Any], list[Any]]:
+    """The train and test lists of ``what`` (``partitions``, ``cameras``) of the official split the adapter
+    recorded for ``protocol``."""
+    split = index.args.get("meta", {}).get("splits", {}).get(protocol.index_split)
+    keys = (f"train_{what}", f"test_{what}")
+    if not isinstance(split, dict) or not all(isinstance(split.get(k), list) for k in keys):
+        raise ProtocolError(f"protocol {protocol.name} needs index.json args.meta.splits.{protocol.index_split}."
+                            f"{keys[0]} and .{keys[1]} (the official split file, read by the {index.dataset} "
+                            f"adapter when it is present under --root)")
+    return split[keys[0]], split[keys[1]]
+
+
 def _split_lists(protocol: Protocol, index: DatasetIndex) -> tuple[Container, Container]:
     if protocol.index_split is None:
         return protocol.train, protocol.test
-    split = index.args.get("meta", {}).get("splits", {}).get(protocol.index_split)
-    if not split or "train_partitions" not in split or "test_partitions" not in split:
-        raise ProtocolError(f"protocol {protocol.name} needs index.json args.meta.splits.{protocol.index_split}."
-                            f"train_partitions and .test_partitions (the official split file, read by the "
-                            f"{index.dataset} adapter when it is present under --root)")
-    return frozenset(split["train_partitions"]), frozenset(split["test_partitions"])
+    train, test = _official_split(protocol, index, "partitions")
+    return frozenset(train), frozenset(test)
+
+
+def _split_cameras(protocol: Protocol, index: DatasetIndex) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None]:
+    """(train cameras, test cameras): the protocol's own, or a cross-view protocol's official lists."""
+    if protocol.index_split is None or protocol.field is not None:
+        return protocol.train_cameras, protocol.test_cameras
+    train, test = _official_split(protocol, index, "cameras")
+    if not train or not test or set(train) & set(test):
+        raise ProtocolError(f"protocol {protocol.name}: the official split lists cameras {train} to train and {test} "
+                            f"to test; it needs both, disjoint (index.json args.meta.splits.{protocol.index_split})")
+    return tuple(int(c) for c in train), tuple(int(c) for c in test)
 
 
 def _shard_split(protocol: Protocol, shard: ShardEntry, lists: tuple[Container, Container]) -> str | None:
@@ -206,9 +224,10 @@ def select(index: DatasetIndex, name: str, split: str) -> Selection:
         lists = _split_lists(protocol, index)
         shards = [s for s in index.shards if _shard_split(protocol, s, lists) == split]
     present = sorted({c for s in shards for c in s.cameras})
-    allowed = protocol.cameras_for(split)
-    if allowed is None and split == "train" and protocol.test_cameras is not None:
-        present = [c for c in present if c not in protocol.test_cameras]
+    train_cameras, test_cameras = _split_cameras(protocol, index)
+    allowed = train_cameras if split == "train" else test_cameras
+    if allowed is None and split == "train" and test_cameras is not None:
+        present = [c for c in present if c not in test_cameras]
     cameras = present if allowed is None else [c for c in allowed if c in present]
     if shards and allowed is not None and len(cameras) < len(allowed):
         missing = sorted(set(allowed) - set(present))

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch.utils.data
 import webdataset as wds
 
-from mv2mae.shards.schema import META_EXT, ContractError, GroupMeta, frame_ext, shard_stem
+from mv2mae.shards.contract import group_problems
+from mv2mae.shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta, frame_ext, shard_stem
 from mv2mae.shards.tarindex import GroupTable, read_member, shard_groups
+from mv2mae.shards.untrusted import MAX_META_BYTES, confined
 
 log = logging.getLogger(__name__)
 
@@ -138,24 +140,30 @@ class BadSamples:
                                  f"run `mv2mae shards verify {self.root}`")
 
 
-def _group_meta(fd: int, group: GroupTable, where: str) -> GroupMeta:
-    """A group's parsed, checked metadata; any damage is a ``ContractError`` naming shard and member."""
+def _group_meta(fd: int, group: GroupTable, where: str, index: DatasetIndex | None) -> GroupMeta:
+    """A group's parsed, checked metadata (against ``index``'s contract when given: the dataset's classes);
+    any damage is a ``ContractError`` naming shard and member."""
     if group.problem:
         raise ContractError(group.problem)
     if META_EXT not in group.exts:
         raise ContractError(f"{where}: group {group.key} has no {group.key}.{META_EXT} metadata member")
     member = f"{group.key}.{META_EXT}"
-    meta = GroupMeta.from_json(read_member(fd, group.span(group.exts.index(META_EXT)), where, member),
-                               where=f"{where}:{member}")
+    data = read_member(fd, group.span(group.exts.index(META_EXT)), where, member, limit=MAX_META_BYTES)
+    meta = GroupMeta.from_json(data, where=f"{where}:{member}")
     if meta.key != group.key:
         raise ContractError(f"{where}: member key {group.key} holds metadata of {meta.key}")
+    problems = group_problems(meta, index.classes) if index is not None else []
+    if problems:
+        raise ContractError(f"{where}:{member}: {'; '.join(problems)}")
     return meta
 
 
-def tar_groups(sources: Iterable[dict], plan: Plan | None = None, bad: BadSamples | None = None) -> Iterator[dict]:
+def tar_groups(sources: Iterable[dict], plan: Plan | None = None, bad: BadSamples | None = None,
+               index: DatasetIndex | None = None) -> Iterator[dict]:
     """WebDataset-compatible stage: ``{"url": path}`` items -> samples ``{"__key__", "__url__", "__meta__",
     ext: bytes}`` (plus ``__plan__`` when a ``plan`` is given; members it does not want are never read).
-    A group that cannot be read goes to ``bad`` (skipped, counted) — or raises when there is none."""
+    A group that cannot be read, or breaks ``index``'s contract, goes to ``bad`` (skipped, counted) — or
+    raises when there is none."""
     for source in sources:
         url = source["url"]
         where = Path(url).name
@@ -166,8 +174,8 @@ def tar_groups(sources: Iterable[dict], plan: Plan | None = None, bad: BadSample
             _skip(bad, where, ContractError(f"{where}: unreadable shard ({e})"))
             continue
         try:
-            for index, group in enumerate(table):
-                sample = _read_group(fd, group, (url, index), where, plan, bad)
+            for i, group in enumerate(table):
+                sample = _read_group(fd, group, (url, i), where, plan, bad, index)
                 if sample is not None:
                     if bad is not None:
                         bad.passed()
@@ -183,10 +191,10 @@ def _skip(bad: BadSamples | None, where: str, error: ContractError) -> None:
 
 
 def _read_group(fd: int, group: GroupTable, source: tuple[str, int], where: str, plan: Plan | None,
-                bad: BadSamples | None) -> dict | None:
+                bad: BadSamples | None, index: DatasetIndex | None) -> dict | None:
     """The sample dict of one group with only the members its plan wants (None if skipped)."""
     try:
-        meta = _group_meta(fd, group, where)
+        meta = _group_meta(fd, group, where, index)
     except ContractError as e:
         _skip(bad, f"{where}:{group.key or '(tail)'}", e)
         return None
@@ -217,7 +225,7 @@ def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
     root = Path(root)
     urls = []
     for name in sorted(shard_names):
-        path = root / name
+        path = confined(root, name, "shard")
         if not path.is_file():
             raise ContractError(f"{path}: shard listed in the index is missing")
         urls.append(str(path))
@@ -226,13 +234,14 @@ def _urls(root: str | Path, shard_names: Sequence[str]) -> list[str]:
 
 def train_groups(root: str | Path, shard_names: Sequence[str], *, seed: int, rank: int = 0,
                  world_size: int = 1, shuffle_buffer: int = 256, plan: Plan | None = None,
-                 bad: BadSamples | None = None, shift: int = 0) -> Iterator[GroupSample]:
+                 bad: BadSamples | None = None, shift: int = 0, index: DatasetIndex | None = None
+                 ) -> Iterator[GroupSample]:
     """Infinite, resampled, shuffled stream of groups; the same seed, rank and worker count give the
     same order. With at least as many shards as slots each slot resamples its own disjoint subset
     (shards are split by node and worker); with fewer, every slot resamples all shards with its own
     seed, so no slot ever runs dry and uneven shards cannot hang a rank. A ``plan`` decides per group,
     as it is read, which members to keep: the shuffle buffer then holds only the sampled frames.
-    ``shift``: see :func:`current_slot`."""
+    ``shift``: see :func:`current_slot`; ``index``: the contract groups are checked against (:func:`tar_groups`)."""
     slot = current_slot(rank, world_size, shift)
     urls = _urls(root, shard_names)
     if not urls:
@@ -240,7 +249,7 @@ def train_groups(root: str | Path, shard_names: Sequence[str], *, seed: int, ran
     mine = urls[slot.index::slot.count] if len(urls) >= slot.count else urls
     pipeline = wds.DataPipeline(
         wds.ResampledShards(mine, seed=seed, worker_seed=lambda: slot.index, deterministic=True),
-        partial(tar_groups, plan=plan, bad=bad),
+        partial(tar_groups, plan=plan, bad=bad, index=index),
         wds.shuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 64),
                     rng=random.Random(f"{seed}:{slot.index}:{slot.count}")),
         wds.map(_to_group),
@@ -260,7 +269,8 @@ def balanced_assignment(sizes: Sequence[int], count: int) -> list[list[int]]:
 
 
 def eval_groups(root: str | Path, shards: Sequence, *, rank: int = 0, world_size: int = 1,
-                plan: Plan | None = None, bad: BadSamples | None = None) -> Iterator[GroupSample]:
+                plan: Plan | None = None, bad: BadSamples | None = None,
+                index: DatasetIndex | None = None) -> Iterator[GroupSample]:
     """Exact pass: every group of ``shards`` (``ShardEntry`` objects) exactly once across all ranks and
     workers, in a fixed order. Whole shards are dealt to slots, balanced by sample count."""
     slot = current_slot(rank, world_size)
@@ -268,5 +278,5 @@ def eval_groups(root: str | Path, shards: Sequence, *, rank: int = 0, world_size
     mine = [ordered[i].name for i in balanced_assignment([s.samples for s in ordered], slot.count)[slot.index]]
     if not mine:
         return iter(())
-    return iter(wds.DataPipeline(wds.SimpleShardList(_urls(root, mine)), partial(tar_groups, plan=plan, bad=bad),
+    return iter(wds.DataPipeline(wds.SimpleShardList(_urls(root, mine)), partial(tar_groups, plan=plan, bad=bad, index=index),
                                  wds.map(_to_group)))

@@ -43,6 +43,11 @@ Cameras: ``index.json``'s ``layout`` places the dataset's cameras ({cam: {"azimu
 reads it (``mv2mae.data.sampling.choose_views``). ``ShardEntry.camera_sets`` counts a shard's groups
 by the cameras they hold, so a protocol knows how many groups can form a multi-view sample without
 reading one.
+
+Nothing in a directory is trusted: this module refuses what has the wrong type as it parses (shard
+names are plain ``<partition>-<seq>.tar`` file names, numbers finite, ids and sizes within the bounds
+above), :mod:`mv2mae.shards.untrusted` confines names and bounds JSON and JPEG headers, and
+:mod:`mv2mae.shards.contract` checks what is typed right but wrong together.
 """
 
 from __future__ import annotations
@@ -55,6 +60,14 @@ from pathlib import Path
 from typing import Any
 
 from mv2mae.shards.atomic import write_atomic
+from mv2mae.shards.untrusted import (
+    MAX_FRAME_SIDE,
+    MAX_INDEX_BYTES,
+    MAX_META_BYTES,
+    ContractError,
+    load_json,
+    read_json_file,
+)
 
 FORMAT = "mv2mae-shards"
 FORMAT_VERSION = 2  # 2: whole views + common-span offsets; camera sets per shard; layout
@@ -66,10 +79,10 @@ META_EXT = "json"
 
 _KEY_RE = re.compile(r"^[A-Za-z0-9_\-]+$")
 _FRAME_EXT_RE = re.compile(r"^c(\d{3})\.f(\d{4})\.jpg$")
-
-
-class ContractError(ValueError):
-    """A dataset directory, shard or sample does not follow the on-disk contract."""
+_SHARD_RE = re.compile(r"^[A-Za-z0-9_\-]+\.tar$")  # ``shard_name``'s output: a plain file name in DIR
+_CAMERA_SET_RE = re.compile(r"^\d+(,\d+)*$")  # ``camera_set_key``'s output
+MAX_CAMERA = 999  # camera ids are written with three digits in member names
+MAX_VIEW_FRAMES = 10_000  # stored frame numbers are written with four digits
 
 
 def check_key(key: str) -> str:
@@ -147,8 +160,11 @@ class GroupMeta:
             raise ContractError(f"{self.key}: frames must be >= 1, got {self.frames}")
         if len(self.cameras) < 1 or len(set(self.cameras)) != len(self.cameras):
             raise ContractError(f"{self.key}: cameras must be distinct and non-empty, got {self.cameras}")
-        if len(self.size) != 2:
-            raise ContractError(f"{self.key}: size must be [width, height], got {self.size}")
+        if len(self.size) != 2 or not all(1 <= side <= MAX_FRAME_SIDE for side in self.size):
+            raise ContractError(f"{self.key}: size must be [width, height] of 1..{MAX_FRAME_SIDE} pixels, got "
+                                f"{self.size}")
+        if not all(0 <= c <= MAX_CAMERA for c in self.cameras):
+            raise ContractError(f"{self.key}: camera ids must be 0..{MAX_CAMERA}, got {self.cameras}")
         self._check_timeline()
 
     def _check_timeline(self) -> None:
@@ -178,10 +194,7 @@ class GroupMeta:
         """Parse and type-check metadata that may come from a stranger's shard: anything malformed is a
         ``ContractError`` naming ``where`` (the shard and member), never another exception."""
         where = where or "metadata"
-        try:
-            obj = json.loads(data) if isinstance(data, (bytes, str)) else dict(data)
-        except (ValueError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-            raise ContractError(f"{where}: not valid JSON ({e})") from None
+        obj = load_json(data, where, MAX_META_BYTES) if isinstance(data, (bytes, str)) else dict(data)
         if not isinstance(obj, dict):
             raise ContractError(f"{where}: metadata must be a JSON object, got {type(obj).__name__}")
         missing = [k for k in _META_REQUIRED if k not in obj]
@@ -220,7 +233,7 @@ _META_TYPES = {
     "setup": lambda v: v is None or _is_int(v), "replication": lambda v: v is None or _is_int(v),
     "label_name": lambda v: isinstance(v, str),
     "crop": _str_map(lambda x: x is None or (_int_list(x) and len(x) == 4)),
-    "view_frames": _str_map(lambda x: _is_int(x) and x >= 1), "offsets": _str_map(_is_int),
+    "view_frames": _str_map(lambda x: _is_int(x) and 1 <= x <= MAX_VIEW_FRAMES), "offsets": _str_map(_is_int),
     "source_start": _str_map(_is_int), "motion_rows": _str_map(lambda x: _is_int(x) and x >= 0),
     "source": _str_map(lambda x: isinstance(x, str)), "extra": lambda v: isinstance(v, dict),
 }
@@ -275,7 +288,6 @@ class DatasetIndex:
     flip_classes: list[int] | None = None
 
     def __post_init__(self) -> None:
-        check_layout(self.layout)
         table = self.flip_classes
         if table is None:
             return
@@ -295,6 +307,8 @@ class DatasetIndex:
 
     @classmethod
     def from_dict(cls, obj: dict, where: str = INDEX_FILE) -> DatasetIndex:
+        if not isinstance(obj, dict):
+            raise ContractError(f"{where}: an index is a JSON object, got {type(obj).__name__}")
         if obj.get("format") != FORMAT:
             raise ContractError(f"{where}: not an {FORMAT} index (format={obj.get('format')!r})")
         if obj.get("version") != FORMAT_VERSION:
@@ -303,6 +317,9 @@ class DatasetIndex:
                                 + ("; format 1 trimmed every view to the span all views share — run "
                                    "`mv2mae preprocess` again into a new --out" if old else ""))
         obj = {k: v for k, v in obj.items() if k != "groups"}
+        wrong = _index_type_problems(obj)
+        if wrong:
+            raise ContractError(f"{where}: malformed index ({'; '.join(wrong[:3])})")
         try:
             obj["shards"] = [ShardEntry(**s) for s in obj["shards"]]
             return cls(**obj)
@@ -310,34 +327,63 @@ class DatasetIndex:
             raise ContractError(f"{where}: malformed index ({e})") from e
 
 
-LAYOUT_KEYS = ("azimuth", "height")
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def check_layout(layout: object) -> None:
-    """``layout`` maps camera ids (whole numbers, as strings) to ``{"azimuth": degrees, "height": metres}``
-    with finite numbers, either key optional (a layout edited by hand is read by the source policies)."""
-    if not isinstance(layout, dict):
-        raise ContractError(f"layout must map camera ids to places, got {layout!r}")
-    for cam, place in layout.items():
-        if not (isinstance(cam, str) and cam.isdigit()) or not isinstance(place, dict):
-            raise ContractError(f"layout[{cam!r}] = {place!r}: a camera id maps to {{\"azimuth\": degrees, "
-                                f"\"height\": metres}}")
-        for key, value in place.items():
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if key not in LAYOUT_KEYS or not number or not math.isfinite(value):
-                raise ContractError(f"layout[{cam!r}][{key!r}] = {value!r}: must be azimuth or height, a finite "
-                                    f"number")
+def _str_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# What each field of a shard entry must hold; the name must be a plain shard file name of DIR.
+_ENTRY_TYPES = {
+    "name": lambda v: isinstance(v, str) and bool(_SHARD_RE.match(v)), "partition": lambda v: isinstance(v, str),
+    "samples": lambda v: _is_int(v) and v >= 0, "bytes": lambda v: _is_int(v) and v >= 0,
+    "sha256": lambda v: isinstance(v, str), "subjects": _int_list, "setups": _int_list, "cameras": _int_list,
+    "camera_sets": lambda v: _str_map(lambda x: _is_int(x) and x >= 0)(v) and all(_CAMERA_SET_RE.match(k) for k in v),
+    "keys": _str_list,
+}
+_LAYOUT_PLACE = ("azimuth", "height")
+
+
+def _layout_ok(v: Any) -> bool:
+    """{camera id: {"azimuth"|"height": finite number}}: what the source policies compute angles from."""
+    return _str_map(lambda place: isinstance(place, dict) and set(place) <= set(_LAYOUT_PLACE)
+                    and all(_finite(x) for x in place.values()))(v) and all(k.isdigit() for k in v)
+
+
+def _index_type_problems(obj: dict) -> list[str]:
+    """What of an index (a stranger's, perhaps) has the wrong type, before any of it is used: classes are
+    a non-empty list of names, numbers are finite, shard entries typed, shard names plain file names."""
+    problems = []
+    classes = obj.get("classes")
+    if not _str_list(classes) or not classes:
+        problems.append(f"classes must be a non-empty list of names, got {str(classes)[:60]}")
+    if not _finite(obj.get("fps")) or obj["fps"] < 0:
+        problems.append(f"fps must be a finite number >= 0, got {obj.get('fps')!r}")
+    for name in ("short_side", "cell"):
+        if not _is_int(obj.get(name)) or obj[name] < 1:
+            problems.append(f"{name} must be a positive integer, got {obj.get(name)!r}")
+    if "layout" in obj and not _layout_ok(obj["layout"]):
+        problems.append(f"layout must map camera ids to finite {'/'.join(_LAYOUT_PLACE)}, got {str(obj['layout'])[:80]}")
+    if not _str_list(obj.get("motion")):
+        problems.append(f"motion must be a list of source names, got {obj.get('motion')!r}")
+    shards = obj.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(e, dict) for e in shards):
+        return problems + ["shards must be a list of entries"]
+    for i, entry in enumerate(shards):
+        wrong = [k for k, ok in _ENTRY_TYPES.items() if k in entry and not ok(entry[k])]
+        if wrong:
+            problems.append(f"shard entry {i} ({str(entry.get('name'))[:60]!r}): wrong {', '.join(wrong)}"
+                            + (" (a shard name is a plain <partition>-<seq>.tar)" if "name" in wrong else ""))
+    return problems
 
 
 def read_index(root: str | Path) -> DatasetIndex:
     path = Path(root) / INDEX_FILE
     if not path.is_file():
         raise ContractError(f"{path}: no index — is {root} a preprocessed dataset directory?")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ContractError(f"{path}: invalid JSON ({e})") from e
-    return DatasetIndex.from_dict(obj, where=str(path))
+    return DatasetIndex.from_dict(read_json_file(path, MAX_INDEX_BYTES), where=str(path))
 
 
 def write_index(root: str | Path, index: DatasetIndex) -> None:

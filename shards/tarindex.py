@@ -25,6 +25,7 @@ from mv2mae.shards.schema import ContractError, split_member
 _BLOCK = 512
 _REGULAR = (b"0", b"\0", b"7")
 _ARCHIVE_RECORDS = (b"g", b"K", b"V", b"M", b"N")  # pax global header, GNU long link name, volume, multi-volume
+MAX_MEMBER_BYTES = 64 << 20  # a stored frame is tens of KB, a group's metadata a few: the bound before reading
 _KINDS = {b"1": "hard link", b"2": "symbolic link", b"3": "character device", b"4": "block device",
           b"5": "directory", b"6": "FIFO"}
 
@@ -101,6 +102,8 @@ def iter_tar(stream, where: str, want: Callable[[str], bool] | None = None) -> I
         if want is not None and not want(name):
             yield name, None
             continue
+        if size > MAX_MEMBER_BYTES:
+            raise ContractError(f"{where}: member {name} is {size} bytes, more than the {MAX_MEMBER_BYTES} allowed")
         stream.seek(offset)
         yield name, stream.read(size)
 
@@ -118,9 +121,12 @@ class GroupTable:
         return self.spans[2 * i], self.spans[2 * i + 1]
 
 
-def read_member(fd: int, span: tuple[int, int], where: str, member: str) -> bytes:
-    """The bytes of one member at ``span`` (from a table) with one positioned read of file ``fd``."""
+def read_member(fd: int, span: tuple[int, int], where: str, member: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of one member at ``span`` (from a table) with one positioned read of file ``fd``; a
+    member larger than ``limit`` is refused before anything is allocated for it."""
     offset, size = span
+    if size > limit:
+        raise ContractError(f"{where}: member {member} is {size} bytes, more than the {limit} allowed")
     try:
         data = os.pread(fd, size, offset)
     except OSError as e:

@@ -1,7 +1,8 @@
 """Run under ``torchrun`` by test_ddp.py (and directly, as one process, for the reference run).
 
-``train RUN_DIR ACCUM BATCH`` trains the tiny pretraining config on the world-size-independent in-memory
-source; ``eval DATA OUT.json`` makes one exact evaluation pass over real shards and writes, on rank 0,
+``arms RUN_DIR ACCUM BATCH`` trains every arm of every shipped study plan (``train_helpers.plan_arms``: tiny
+pretraining configs, or finetuning from scratch) on the world-size-independent in-memory source, each
+into RUN_DIR/<plan>/<arm>; ``eval DATA OUT.json`` makes one exact evaluation pass over real shards and writes, on rank 0,
 the gathered rows; ``fault RUN_DIR SIGNAL`` trains 4 steps with a checkpoint every 2 and a 10-second
 collective timeout, and rank 1 sends itself SIGNAL (STOP or KILL) as it asks for the batch of step 3
 (writing RUN_DIR/fault first; every rank writes its pid to RUN_DIR/rank<r>.pid); ``fault RUN_DIR none``
@@ -18,22 +19,28 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import GlobalBatchSource, tiny_config  # noqa: E402
+from train_helpers import GlobalBatchSource, plan_arms, tiny_config  # noqa: E402
 
 from mv2mae.data.config import DataConfig  # noqa: E402
 from mv2mae.eval.evaluate import eval_loader, gather_rows, predict  # noqa: E402
 from mv2mae.model.classifier import VideoClassifier  # noqa: E402
 from mv2mae.train.distributed import cleanup, setup  # noqa: E402
 from mv2mae.train.loop import Trainer  # noqa: E402
-from mv2mae.train.tasks import PretrainTask  # noqa: E402
+from mv2mae.train.tasks import FinetuneTask, PretrainTask  # noqa: E402
+
+ARM_CLASSES = 3  # a finetuning arm's classes (in-memory labels)
 
 
-def train(run_dir: str, accum: int, batch: int) -> None:
+def arms(run_dir: str, accum: int, batch: int) -> None:
+    """Every plan arm in one process group (each torchrun launch costs ~20 s on 2 cores)."""
     env = setup("cpu")
-    cfg = tiny_config("pretrain", "steps=3", f"optim.accum_steps={accum}", f"optim.batch_size={batch}",
-                      "loop.ckpt_every=100")
-    source = GlobalBatchSource(cfg, rank=env.rank, world=env.world_size)
-    Trainer(cfg, PretrainTask(cfg), source, run_dir, env).fit()
+    for name, cfg in plan_arms("steps=3", f"optim.accum_steps={accum}", f"optim.batch_size={batch}",
+                               "loop.ckpt_every=100").items():
+        finetune = cfg.stage == "finetune"
+        source = GlobalBatchSource(cfg, rank=env.rank, world=env.world_size, views=cfg.data.views,
+                                   classes=ARM_CLASSES if finetune else 0)
+        task = FinetuneTask(cfg, ARM_CLASSES) if finetune else PretrainTask(cfg)
+        Trainer(cfg, task, source, Path(run_dir, name), env).fit()
     cleanup()
 
 
@@ -75,6 +82,6 @@ def evaluate(data: str, out: str) -> None:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    {"train": lambda: train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])),
+    {"arms": lambda: arms(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])),
      "eval": lambda: evaluate(sys.argv[2], sys.argv[3]),
      "fault": lambda: fault(sys.argv[2], sys.argv[3])}[sys.argv[1]]()

@@ -6,31 +6,22 @@ pipeline; the others only need the file names, which is all an adapter reads.
 
 from __future__ import annotations
 
-import subprocess
 import tarfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from layout_helpers import pku_tree, video
 from shard_helpers import group_metas
 
 from mv2mae.preprocess.adapters import AdapterError, AdapterOptions, scan
 from mv2mae.preprocess.adapters.ntu import read_skeleton_box
 from mv2mae.preprocess.crop import full_box, person_box
-from mv2mae.preprocess.decode import DecodeRequest, decode, ffmpeg_exe, probe
+from mv2mae.preprocess.decode import DecodeRequest, decode, probe
 from mv2mae.preprocess.pipeline import run
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import read_index
-
-
-def _video(path: Path, frames: int, size: str = "64x48", seed: int = 0) -> Path:
-    """A real H.264 video with moving content (ffmpeg's testsrc2, shifted so views differ)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ffmpeg_exe(), "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    f"testsrc2=size={size}:rate=30:duration={frames / 30 + 0.5}", "-vf", f"hue=h={seed * 40}",
-                    "-frames:v", str(frames), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
-    return path
 
 
 def _touch(path: Path) -> Path:
@@ -102,7 +93,7 @@ def test_person_box_is_a_square_inside_the_frame():
 
 def _image_folder(folder: Path, frames: int, seed: int) -> None:
     """N-UCLA's per-frame layout: frame_NNN_tc_TTTTTT_rgb.jpg plus depth/skeleton distractors."""
-    src = _video(folder.parent / f"src{seed}.avi", frames, seed=seed)
+    src = video(folder.parent / f"src{seed}.avi", frames, seed=seed)
     info = probe(src)
     rgb = decode(src, info, DecodeRequest(box=tuple(full_box(64, 48)), size=(64, 48), fps=30))
     folder.mkdir(parents=True)
@@ -150,24 +141,8 @@ def test_nucla_video_layout(tmp_path):
 
 # --- PKU-MMD Phase II -----------------------------------------------------------------------------
 
-def _pku_tree(root: Path) -> None:
-    for seq in ("A01N01", "A02N03", "A03N02"):  # the split file lists A03N02 on neither side
-        for i, view in enumerate("LMR"):
-            _video(root / "RGB_VIDEO" / f"{seq}-{view}.avi", 60, seed=i)
-            # per-view label files; R is off by one frame (views are not frame-locked)
-            shift = 1 if view == "R" else 0
-            (root / "Label").mkdir(exist_ok=True)
-            (root / "Label" / f"{seq}-{view}.txt").write_text(
-                f"12,{5 + shift},{24 + shift},1\n3,{30 + shift},{49 + shift},2\n")
-    (root / "Split").mkdir()
-    (root / "Split" / "cross_subject_v2.txt").write_text(
-        "Training videos: \nA01N01-L, A01N01-M, A01N01-R\nValidation videos: \nA02N03-L, A02N03-M, A02N03-R\n")
-    (root / "Split" / "cross_view_v2.txt").write_text(
-        "Training videos: \nA01N01-L, A01N01-R, A02N03-L, A02N03-R\nValidation videos: \nA01N01-M, A02N03-M\n")
-
-
 def test_pkummd2_instances_splits_end_to_end(tmp_path):
-    _pku_tree(tmp_path)
+    pku_tree(tmp_path)
     result = scan("pkummd2", tmp_path)
     assert result.classes == ["action 03", "action 12"]
     # sorted by (partition, key); A03N02 is in neither official list: in no split, not in "test"
@@ -201,7 +176,7 @@ def test_pkummd2_instances_splits_end_to_end(tmp_path):
 
 def test_pkummd2_cut_starts_on_the_labelled_frame(tmp_path):
     """The first stored frame of an instance is source frame ``start`` (frame-exact cutting)."""
-    _pku_tree(tmp_path)
+    pku_tree(tmp_path)
     out = tmp_path / "out"
     run("pkummd2", tmp_path, out, size=48, workers=1, limit=2, max_lag=0, jpeg_quality=100)
     meta = group_metas(out)["A02N03_i001"]
@@ -253,8 +228,8 @@ def test_missing_views_are_recorded_not_silent(tmp_path):
 
 def test_manifest_relative_paths_names_and_ranges(tmp_path):
     for i, cam in enumerate(("front", "side", "top")):
-        _video(tmp_path / "clips" / f"take1_{cam}.mp4", 40, seed=i)
-        _video(tmp_path / "clips" / f"take2_{cam}.mp4", 30, seed=i)
+        video(tmp_path / "clips" / f"take1_{cam}.mp4", 40, seed=i)
+        video(tmp_path / "clips" / f"take2_{cam}.mp4", 30, seed=i)
     csv = tmp_path / "manifest.csv"
     rows = ["group,camera,path,label,subject,start,end"]
     rows += [f"take1,{cam},clips/take1_{cam}.mp4,wave,alice,10,34" for cam in ("front", "side", "top")]

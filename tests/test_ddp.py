@@ -12,14 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import typer
 from fixtures_data import session_synth_data
+from train_helpers import plan_arms
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.cli.train import _rank_named
+from mv2mae.config import ConfigError
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import read_index
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import LaunchError, check_launch, pick_device
+from mv2mae.train.distributed import DistEnv, LaunchError, check_launch, pick_device
 from mv2mae.train.logs import read_log
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
@@ -49,16 +53,46 @@ def wait_for(condition, seconds: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def test_two_ranks_match_one_process_with_the_same_global_batch(tmp_path):
-    # 2 ranks × 2 micro-steps × batch 2 (gradients synchronised on the last micro-step only)
-    run(["train", str(tmp_path / "ddp"), "2", "2"], nproc=2)
-    run(["train", str(tmp_path / "single"), "4", "2"])  # 1 process × 4 micro-steps × batch 2
-    ddp, single = read_log(tmp_path / "ddp"), read_log(tmp_path / "single")
-    assert [r["step"] for r in ddp] == [r["step"] for r in single] == [1, 2, 3]
-    for a, b in zip(ddp, single, strict=True):
-        for key in ("loss", "loss_self", "loss_cross", "grad_norm"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4), (a["step"], key, a[key], b[key])
-    assert ddp[-1]["loss"] != ddp[0]["loss"]  # the weights moved, identically in both runs
+def test_every_plan_arm_trains_under_two_ranks_as_one_process_with_the_same_global_batch(tmp_path):
+    """Each arm of each shipped study plan (single-view, self-only and two-source pretraining, finetuning
+    from scratch, …): 2 ranks × 2 micro-steps × batch 2 (gradients synchronised on the last micro-step
+    only) give the losses and gradient norms of 1 process × 4 micro-steps × batch 2. An arm that builds
+    a module its loss leaves out fails here (DDP, and the loop's own check)."""
+    run(["arms", str(tmp_path / "ddp"), "2", "2"], nproc=2)
+    run(["arms", str(tmp_path / "single"), "4", "2"])
+    names = list(plan_arms("steps=3"))  # the arms the script trains (3 steps: step-sweep points are the same)
+    assert {"crossview/scratch", "crossview/videomae", "crossview/selfonly", "crossview/tauinf", "crossview/mv2mae",
+            "crossview/two"} <= set(names)
+    for name in names:
+        ddp, single = read_log(tmp_path / "ddp" / name), read_log(tmp_path / "single" / name)
+        assert [r["step"] for r in ddp] == [r["step"] for r in single] == [1, 2, 3], name
+        keys = {"loss", "grad_norm", "loss_self", "loss_cross", "train_acc"} & set(ddp[0])
+        assert {"loss", "grad_norm"} < keys, (name, keys)
+        for a, b in zip(ddp, single, strict=True):
+            for key in keys:
+                assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-7), (name, a["step"], key, a[key], b[key])
+        assert ddp[-1]["loss"] != ddp[0]["loss"], name  # the weights moved, identically in both runs
+    # the single-view and self-only arms build no cross-view decoder: nothing of it in their checkpoints
+    for name, cross in (("crossview/videomae", False), ("crossview/selfonly", False), ("crossview/mv2mae", True)):
+        state = ckpt_io.load_run(ckpt_io.latest(tmp_path / "ddp" / name))["model"]
+        assert any(k.startswith("cross_decoder.") for k in state) == cross, name
+
+
+def test_an_error_on_a_rank_is_one_line_naming_the_rank_and_the_cause(capsys):
+    """Under torchrun each rank that fails says so in one line (a bug keeps only its type and first line,
+    with --debug for the traceback); a usage error keeps exit status 2; one process is left as it was."""
+    rank1 = DistEnv(rank=1, world_size=2, local_rank=1, device=torch.device("cpu"))
+    with pytest.raises(typer.Exit) as bug, _rank_named(rank1):
+        raise RuntimeError("Expected to have finished reduction in the prior iteration\nmore lines of advice")
+    assert bug.value.exit_code == 1
+    assert capsys.readouterr().err == ("error: rank 1: RuntimeError: Expected to have finished reduction in the "
+                                       "prior iteration (--debug shows where)\n")
+    with pytest.raises(typer.Exit) as usage, _rank_named(rank1):
+        raise ConfigError("model.frames=5 is not a multiple of tubelet=2")
+    assert usage.value.exit_code == 2
+    assert capsys.readouterr().err == "error: rank 1: model.frames=5 is not a multiple of tubelet=2\n"
+    with pytest.raises(RuntimeError, match="alone"), _rank_named(DistEnv(0, 1, 0, torch.device("cpu"))):
+        raise RuntimeError("alone")
 
 
 def test_two_rank_evaluation_counts_every_clip_once(tmp_path_factory, tmp_path):

@@ -12,6 +12,8 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.fingerprint import FINGERPRINT_FILE, shards_digest
 from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
 from mv2mae.model.checkpoint import load_checkpoint
@@ -95,6 +97,10 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert [json.loads(line)["step"] for line in (pre / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert (pre / "recon" / "step-00000004.png").is_file() and (pre / "config.yaml").is_file()
     assert list((pre / "tb").iterdir())
+    # what the run computed on: its shards' digest and the machine, once per start on a different machine
+    digest = shards_digest(synth_data)
+    starts = json.loads((pre / FINGERPRINT_FILE).read_text())
+    assert [s["step"] for s in starts] == [0] and starts[0]["data"]["shards"] == digest
     refused = CliRunner().invoke(app, ["pretrain", "--config", "tiny", "--data", str(synth_data), "--out", str(pre)])
     assert refused.exit_code == 1 and "--resume auto" in refused.output
 
@@ -117,6 +123,12 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     assert "camera 1" in out and "fused" in out and "mean over classes" in out
     res = json.loads((ev / "results.json").read_text())
     assert res["protocol"] == "synth_xview" and list(res["per_camera"]) == ["1"]
+    # which protocol produced the number: tiny's held-out subjects, the last step of the run
+    fit = ShardSplit.open(synth_data, "synth_xview", "train", "subject", 0.1).selection
+    assert res["training"]["val_by"] == "subject" and res["training"]["train_videos"] == fit.videos
+    assert res["training"]["tested_at"] == "the last step (3)" and "held out for validation" in res["training"]["summary"]
+    assert "tested at the last step (3)" in out
+    assert load_checkpoint(fin / "checkpoints" / "last-step.pt")["step"] == 3
     assert res["clips"]["count"] == 2 * res["videos"]["count"] and (ev / "confusion.png").is_file()
     assert sum(c["count"] for c in res["per_class"]) == res["videos"]["count"] == sum(map(sum, res["confusion"]))
     with (ev / "predictions.csv").open() as f:
@@ -128,14 +140,18 @@ def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path
     invoke("probe", "--checkpoint", pre / "checkpoints" / "lowest-train-loss.pt", "--method", "knn", "--out", probe,
            "--clips", "1", "--crops", "1", "--workers", "1")
     assert json.loads((probe / "results.json").read_text())["method"] == "knn"
+    assert res["fingerprint"]["data"]["shards"] == digest
+    assert json.loads((probe / "results.json").read_text())["fingerprint"]["data"]["shards"] == digest
 
     timings = tmp_path / "timings.txt"
     timings.write_text("pretrain 1.5\nfinetune 2\n")
     invoke("report", "--pretrain", pre, "--finetune", fin, "--eval", ev, "--out", tmp_path / "r" / "report.md",
            "--timings", timings, "--probe", probe)
     report = (tmp_path / "r" / "report.md").read_text()
+    assert f"The finetuned model was {res['training']['summary']}." in report
     assert "| camera 1 |" in report and "fused" in report and "![reconstruction](reconstruction.png)" in report
     assert "mean over classes" in report and f"best-val-top1.pt = step {best['step']}" in report
+    assert f"Computed on: shards sha256 {digest['sha256'][:12]}" in report
     for png in ("reconstruction.png", "confusion.png", "pretrain_loss.png", "finetune_loss.png"):
         assert (tmp_path / "r" / png).is_file(), png
     assert "What pretraining contributed" not in report

@@ -12,10 +12,12 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
+from mv2mae.data import fingerprint
 from mv2mae.experiment.plan import PLAN_DIR, PlanError, load_plan
 from mv2mae.experiment.report import shown_source
 from mv2mae.experiment.results import paired, summarize
-from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, stage_names
+from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, prepare_dataset, stage_names
+from mv2mae.experiment.verify import compare
 from mv2mae.shards.schema import read_index
 from mv2mae.train.logs import read_log
 
@@ -206,3 +208,103 @@ def test_plans_are_checked_before_anything_runs(tmp_path):
         load_plan(tmp_path / "paper.yaml")
     with pytest.raises(PlanError, match="reference 'mv2mae' must name a pretrained arm"):
         load_plan(write_plan(tmp_path / "ref.yaml", tiny_plan(tmp_path, arms=[{"name": "x", "pretrain": False}])))
+
+
+def test_every_study_and_run_records_the_fingerprint_of_its_data_and_numerics(study, tmp_path):
+    base, plan, finished = study
+    digest = fingerprint.shards_digest(base / "data")
+    dataset = json.loads((finished / "dataset.json").read_text())["fingerprint"]
+    assert dataset["shards"] == digest and digest["groups"] == 4
+    assert dataset["raw"] == fingerprint.tree_digest(base / "raw") and dataset["raw"]["files"] > 4
+    results = json.loads((finished / "results.json").read_text())["fingerprint"]
+    assert results["data"] == dataset and results["numerics"]["torch"]["cpu_capability"]
+    assert f"Fingerprint: shards sha256 {digest['sha256'][:12]}" in (finished / "RESULTS.md").read_text()
+    for stage in ("probe-xview", "eval-xsub"):
+        record = json.loads((finished / "runs/mv2mae/seed0" / stage / "results.json").read_text())["fingerprint"]
+        assert record["data"]["shards"] == digest and record["numerics"]["cpu"]["model"]
+    starts = json.loads((finished / "runs/mv2mae/seed1/pretrain/fingerprint.json").read_text())
+    assert starts[0]["step"] == 0 and starts[0]["data"]["shards"] == digest
+    # a dataset folder whose shards are not the ones the study recorded is refused, not reused
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    changed = json.loads((out / "dataset.json").read_text())
+    changed["fingerprint"]["shards"]["sha256"] = "0" * 64
+    (out / "dataset.json").write_text(json.dumps(changed))
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 1 and "the data changed: the shards in" in result.output
+    a, b = fingerprint.numerics(), fingerprint.numerics()
+    b["cpu"]["flags"] = a["cpu"]["flags"] + " zz_new"
+    b["environment"]["OPENBLAS_CORETYPE"] = "Prescott"
+    assert fingerprint.differences(a, b) == [("cpu.flags", "-", "zz_new"),
+                                             ("environment.OPENBLAS_CORETYPE", a["environment"].get(
+                                                 "OPENBLAS_CORETYPE"), "Prescott")]
+
+
+def test_verify_reruns_a_stage_from_scratch_and_says_what_differs(study, tmp_path):
+    base, plan, finished = study
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--device", "cpu", "--verify"])
+    assert result.exit_code == 0, result.output
+    first = stage_names(load_plan(plan), load_plan(plan).arm("scratch"))[0]  # no pretraining: the cheap default
+    assert f"| runs/scratch/seed0/{first} | committed | re-run | difference |" in result.output
+    assert "| data: shards sha256 |" in result.output and "| linear.top1 |" in result.output
+    assert "reproduced (asked for identical data digests and bit-equal numbers)" in result.output
+    # a committed number the re-run does not give is named, with the difference, and fails the check
+    done = out / "runs/scratch/seed0/probe-xview" / DONE
+    record = json.loads(done.read_text())
+    committed = record["result"]["linear"]["top1"]
+    record["result"]["linear"]["top1"] = committed + 0.25
+    done.write_text(json.dumps(record))
+    dataset = json.loads((out / "dataset.json").read_text())  # and raw videos other than the study's
+    dataset["fingerprint"]["raw"]["sha256"] = "f" * 64
+    (out / "dataset.json").write_text(json.dumps(dataset))
+    result = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--device", "cpu", "--verify",
+                                      "--stage", "runs/scratch/seed0/probe-xview", "--tolerance", "0.1"])
+    assert result.exit_code == 1
+    assert f"| linear.top1 | {committed + 0.25:.6g} | {committed:.6g} | -0.25 |" in result.output
+    assert "NOT reproduced: data: raw sha256, linear.top1 differ" in result.output
+    wrong = CliRunner().invoke(app, ["experiment", "--plan", plan, "--out", str(out), "--verify", "--stage",
+                                     "runs/scratch/seed7/probe-xview", "--device", "cpu"])
+    assert wrong.exit_code == 1 and "arm scratch runs seeds [0, 1]" in wrong.output
+
+
+def test_verify_compares_within_the_stated_tolerance():
+    assert compare("knn.top1", 0.5, 0.5, 0.0) == (("knn.top1", 0.5, 0.5, "identical"), True)
+    assert compare("knn.top1", 0.5, 0.55, 0.1)[1] and not compare("knn.top1", 0.5, 0.75, 0.1)[1]
+    assert not compare("data: shards sha256", "ab", "cd", None)[1]
+    assert not compare("knn.top1", 0.5, None, 0.1)[1]
+
+
+def test_compare_sets_two_finished_studies_side_by_side(study, tmp_path):
+    _, plan, finished = study
+    other = tmp_path / "other"
+    shutil.copytree(finished, other)
+    same = CliRunner().invoke(app, ["experiment", "--out", str(finished), "--compare", str(other)])
+    assert same.exit_code == 0 and "| data: shards sha256 |" in same.output and "  no differences" in same.output
+    results = json.loads((other / "results.json").read_text())
+    arm = next(a for a in results["arms"] if a["name"] == "mv2mae")
+    mine = arm["metrics"]["xsub"]["knn"]["values"]["1"]
+    arm["metrics"]["xsub"]["knn"]["values"]["1"] = mine + 0.5
+    results["fingerprint"]["numerics"]["environment"]["OPENBLAS_CORETYPE"] = "Prescott"
+    (other / "results.json").write_text(json.dumps(results))
+    differ = CliRunner().invoke(app, ["experiment", "--out", str(finished), "--compare", str(other / "results.json")])
+    assert differ.exit_code == 1
+    assert f"| mv2mae/seed1/xsub/knn | {mine:.6g} | {mine + 0.5:.6g} | +0.5 |" in differ.output
+    assert "environment.OPENBLAS_CORETYPE:" in differ.output and "-> Prescott" in differ.output
+    assert "NOT reproduced: mv2mae/seed1/xsub/knn differ" in differ.output
+
+
+def test_a_dataset_folder_other_than_the_plans_pinned_shards_is_refused(study, tmp_path):
+    """The plan pins its dataset's shard digest: a folder left by other code (what the first cross-view study
+    read, issue 24) is refused before any stage runs, and the right digest passes."""
+    base, _, _ = study
+    digest = fingerprint.shards_digest(base / "data")["sha256"]
+    spec = tiny_plan(base)["dataset"]
+    wrong = write_plan(tmp_path / "wrong.yaml", tiny_plan(base, dataset={**spec, "shards_sha256": "ab" * 32}))
+    result = CliRunner().invoke(app, ["experiment", "--plan", wrong, "--out", str(tmp_path / "a"), "--device", "cpu"])
+    assert result.exit_code == 1 and f"shards sha256 {digest[:12]}, the plan's dataset.shards_sha256 is abababab" \
+        in result.output.replace("\n", "")
+    assert not (tmp_path / "a" / "runs").exists()
+    right = write_plan(tmp_path / "right.yaml", tiny_plan(base, dataset={**spec, "shards_sha256": digest}))
+    assert prepare_dataset(load_plan(right), tmp_path / "b", print) == base / "data"

@@ -228,3 +228,29 @@ def test_pixel_statistics_are_not_checkpoint_keys(pretrained):
     assert not [k for k in model.state_dict() if "normalize" in k]
     assert dict(model.encoder.normalize.named_buffers())  # they exist and follow .to(device)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in load_mv2mae(path).state_dict().items())
+
+
+def test_a_model_without_cross_view_decoder_has_no_such_weights_and_its_checkpoints_load_strictly(pretrained, tmp_path):
+    """A single-view (or λ = 0) configuration builds no cross-view decoder: its checkpoint holds none, loads
+    back exactly, and refuses to fill a model that has one; continuing pretraining across the two kinds
+    gives a fresh cross-view decoder, or leaves the checkpoint's out, by name."""
+    full_model, cfg, full_path = pretrained
+    single_cfg = cfg.with_(cross_view=False)
+    torch.manual_seed(2)
+    single = MV2MAE(single_cfg)
+    assert single.cross_decoder is None and not [k for k in single.state_dict() if k.startswith("cross_decoder.")]
+    path = save_model_state(tmp_path / "single.pt", single, single_cfg)
+    again = load_mv2mae(path)
+    assert again.cross_decoder is None
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in single.state_dict().items())
+    with torch.no_grad():
+        out = again(torch.randn(2, 2, 3, 4, 32, 32))  # two views, no cross decoder: a self-view MAE on each
+    assert out.pred_cross is None and float(out.loss_cross) == 0 and torch.equal(out.loss, out.loss_self)
+    with pytest.raises(CheckpointError, match="missing keys: cross_decoder"):
+        load_mv2mae(path, cross_view=True)
+    grown = init_mv2mae(path, cfg)
+    assert grown.cross_decoder is not None
+    assert torch.equal(grown.self_decoder.head.weight, single.self_decoder.head.weight)
+    shrunk = init_mv2mae(full_path, single_cfg)
+    assert shrunk.cross_decoder is None
+    assert torch.equal(shrunk.encoder.blocks[0].attn.qkv.weight, full_model.encoder.blocks[0].attn.qkv.weight)

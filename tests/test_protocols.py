@@ -137,7 +137,8 @@ def _everything_index(dataset: str, meta: dict | None = None) -> DatasetIndex:
                         args={"meta": meta or {}})
 
 
-PKU_META = {"splits": {"cross_subject": {"train_partitions": ["xsub_train"], "test_partitions": ["xsub_test"]}}}
+PKU_META = {"splits": {"cross_subject": {"train_partitions": ["xsub_train"], "test_partitions": ["xsub_test"]},
+                       "cross_view": {"train_cameras": [1, 3], "test_cameras": [2]}}}
 
 
 @pytest.mark.parametrize("name", sorted(set(PROTOCOLS) - {"all"}))
@@ -146,7 +147,7 @@ def test_train_and_test_share_no_subject_setup_partition_or_camera(name):
     share no subject (setup, partition); cross-view splits share no camera. ``all`` is the one protocol
     without a split: it pretrains on everything."""
     protocol = PROTOCOLS[name]
-    assert protocol.field is not None or protocol.test_cameras is not None, name
+    assert protocol.field is not None or protocol.test_cameras is not None or protocol.index_split, name
     index = _everything_index(protocol.datasets[0], PKU_META)
     train, test = select(index, name, "train"), select(index, name, "test")
     if protocol.field is not None:
@@ -159,6 +160,7 @@ def test_train_and_test_share_no_subject_setup_partition_or_camera(name):
         assert not set(train.keys) & set(test.keys)
     if protocol.test_cameras is not None:
         assert not set(protocol.train_cameras or ()) & set(protocol.test_cameras), name
+    if protocol.test_cameras is not None or protocol.field is None:
         assert train.cameras and test.cameras and not set(train.cameras) & set(test.cameras), name
 
 
@@ -172,6 +174,22 @@ def test_views_are_aligned_to_a_training_camera_of_every_cross_view_protocol():
     assert reference_cameras("etri", {}) == []  # no cross-view split: the lowest camera id
     official = {"splits": {"cross_view": {"train_cameras": [1, 3], "test_cameras": [2]}}}
     assert reference_cameras("pkummd2", official) == [1, 3]  # PKU-MMD's file tests the middle view
+
+
+def test_pkummd2_cross_view_takes_its_cameras_from_the_official_list_and_refuses_a_dataset_without_it():
+    index = _everything_index("pkummd2", PKU_META)
+    train, test = select(index, "pkummd2_xview", "train"), select(index, "pkummd2_xview", "test")
+    assert (train.cameras, test.cameras) == ([1, 3], [2]) and train.keys == test.keys == index_keys(index)
+    no_list = _everything_index("pkummd2", {"splits": {"cross_subject": PKU_META["splits"]["cross_subject"]}})
+    with pytest.raises(ProtocolError, match="pkummd2_xview needs index.json args.meta.splits.cross_view.train_cameras"):
+        select(no_list, "pkummd2_xview", "train")
+    overlapping = _everything_index("pkummd2", {"splits": {"cross_view": {"train_cameras": [1, 2], "test_cameras": [2]}}})
+    with pytest.raises(ProtocolError, match="needs both, disjoint"):
+        select(overlapping, "pkummd2_xview", "test")
+
+
+def index_keys(index: DatasetIndex) -> list[str]:
+    return [k for s in index.shards for k in s.keys]
 
 
 def test_groups_with_too_few_cameras_are_counted_not_sampled():

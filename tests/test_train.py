@@ -191,3 +191,26 @@ def test_finetuning_takes_weight_tied_fields_and_pixel_statistics_from_the_pretr
     cfg = dataclasses.replace(cfg, model=model_cfg, finetune=dataclasses.replace(cfg.finetune, init=str(path)))
     model = FinetuneTask(cfg, num_classes=3).build_model()
     assert model.cfg.pixel_mean == (0.5, 0.4, 0.3)
+
+
+class _IdleCrossDecoder(PretrainTask):
+    """A single-view pretraining whose model still builds a cross-view decoder (what a configuration
+    that leaves a module out of the loss used to get)."""
+
+    def build_model(self) -> MV2MAE:
+        return MV2MAE(self.cfg.model.with_(cross_view=True))
+
+
+def test_a_module_the_loss_does_not_use_stops_the_run_after_its_first_step_naming_it(tmp_path):
+    """Under DDP such weights fail the second step with an error that names none of them: the loop checks
+    after its first step that every trainable parameter has a gradient."""
+    cfg = tiny_config("pretrain", "data.num_sources=0", "steps=2")
+    assert not cfg.model.cross_view  # the config builds no cross-view decoder for one view
+    with pytest.raises(TrainingStopped, match=r"no part in the loss: cross_decoder\.mask_token, .* in all\)"):
+        Trainer(cfg, _IdleCrossDecoder(cfg), GlobalBatchSource(cfg, views=1), tmp_path, ENV).fit()
+    assert not read_log(tmp_path)  # refused before the first step is logged or checkpointed
+    fit(cfg, GlobalBatchSource(cfg, views=1), tmp_path / "built-as-configured")
+    assert [r["loss_cross"] for r in read_log(tmp_path / "built-as-configured")] == [0.0, 0.0]
+    # the run's last step is also last-step.pt: another name of the step file, no second copy of its bytes
+    folder = tmp_path / "built-as-configured" / ckpt_io.CKPT_DIR
+    assert (folder / ckpt_io.LAST_STEP).stat().st_ino == (folder / ckpt_io.step_name(2)).stat().st_ino

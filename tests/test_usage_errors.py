@@ -156,5 +156,5 @@ def test_a_camera_layout_that_is_not_numbers_is_one_line_naming_the_index(synth_
                     *sets(*TINY_RUN, "data.source_policy=adjacent"))
     text = " ".join(result.output.split())
     assert result.exit_code == 1 and "Traceback" not in result.output, result.output
-    assert f"{tmp_path / 'index.json'}: malformed index (layout['1']" in text
+    assert f"{tmp_path / 'index.json'}" in text and "layout must map camera ids to finite azimuth/height" in text
     assert not (tmp_path / "run").exists()

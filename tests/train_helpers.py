@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from mv2mae.config import RunConfig, load_config
+from mv2mae.experiment.plan import PLAN_DIR, load_plan
 
 TINY_MODEL = ["model.frames=4", "model.image_size=32", "model.patch=8", "model.embed_dim=48", "model.depth=2",
               "model.num_heads=3", "model.decoder_dim=32", "model.decoder_heads=2", "model.decoder_depth=1",
@@ -16,6 +17,20 @@ TINY_MODEL = ["model.frames=4", "model.image_size=32", "model.patch=8", "model.e
 def tiny_config(stage: str = "pretrain", *extra: str) -> RunConfig:
     return load_config("tiny", stage, [*TINY_MODEL, "optim.batch_size=2", "steps=6", "schedule.warmup_steps=2",
                                        "optim.base_lr=0.5", "loop.log_every=1", "loop.ckpt_every=3", *extra])
+
+
+def plan_arms(*extra: str) -> dict[str, RunConfig]:
+    """Every distinct arm of every shipped study plan (sweeps and step sweeps included) as a tiny config
+    with ``extra`` last, by ``plan/arm`` name; an arm without pretraining is its finetune from scratch.
+    Arms that come out the same (a step sweep point once ``steps`` is overridden) are kept once."""
+    arms: dict[str, RunConfig] = {}
+    for path in sorted(PLAN_DIR.glob("*.yaml")):
+        plan = load_plan(str(path))
+        for arm in plan.arms:
+            cfg = tiny_config("pretrain" if arm.pretrain else "finetune", *arm.sets, *extra)
+            if cfg.to_dict() not in [c.to_dict() for c in arms.values()]:
+                arms[f"{plan.name}/{arm.name}"] = cfg
+    return arms
 
 
 class SimulatedCrash(RuntimeError):

@@ -14,6 +14,7 @@ from rich.progress import track
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.protocols import DEFAULT_VAL_FRACTION, ProtocolError, Selection, hold_out, select
 from mv2mae.shards.schema import FAILURES_FILE, MOTION_STORE, read_index, shard_stem
+from mv2mae.shards.untrusted import confined
 from mv2mae.tools.shardio import iter_metas
 
 
@@ -49,7 +50,7 @@ def list_shards(root: str | Path) -> dict[str, Any]:
                  subjects=_ranges(s.subjects), setups=_ranges(s.setups), cameras=_ranges(s.cameras))
             for s in index.shards]
     return dict(dataset=index.dataset, shards=rows, groups=index.groups, bytes=sum(s.bytes for s in index.shards),
-                motion_bytes=dir_bytes(root / MOTION_STORE), motion=index.motion, classes=len(index.classes))
+                motion_bytes=dir_bytes(confined(root, MOTION_STORE, "motion store")), motion=index.motion, classes=len(index.classes))
 
 
 def protocol_counts(root: str | Path, protocol: str, val_by: str = "subject",
@@ -104,12 +105,12 @@ def dataset_stats(root: str | Path, bins: int = 8) -> dict[str, Any]:
     root = Path(root)
     index = read_index(root)
     shards = track(index.shards, description="reading group metadata", console=Console(stderr=True), transient=True)
-    metas = [m for s in shards for m in iter_metas(root / s.name)]
+    metas = [m for s in shards for m in iter_metas(confined(root, s.name, "shard"))]
     cameras = sorted({c for m in metas for c in m.cameras})
-    per_class = {index.classes[m.label] if m.label < len(index.classes) else str(m.label): None for m in metas}
+    per_class = {index.classes[m.label] if 0 <= m.label < len(index.classes) else str(m.label): None for m in metas}
     table = {name: {str(c): 0 for c in cameras} for name in sorted(per_class)}
     for m in metas:
-        name = index.classes[m.label] if m.label < len(index.classes) else str(m.label)
+        name = index.classes[m.label] if 0 <= m.label < len(index.classes) else str(m.label)
         for c in m.cameras:
             table[name][str(c)] += 1
     frames = np.array([m.frames for m in metas] or [0])

@@ -8,6 +8,7 @@ from pathlib import Path
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import META_EXT, ContractError, DatasetIndex, GroupMeta, split_member
 from mv2mae.shards.tarindex import iter_tar
+from mv2mae.shards.untrusted import confined
 
 
 def iter_members(path: Path, wanted=None) -> Iterator[tuple[str, str, bytes | None]]:
@@ -43,7 +44,7 @@ def read_group(root: Path, index: DatasetIndex, key: str) -> GroupSample:
     """One group's metadata and members, found through the index."""
     name = shard_of(index, key)
     meta, members = None, {}
-    for k, ext, data in iter_members(root / name, wanted=lambda _e: True):
+    for k, ext, data in iter_members(confined(root, name, "shard"), wanted=lambda _e: True):
         if k != key:
             continue
         if ext == META_EXT:

@@ -15,12 +15,15 @@ from PIL import Image
 
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.reader import GroupSample
-from mv2mae.shards.schema import ContractError, DatasetIndex, read_index
+from mv2mae.shards.schema import ContractError, DatasetIndex, frame_member, read_index
+from mv2mae.shards.untrusted import check_jpeg
 from mv2mae.tools.shardio import read_group
 
 
 def _frame(group: GroupSample, cam: int, t: int) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(group.frame(cam, t), np.uint8), cv2.IMREAD_COLOR)
+    data = group.frame(cam, t)
+    check_jpeg(data, group.meta.size, f"{group.shard}: {frame_member(group.key, cam, t)}")  # before decoding it
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ContractError(f"{group.shard}: frame {t} of camera {cam} of {group.key} does not decode")
     return img[..., ::-1]
@@ -59,7 +62,7 @@ def show(root: str | Path, key: str, out: str | Path, columns: int = 8, source: 
     motion = _motion(root, index, group, source)
     vmax = max([float(np.percentile(m, 99.5)) for m in motion.values()] + [1.0])
     out.parent.mkdir(parents=True, exist_ok=True)
-    label = group.meta.label_name or (index.classes[group.meta.label] if group.meta.label < len(index.classes)
+    label = group.meta.label_name or (index.classes[group.meta.label] if 0 <= group.meta.label < len(index.classes)
                                       else str(group.meta.label))
     title = (f"{key} — {label} · subject {group.meta.subject} · {group.meta.frames} common frames @ "
              f"{group.meta.fps:g} fps"

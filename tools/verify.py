@@ -9,7 +9,6 @@ Problems are collected (never the first one only) as ``"<shard>: <what is wrong>
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import track
 
+from mv2mae.shards.contract import group_problems, index_problems, motion_problems
 from mv2mae.shards.motion import open_motion
 from mv2mae.shards.schema import (
     INDEX_FILE,
@@ -35,10 +35,19 @@ from mv2mae.shards.schema import (
     shard_stem,
 )
 from mv2mae.shards.tarindex import read_member, shard_table
+from mv2mae.shards.untrusted import (
+    MAX_FRAME_SIDE,
+    MAX_INDEX_BYTES,
+    MAX_META_BYTES,
+    confined,
+    jpeg_dimensions,
+    read_json_file,
+)
 from mv2mae.shards.writer import sha256_file
 
 
-def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[str], dict[str, GroupMeta]]:
+def _check_members(path: Path, entry: ShardEntry, decode: bool, classes: list[str]
+                   ) -> tuple[list[str], dict[str, GroupMeta]]:
     """Every problem of one shard's members, each naming shard and member: links, devices and foreign
     names among the members, a cut-off tail, metadata that does not parse, frames that do not decode
     or are missing, and disagreement with index.json. Checking goes on past each problem."""
@@ -59,22 +68,34 @@ def _check_members(path: Path, entry: ShardEntry, decode: bool) -> tuple[list[st
                     frames.setdefault(group.key, set()).add(parse_frame_ext(ext))
                     continue
                 try:
-                    data = read_member(fd, group.span(i), path.name, member)
                     if ext == META_EXT:
-                        metas[group.key] = GroupMeta.from_json(data, where=f"{path.name}:{member}")
+                        data = read_member(fd, group.span(i), path.name, member, limit=MAX_META_BYTES)
+                        metas[group.key] = meta = GroupMeta.from_json(data, where=f"{path.name}:{member}")
+                        problems += [f"{path.name}:{member}: {p}" for p in group_problems(meta, classes)]
                         continue
+                    frames.setdefault(group.key, set()).add(parse_frame_ext(ext))
+                    data = read_member(fd, group.span(i), path.name, member)
+                    problems += _check_frame(data, f"{path.name}: {member}", shapes.setdefault(group.key, set()))
                 except ContractError as e:
                     problems.append(str(e))
-                    continue
-                frames.setdefault(group.key, set()).add(parse_frame_ext(ext))
-                img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-                if img is None:
-                    problems.append(f"{path.name}: {member} does not decode as JPEG")
-                else:
-                    shapes.setdefault(group.key, set()).add((img.shape[1], img.shape[0]))
     finally:
         os.close(fd)
     return problems + _check_groups(path.name, entry, metas, frames, shapes), metas
+
+
+def _check_frame(data: bytes, where: str, shapes: set) -> list[str]:
+    """A frame's problems as a JPEG; the size its header declares joins ``shapes`` (checked against the
+    metadata later), and a frame is decoded only when that size is one a stored frame can have."""
+    width, height = jpeg_dimensions(data, where)
+    shapes.add((width, height))
+    if max(width, height) > MAX_FRAME_SIDE:
+        return [f"{where} declares {width}x{height}, beyond the {MAX_FRAME_SIDE}-pixel bound (not decoded)"]
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        return [f"{where} does not decode as JPEG"]
+    if (img.shape[1], img.shape[0]) != (width, height):
+        return [f"{where} decodes to {img.shape[1]}x{img.shape[0]}, its header says {width}x{height}"]
+    return []
 
 
 def _check_groups(name: str, entry: ShardEntry, metas: dict[str, GroupMeta], frames: dict, shapes: dict) -> list[str]:
@@ -138,13 +159,14 @@ def _check_motion_array(entry: ShardEntry, metas: dict[str, GroupMeta], arr, whe
             if first < 0 or first + rows > arr.shape[0]:
                 problems.append(f"{entry.name}: {key} camera {cam} rows {first}+{rows} outside "
                                 f"{where} of {arr.shape[0]} rows")
-    if not np.isfinite(np.asarray(arr[...], np.float32)).all():
-        problems.append(f"{entry.name}: {where} holds non-finite values")
-    return problems
+    return problems + [f"{entry.name}: {p}" for p in motion_problems(arr, np.asarray(arr[...]), where)]
 
 
-def verify_shard(root: Path, entry: ShardEntry, sources: list[str], cell: int, decode: bool) -> list[str]:
-    path = root / entry.name
+def verify_shard(root: Path, entry: ShardEntry, index: DatasetIndex, decode: bool) -> list[str]:
+    try:
+        path = confined(root, entry.name, "shard")
+    except ContractError as e:
+        return [str(e)]
     if not path.is_file():
         return [f"{entry.name}: missing"]
     problems = []
@@ -153,28 +175,20 @@ def verify_shard(root: Path, entry: ShardEntry, sources: list[str], cell: int, d
     try:
         if sha256_file(path) != entry.sha256:
             problems.append(f"{entry.name}: sha256 does not match index.json (corrupted or rewritten)")
-        member_problems, metas = _check_members(path, entry, decode)
+        member_problems, metas = _check_members(path, entry, decode, index.classes)
     except OSError as e:
         return problems + [f"{entry.name}: unreadable ({e.strerror or e})"]
     problems += member_problems
-    return problems + _check_motion(root, entry, metas, sources, cell)
+    return problems + _check_motion(root, entry, metas, index.motion, index.cell)
 
 
 def _check_index(root: Path, index: DatasetIndex) -> list[str]:
-    """The manifest against itself and the folder: unlisted shard files, duplicate keys, the total."""
+    """The manifest against the folder (unlisted shard files) and against itself (the contract's
+    :func:`~mv2mae.shards.contract.index_problems`: duplicate names and keys, the totals)."""
     listed = {s.name for s in index.shards}
     problems = [f"{p.name}: shard file not listed in index.json" for p in sorted(root.glob("*.tar"))
                 if p.name not in listed]
-    seen: dict[str, str] = {}
-    for shard in index.shards:
-        for key in shard.keys:
-            if key in seen:
-                problems.append(f"{shard.name}: group {key} is also listed in {seen[key]}")
-            seen.setdefault(key, shard.name)
-    stated = json.loads((root / INDEX_FILE).read_text()).get("groups")
-    if stated is not None and stated != index.groups:
-        problems.append(f"{INDEX_FILE}: says {stated} groups, its shards hold {index.groups}")
-    return problems
+    return problems + index_problems(index, read_json_file(root / INDEX_FILE, MAX_INDEX_BYTES).get("groups"))
 
 
 def verify(root: str | Path, decode: bool = True, workers: int = 1) -> tuple[int, list[str]]:
@@ -182,7 +196,7 @@ def verify(root: str | Path, decode: bool = True, workers: int = 1) -> tuple[int
     root = Path(root)
     index = read_index(root)
     problems = _check_index(root, index)
-    args = [(root, s, list(index.motion), index.cell, decode) for s in index.shards]
+    args = [(root, s, index, decode) for s in index.shards]
     bar = dict(description="verifying shards", total=len(args), console=Console(stderr=True), transient=True)
     if workers > 1:
         with ProcessPoolExecutor(workers) as pool:

@@ -17,6 +17,16 @@ def experiment(
                                                            "written in the plan."),
     device: str = typer.Option("auto", "--device", help="auto (cuda if available), cpu, cuda or cuda:N."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the arms, seeds and stages (done or to do); run nothing."),
+    verify: bool = typer.Option(False, "--verify", help="Re-run one stage of the finished study in --out from scratch "
+                                "(in a temporary folder, with its dataset and pretraining) and compare its numbers and "
+                                "data digests with the committed ones; exit 1 when they differ."),
+    stage: str = typer.Option(None, "--stage", help="With --verify: runs/ARM/seedS/STAGE (default: the first probe "
+                              "of the untrained encoder's arm, which needs no pretraining)."),
+    compare: Path = typer.Option(None, "--compare", help="Another finished study (its folder or results.json): print "
+                                 "where its data digests, per-seed numbers and fingerprint differ from --out's; exit 1 "
+                                 "when digests or numbers differ."),
+    tolerance: float = typer.Option(0.0, "--tolerance", min=0.0, help="With --verify or --compare: the largest absolute difference "
+                                    "of a number (accuracy in [0, 1], loss) still called reproduced; 0 = bit-equal."),
 ) -> None:
     """Pretrain, probe (linear, k-NN) and finetune every arm of a plan under one budget and several seeds.
 
@@ -30,6 +40,12 @@ def experiment(
     if dry_run:
         _print_plan(the_plan, out)
         return
+    if verify:
+        _verify(the_plan, out, stage, tolerance, device)
+        return
+    if compare is not None:
+        _compare(out, compare, tolerance)
+        return
     from mv2mae.cli.train import _process_group, _run_errors
     from mv2mae.experiment.study import run_plan
     from mv2mae.preprocess.adapters import AdapterError
@@ -41,6 +57,31 @@ def experiment(
     with reported(PlanError, StudyError, PreprocessError, AdapterError, *_run_errors()), _process_group(device) as env:
         path = run_plan(the_plan, out, env, command, log=lambda line: typer.echo(f"experiment: {line}", err=True))
     typer.echo(f"report written to {path}")
+
+
+def _verify(plan, out: Path, stage: str | None, tolerance: float, device: str) -> None:
+    from mv2mae.cli.train import _process_group, _run_errors
+    from mv2mae.experiment.runner import StudyError
+    from mv2mae.experiment.verify import format_verification, verify
+    from mv2mae.preprocess.adapters import AdapterError
+    from mv2mae.preprocess.pipeline import PreprocessError
+
+    with reported(StudyError, PreprocessError, AdapterError, *_run_errors()), _process_group(device) as env:
+        result = verify(plan, out, env, stage, tolerance, log=lambda line: typer.echo(f"verify: {line}", err=True))
+    typer.echo("\n".join(format_verification(result)))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _compare(out: Path, other: Path, tolerance: float) -> None:
+    from mv2mae.experiment.runner import StudyError
+    from mv2mae.experiment.verify import compare_studies, format_verification
+
+    with reported(StudyError):
+        result = compare_studies(out, other, tolerance)
+    typer.echo("\n".join(format_verification(result)))
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 def _print_plan(plan, out: Path) -> None:

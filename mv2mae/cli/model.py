@@ -104,7 +104,7 @@ def embed(
 def predict(
     videos: list[Path] = typer.Argument(..., help="Video files, or folders of them."),
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A finetuned classifier (e.g. "
-                                                               "RUN/finetune/checkpoints/best-val-top1.pt)."),
+                                                               "RUN/finetune/checkpoints/last-step.pt)."),
     views: bool = typer.Option(False, "--views/--separate",
                                help="The videos are synchronised views of one recording: also give their fused "
                                     "prediction (probabilities averaged, as eval fuses cameras)."),

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from mv2mae.cli import errors
 from mv2mae.cli.choices import ProbeMethod, Protocol, Split
-from mv2mae.cli.errors import check_output, reported, write_json
+from mv2mae.cli.errors import check_output, fail, reported, write_json
 
 if TYPE_CHECKING:
     from mv2mae.train.distributed import DistEnv
@@ -55,6 +56,23 @@ def _saved_run_config(out: Path, resume: str | None) -> tuple[Path | None, dict 
 
     path = (ckpt_io.latest(out) if resume == "auto" else Path(resume)) if resume else None
     return (path, ckpt_io.load_run(path)["run_config"]) if path is not None else (None, None)
+
+
+@contextlib.contextmanager
+def _rank_named(env: DistEnv) -> Iterator[None]:
+    """Under torchrun, whatever ends a rank is one line naming the rank and the cause (one traceback per
+    rank, interleaved, hides both); the errors a user can act on keep their exit status. With one process,
+    or ``--debug``, errors pass through to :func:`reported` (and bugs keep their traceback)."""
+    try:
+        yield
+    except Exception as e:
+        if not env.distributed or errors.DEBUG or isinstance(e, typer.Exit):
+            raise
+        known = isinstance(e, _run_errors())
+        lines = str(e).strip().splitlines()
+        cause = str(e) if known else f"{type(e).__name__}: {lines[0] if lines else ''} (--debug shows where)"
+        named = cause if cause.startswith(f"rank {env.rank}:") else f"rank {env.rank}: {cause}"
+        fail(named, getattr(e, "exit_code", 1))
 
 
 def _resolve_config(stage: str, config: str | None, sets: list[str], saved: dict | None, out: Path,
@@ -107,7 +125,7 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
         _check_same_data(cfg, saved, resumed, switch_data)
         cfg, notes = with_init(cfg, init)
-        with _process_group(cfg.loop.device, cfg.loop.collective_timeout) as env:
+        with _process_group(cfg.loop.device, cfg.loop.collective_timeout) as env, _rank_named(env):
             if env.is_main:
                 for note in notes:
                     typer.echo(f"note: {note}", err=True)
@@ -228,36 +246,46 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
           clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str,
           overwrite: bool = False) -> None:
-    from mv2mae.eval.evaluate import EVAL_FILES, evaluate, write_results
+    from mv2mae.data.fingerprint import fingerprint
+    from mv2mae.eval.evaluate import EVAL_FILES, evaluate, training_protocol, write_results
+    from mv2mae.eval.guards import require_dataset_classes, require_finite_weights
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
     from mv2mae.shards.atomic import check_publishable, holds_only
     from mv2mae.shards.schema import read_index
 
-    with reported(*_run_errors()), _process_group(device) as env:
+    with reported(*_run_errors()), _process_group(device) as env, _rank_named(env):
         ckpt = load_checkpoint(checkpoint)
         model = load_classifier(ckpt, str(checkpoint)).to(env.device).eval()
+        require_finite_weights(model, str(checkpoint))
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
         if env.is_main:
             check_output(out)
             check_publishable(out, holds_only(EVAL_FILES), overwrite)
-        classes = ckpt.get("classes") or read_index(d.root).classes
+        classes = require_dataset_classes(ckpt.get("classes"), model.num_classes, read_index(d.root).classes,
+                                          str(checkpoint), d.root)
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
+        results["training"] = training_protocol(ckpt, checkpoint)
         if env.is_main:
+            results["fingerprint"] = fingerprint(d.root)
             path, table, png = write_results(results, videos, out, overwrite)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
+            typer.echo(f"the model was {results['training']['summary']}")
             typer.echo(f"results: {path}  per-video predictions: {table}  confusion matrix: {png}")
 
 
 def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: str, out: Path | None,
            clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+    from mv2mae.data.fingerprint import fingerprint
+    from mv2mae.eval.guards import require_finite_weights
     from mv2mae.eval.probe import run_probe
     from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
     from mv2mae.shards.schema import read_index
 
-    with reported(*_run_errors()), _process_group(device) as env:
+    with reported(*_run_errors()), _process_group(device) as env, _rank_named(env):
         ckpt = load_checkpoint(checkpoint)
         model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
+        require_finite_weights(model, str(checkpoint))  # a probe fits its own head: the classes are the data's
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
         out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
         if env.is_main:
@@ -266,6 +294,7 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
         results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]
         results["classes"] = classes
         if env.is_main:
+            results["fingerprint"] = fingerprint(d.root)
             write_json(out / "results.json", results)
             _print_results(results, f"{method} probe of {checkpoint} on {d.protocol}")
             typer.echo(f"results: {out / 'results.json'}")

@@ -59,8 +59,9 @@ class DataConfig:
     # the model runs: nvJPEG on CUDA), or "auto" = device on CUDA, cpu elsewhere (:meth:`decodes_on_device`)
     decode_on: str = "auto"
     # validation split carved from the protocol's train split for finetuning's model selection (no test
-    # video is ever in it): whole subjects (the default), whole shards (datasets whose shards mix subjects),
-    # or none. Pretraining (no labels, no selection) uses the whole train split.
+    # video is ever in it): whole subjects (the default, and tiny's), whole shards (datasets whose shards mix
+    # subjects), or none: the paper's protocol, which its presets set (the whole train split, the last step
+    # tested). Pretraining (no labels, no selection) uses the whole train split.
     val_by: str = VALIDATION_BY[0]  # subject
     val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
     # groups a loader process may skip as unreadable (truncated or tampered shard, undecodable JPEG,

@@ -42,10 +42,11 @@ from mv2mae.data.sampling import (
     train_frame_indices,
 )
 from mv2mae.data.transport import RingEnds, attach
+from mv2mae.shards.contract import checked_index
 from mv2mae.shards.motion import MotionRows
 from mv2mae.shards.protocols import ProtocolError, Selection, hold_out, select
 from mv2mae.shards.reader import BadSamples, GroupSample, current_slot, eval_groups, train_groups
-from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext, read_index
+from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext
 
 # A stream that skips this many groups in a row cannot form samples under its protocol.
 MAX_CONSECUTIVE_SKIPS = 10_000
@@ -63,8 +64,9 @@ class ShardSplit:
     def open(cls, root: str | Path, protocol: str, split: str, val_by: str = "none",
              val_fraction: float = 0.0) -> ShardSplit:
         """``split`` of ``protocol`` on ``root``; with ``val_by`` other than ``none``, ``train`` loses the
-        validation share that ``val`` is (:func:`~mv2mae.shards.protocols.hold_out`)."""
-        index = read_index(root)
+        validation share that ``val`` is (:func:`~mv2mae.shards.protocols.hold_out`). An index that breaks
+        the contract (:func:`~mv2mae.shards.contract.checked_index`) is refused here, its groups as read."""
+        index = checked_index(Path(root))
         if split == "val" and val_by == "none":
             raise ContractError(f"{root}: no validation split (data.val_by is none)")
         selection = select(index, protocol, "train" if split == "val" else split)
@@ -183,7 +185,7 @@ class ClipDataset(IterableDataset):
         return train_groups(self.split.root, [s.name for s in self.split.selection.shards],
                             seed=self.seed + 7919 * self._epoch, rank=self.rank, world_size=self.world_size,
                             shuffle_buffer=self.data.shuffle_buffer, plan=plan, bad=self.bad,
-                            shift=self.resume_at[0])
+                            shift=self.resume_at[0], index=self.split.index)
 
     def _usable(self, groups: Iterator[GroupSample], build: Callable[[GroupSample], Iterator[dict]]) -> Iterator[dict]:
         """The samples ``build`` makes of each group; a group whose frames or motion turn out unusable
@@ -359,5 +361,6 @@ class EvalClips(ClipDataset):
                             "key": group.key, "video_id": f"{group.key}/c{cam:03d}"}
 
         groups = eval_groups(self.split.root, self.split.selection.shards, rank=self.rank,
-                             world_size=self.world_size, plan=self._planner(choose), bad=self.bad)
+                             world_size=self.world_size, plan=self._planner(choose), bad=self.bad,
+                             index=self.split.index)
         yield from self._usable(groups, build)

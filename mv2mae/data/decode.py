@@ -18,6 +18,7 @@ from mv2mae.data.sampling import Crop
 from mv2mae.data.transport import batch_buffer, fresh_buffer, ship
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import ContractError, frame_member
+from mv2mae.shards.untrusted import check_jpeg
 
 # libjpeg-turbo writes RGB directly when asked (OpenCV >= 4.10): no per-frame colour conversion.
 _IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
@@ -32,11 +33,14 @@ def decode_jpeg_rgb(data: bytes) -> np.ndarray | None:
 
 
 def decode_frames(group: GroupSample, camera: int, indices: np.ndarray) -> dict[int, np.ndarray]:
-    """Stored frames ``indices`` of ``camera`` as RGB arrays, each distinct index decoded once."""
+    """Stored frames ``indices`` of ``camera`` as RGB arrays, each distinct index decoded once; a frame whose
+    header is not a JPEG of the stored size is refused before the decoder allocates for it."""
     width, height = group.meta.size
     frames = {}
     for t in np.unique(indices).tolist():
-        img = decode_jpeg_rgb(group.frame(camera, t))
+        data = group.frame(camera, t)
+        check_jpeg(data, group.meta.size, f"{group.shard}: {frame_member(group.key, camera, t)}")
+        img = decode_jpeg_rgb(data)
         if img is None:
             raise ContractError(f"{group.shard}: {frame_member(group.key, camera, t)} is not a decodable JPEG")
         if img.shape[:2] != (height, width):

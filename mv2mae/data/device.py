@@ -23,11 +23,13 @@ A sample crosses from a worker as:
 A single-view sample (finetuning, evaluation) has ``frames`` [T], ``boxes`` [4] and ``flips`` [], and its
 decoded video no view axis, exactly like the cpu path's.
 
-A JPEG that does not decode, or decodes to another size than the metadata's, is found here in the
-training process, after the worker's bad-sample accounting (``data.max_bad_samples``): the batch fails
-with a :class:`~mv2mae.shards.schema.ContractError` naming the shard and member, rather than being
-skipped (dropping a sample would change the batch the step and its resume count on). ``decode_on=cpu``
-skips such groups; ``mv2mae shards verify`` finds them all beforehand.
+A frame that is not a JPEG of the stored size by its header (a PNG, a WebP, a header declaring
+60000x60000) is refused in the worker (:func:`encode_views`), which skips and counts its group
+(``data.max_bad_samples``) as ``decode_on=cpu`` does. A JPEG whose header is right but whose data does
+not decode, or decodes to another size, is found only here in the training process, after the worker's
+accounting: the batch fails with a :class:`~mv2mae.shards.schema.ContractError` naming the shard and
+member, rather than being skipped (dropping a sample would change the batch the step and its resume
+count on); ``decode_on=cpu`` skips such groups, and ``mv2mae shards verify`` finds them all beforehand.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from mv2mae.data.motion import area_matrix, clip_token_motion
 from mv2mae.data.sampling import Crop
 from mv2mae.shards.reader import GroupSample
 from mv2mae.shards.schema import ContractError, frame_member
+from mv2mae.shards.untrusted import check_jpeg
 
 JPEG_FIELDS = ("jpeg", "jpeg_sizes", "jpeg_members")  # ragged per sample: a batch concatenates them
 PLAN_FIELDS = (*JPEG_FIELDS, "jpeg_count", "frames", "boxes", "flips", "frame_size", "shard")
@@ -62,7 +65,11 @@ def encode_views(group: GroupSample, plan: list[tuple[int, np.ndarray]], crops: 
         distinct, where = np.unique(indices, return_inverse=True)
         frames[v] = len(chunks) + where
         for t in distinct.tolist():
-            chunks.append(group.frame(cam, t))
+            data = group.frame(cam, t)
+            # here, in the worker, a frame that is not a JPEG of the stored size is a bad group, skipped and
+            # counted, before the training process's decoder would allocate what its header declares
+            check_jpeg(data, group.meta.size, f"{group.shard}: {frame_member(group.key, cam, t)}")
+            chunks.append(data)
             members.append((cam, t))
     data = torch.frombuffer(bytearray().join(chunks), dtype=torch.uint8)
     encoded = {"jpeg": data, "jpeg_sizes": torch.tensor([len(c) for c in chunks], dtype=torch.int64),

@@ -24,9 +24,11 @@ from torch import nn
 from mv2mae.config import RunConfig
 from mv2mae.data.config import DataConfig
 from mv2mae.data.loaders import build_eval_loader
+from mv2mae.eval.guards import require_finite_scores
 from mv2mae.eval.metrics import aggregate, video_predictions
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.atomic import holds_only, publish_dir, write_atomic
+from mv2mae.train.checkpoint import BEST_VAL_TOP1, BEST_VAL_TOP1_EMA
 from mv2mae.train.distributed import DistEnv, gather_objects
 
 RESULTS_FILE = "results.json"
@@ -103,6 +105,7 @@ def evaluate(model: nn.Module, data: DataConfig, env: DistEnv, class_names: list
     if not rows["out"]:
         raise ValueError(f"{data.root}: protocol {data.protocol} split {split} produced no test clips")
     probs = np.asarray(rows["out"])
+    require_finite_scores(probs, f"{data.root} ({data.protocol} {split})")
     ids = (rows["video_id"], rows["key"], rows["camera"], rows["label"])
     results = aggregate(probs, *ids, num_classes=len(class_names))
     results.update(protocol=data.protocol, split=split, data=str(data.root), clips_per_video=data.eval_clips,
@@ -122,6 +125,25 @@ def validator(data: DataConfig, env: DistEnv, class_names: list[str],
                 "mean_class_top1": results["mean_class_top1"]}
 
     return validate
+
+
+def training_protocol(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
+    """What produced a number (results.json ``training``): the split the finetuning trained on and how many
+    videos it held, as the run recorded them, and the step tested — the last (the paper's protocol), or
+    the best on the validation split — with the two in one sentence (``summary``)."""
+    record = dict(ckpt.get("training") or {})
+    step, steps = ckpt.get("step"), ckpt.get("steps")
+    if step is None:
+        tested = "a checkpoint that records no step"
+    elif Path(path).name in (BEST_VAL_TOP1, BEST_VAL_TOP1_EMA):
+        tested = f"the best validation step (step {step}{f' of {steps}' if steps else ''}, {Path(path).name})"
+    elif step == steps:
+        tested = f"the last step ({step})"
+    else:
+        tested = f"step {step}{f' of {steps}' if steps else ''}"
+    trained = (f"trained on {record['split']}: {record['train_videos']:,} videos" if "split" in record else
+               "trained on a split the checkpoint does not record")
+    return record | {"step": step, "steps": steps, "tested_at": tested, "summary": f"{trained}; tested at {tested}"}
 
 
 def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path,

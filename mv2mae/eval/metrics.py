@@ -46,6 +46,9 @@ def aggregate(probs: np.ndarray, video_ids: Sequence[str], keys: Sequence[str], 
     labels = np.asarray(labels, dtype=np.int64)
     if len({len(video_ids), len(keys), len(cameras), len(labels), len(probs)}) != 1:
         raise ValueError("aggregate: probs, video_ids, keys, cameras and labels must have one row per clip")
+    outside = labels[(labels < 0) | (labels >= num_classes)]
+    if len(outside):  # np.add.at would count label -1 as the last class
+        raise ValueError(f"aggregate: label {int(outside[0])} is none of the {num_classes} classes")
     meta = {}
     for vid, key, cam, lab in zip(video_ids, keys, cameras, labels, strict=True):
         if meta.setdefault(vid, (key, int(cam), int(lab))) != (key, int(cam), int(lab)):

@@ -22,6 +22,7 @@ from mv2mae.data.config import ClipGeometry, DataConfig
 from mv2mae.data.decode import crop_resize, to_video_tensor
 from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.eval.embed import open_video, read_frames
+from mv2mae.eval.guards import require_finite_scores, require_finite_weights
 from mv2mae.model.checkpoint import load_checkpoint, load_classifier
 from mv2mae.model.classifier import VideoClassifier
 
@@ -43,7 +44,11 @@ class Predictor:
     def load(cls, checkpoint: str | Path, device: str | torch.device = "cpu") -> Predictor:
         ckpt = load_checkpoint(checkpoint)
         model = load_classifier(ckpt, str(checkpoint)).to(device).eval()
+        require_finite_weights(model, str(checkpoint))
         classes = ckpt.get("classes") or [f"class_{i}" for i in range(model.num_classes)]
+        if len(classes) != model.num_classes:
+            raise ValueError(f"{checkpoint}: its head has {model.num_classes} outputs but it records {len(classes)} "
+                             f"class names")
         data = RunConfig.from_dict(ckpt["run_config"]).data if "run_config" in ckpt else DataConfig()
         return cls(model, list(classes), data, ckpt.get("fps"), torch.device(device))
 
@@ -65,7 +70,9 @@ class Predictor:
     def probabilities(self, path: Path, clips: int | None = None, crops: int | None = None) -> np.ndarray:
         """Class probabilities [C] of one video: the softmax averaged over its clips × crops."""
         logits = self.model(self.clips(path, clips, crops))
-        return logits.float().softmax(dim=-1).mean(dim=0).cpu().numpy()
+        probs = logits.float().softmax(dim=-1).mean(dim=0).cpu().numpy()
+        require_finite_scores(probs, str(path))
+        return probs
 
 
 def video_files(paths: list[Path]) -> list[Path]:

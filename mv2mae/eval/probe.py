@@ -19,6 +19,7 @@ from torch import nn
 
 from mv2mae.data.config import DataConfig
 from mv2mae.eval.evaluate import EVAL_BATCH, eval_loader, gather_rows, predict
+from mv2mae.eval.guards import require_finite_scores
 from mv2mae.eval.metrics import aggregate
 from mv2mae.train.distributed import DistEnv
 
@@ -91,6 +92,7 @@ def run_probe(model: nn.Module, data: DataConfig, env: DistEnv, methods: Sequenc
     for method in methods:
         probs = (linear_probe(tr_x, tr_y, te_x, num_classes) if method == "linear"
                  else knn_probe(tr_x, tr_y, te_x, num_classes)).numpy()
+        require_finite_scores(probs, f"{data.root} ({method} probe)")
         results = aggregate(probs, test["video_id"], test["key"], test["camera"], test["label"], num_classes)
         results.update(method=method, protocol=data.protocol, train_videos=len(train["video_id"]),
                        test_videos=len(test["video_id"]))

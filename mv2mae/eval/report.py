@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import summary
 from mv2mae.shards.atomic import write_atomic
 from mv2mae.train.logs import read_log
 
@@ -72,7 +73,8 @@ def _validation(log: list[dict[str, Any]]) -> list[str]:
     """How the finetuned checkpoint was chosen: validation top-1 over the run, and the best step."""
     scored = [r for r in log if "val_top1" in r]
     if not scored:
-        return ["- no validation split (data.val_by=none): lowest-train-loss.pt is the lowest training loss"]
+        return ["- no validation split (data.val_by=none, the paper's protocol): last-step.pt is the model the "
+                "protocol tests; lowest-train-loss.pt is the step of lowest training loss"]
     best = max(scored, key=lambda r: (r["val_top1"], -r["step"]))
     curve = ", ".join(f"{r['step']}: {_pct(r['val_top1'])}" for r in scored)
     lines = [f"- validation top-1 % by step (a split held out of the training data: no test video): {curve}",
@@ -159,7 +161,11 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
              f"training cameras; the scores below are on the {results['split']} cameras, which the model never saw. "
              f"Every test video is scored as {results['clips_per_video']} clips × {results['crops_per_clip']} crops "
              f"with the softmax averaged; *fused* averages the cameras of a group.", ""]
+    if "training" in results:
+        lines += [f"The finetuned model was {results['training']['summary']}.", ""]
     lines += _timings(timings)
+    if "fingerprint" in results:
+        lines += [f"Computed on: {summary(results['fingerprint'])}.", ""]
     lines += ["## Accuracy", ""] + _accuracy_table(results)
     if len(results["per_camera"]) == 1:
         lines += ["", "(One test camera: the fused score equals that camera's.)"]

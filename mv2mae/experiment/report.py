@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from mv2mae.data.fingerprint import summary
 from mv2mae.experiment.plan import EVALS, PLAN_DIR, Plan
 from mv2mae.experiment.results import collect
 from mv2mae.experiment.runner import write_json_atomic
@@ -59,7 +60,7 @@ def _git_revision() -> str | None:
 
 def write_report(out: Path, plan: Plan, context: dict[str, Any]) -> Path:
     """Collect the finished stages of ``out`` and write results.json, the plots and RESULTS.md."""
-    results = {"plan": _plan_summary(plan), **context, **collect(out, plan)}
+    results = {"plan": plan_summary(plan), **context, **collect(out, plan)}
     write_json_atomic(out / JSON, results)
     _plots(out, plan, results)
     path = out / REPORT
@@ -73,7 +74,7 @@ def shown_source(source: str) -> str:
     return f"mv2mae/experiment/plans/{path.name}" if path.parent == PLAN_DIR else source
 
 
-def _plan_summary(plan: Plan) -> dict[str, Any]:
+def plan_summary(plan: Plan) -> dict[str, Any]:
     return {"name": plan.name, "title": plan.title, "source": shown_source(plan.source), "scale": plan.scale,
             "config": plan.config, "dataset": plan.dataset, "pretrain_protocol": plan.pretrain_protocol,
             "protocols": plan.protocols, "budget": {k: list(v) for k, v in plan.budget.items()},
@@ -144,6 +145,8 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in synth.items() if k != "seed")
         + f" ({results['dataset']['groups']} groups); preprocessed with "
         + ", ".join(f"{k} {v}" for k, v in plan.dataset.get("preprocess", {}).items()),
+        *([f"- Fingerprint: {summary(results['fingerprint'])}; compare with `mv2mae experiment --verify` "
+            "(results.json's `fingerprint` has the whole record)"] if "fingerprint" in results else []),
         f"- Pretraining on `{plan.pretrain_protocol}`; evaluation on "
         + ", ".join(f"{k} = `{p}`" for k, p in plan.protocols.items()),
         f"- Budget: preset `{plan.config}`, plan `{shown_source(plan.source)}` scale `{plan.scale}`; "

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import data_fingerprint, fingerprint, shards_digest
 from mv2mae.eval.evaluate import evaluate
 from mv2mae.eval.probe import run_probe
 from mv2mae.experiment.plan import Arm, Plan
@@ -106,9 +107,11 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
     data, raw = Path(spec["dir"]), Path(spec["raw"])
     record = out / DATASET_RECORD
     if record.is_file() and (data / "index.json").is_file():
-        made = json.loads(record.read_text())["spec"]
-        if made != spec:
-            raise StudyError(f"{out} was made on another dataset ({record}: {made}); choose another --out")
+        made = json.loads(record.read_text())
+        if made["spec"] != spec:
+            raise StudyError(f"{out} was made on another dataset ({record}: {made['spec']}); choose another --out")
+        check_same_shards(made, data, record, log)
+        check_expected_shards(spec, data)
         return data
     workers = int(spec.get("workers", 0))
     truth = raw / GROUND_TRUTH
@@ -127,8 +130,39 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
     if truth.is_file():
         log(f"preprocessing {raw} into {data} (resumes; nothing to do when finished)")
         preprocess("synth", raw, data, workers=workers, progress=False, **spec.get("preprocess", {}))
-    write_json_atomic(record, {"spec": spec, "groups": read_index(data).groups})
+    check_expected_shards(spec, data)
+    write_json_atomic(record, {"spec": spec, "groups": read_index(data).groups,
+                               "fingerprint": data_fingerprint(data, raw)})
     return data
+
+
+def check_expected_shards(spec: dict[str, Any], data: Path) -> None:
+    """The shards are the ones the plan was run on (``dataset.shards_sha256``, the digest of
+    :func:`shards_digest`). Rendering and preprocessing are bit-stable for the pinned tool versions
+    (tests/test_golden_digests.py), so another digest means the folder was made by other code or other
+    tools: the first published cross-view study read a folder left by an earlier version (issue 24)."""
+    want = spec.get("shards_sha256")
+    if want is None:
+        return
+    now = shards_digest(data)["sha256"]
+    if now != want:
+        raise StudyError(f"{data}: shards sha256 {now[:12]}, the plan's dataset.shards_sha256 is {want[:12]}: the folder "
+                         f"was made by another version of mv2mae or of its data libraries (constraints.txt); delete "
+                         f"{data} (and its raw folder) to render it again, or set dataset.dir and dataset.raw elsewhere")
+
+
+def check_same_shards(made: dict[str, Any], data: Path, record: Path, log: Callable[[str], None]) -> None:
+    """The shards in ``data`` are the ones the study's dataset.json recorded (an older record without a
+    fingerprint gets this folder's, and says so)."""
+    now = shards_digest(data)
+    then = made.get("fingerprint", {}).get("shards")
+    if then is None:
+        log(f"{record} records no shard digest (made before fingerprints): recording {data}'s, {now['sha256'][:12]}")
+        write_json_atomic(record, {**made, "fingerprint": {"shards": now}})
+    elif then["sha256"] != now["sha256"]:
+        raise StudyError(f"the data changed: the shards in {data} (sha256 {now['sha256'][:12]}, {now['groups']} groups) "
+                         f"are not the ones this study used ({record}: {then['sha256'][:12]}, {then['groups']} groups); "
+                         f"re-render into new dataset.dir and dataset.raw folders with a new --out, or restore the data")
 
 
 def cpu_seconds() -> float:
@@ -195,7 +229,7 @@ class Study:
         done = read_done(folder)
         if done is not None:
             if done["spec"] != spec:
-                raise StudyError(f"{folder} was made by another plan ({_first_difference(done['spec'], spec)}); "
+                raise StudyError(f"{folder} was made by another plan ({first_difference(done['spec'], spec)}); "
                                  f"delete it, or choose another --out")
             return done["result"]
         self.log(f"{folder.relative_to(self.out)}")
@@ -221,13 +255,13 @@ class Study:
             model = load_feature_model(ckpt).to(self.env.device).eval()
         data = replace(cfg.data, protocol=protocol)
         results = run_probe(model, data, self.env, methods, len(read_index(data.root).classes))
-        write_json_atomic(folder / RESULTS, results)
+        write_json_atomic(folder / RESULTS, {**results, "fingerprint": fingerprint(data.root)})
         return {m: _accuracy(r) for m, r in results.items()}
 
     def _evaluate(self, cfg: RunConfig, ft_dir: Path, folder: Path) -> dict[str, Any]:
         model = load_classifier(_checkpoint(ft_dir)).to(self.env.device).eval()
         results, _ = evaluate(model, cfg.data, self.env, read_index(cfg.data.root).classes)
-        write_json_atomic(folder / RESULTS, results)
+        write_json_atomic(folder / RESULTS, {**results, "fingerprint": fingerprint(cfg.data.root)})
         return {"finetune": _accuracy(results)}
 
 
@@ -242,9 +276,9 @@ def _accuracy(results: dict[str, Any]) -> dict[str, float]:
     return {"top1": results["videos"]["top1"], "top5": results["videos"]["top5"], "fused_top1": results["fused"]["top1"]}
 
 
-def _first_difference(old: Any, new: Any, where: str = "") -> str:
+def first_difference(old: Any, new: Any, where: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new), key=str):
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
+                return first_difference(old.get(key), new.get(key), f"{where}.{key}" if where else str(key))
     return f"{where or 'spec'}: {old!r} then, {new!r} now"

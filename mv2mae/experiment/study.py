@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from mv2mae.data.fingerprint import numerics
 from mv2mae.experiment.plan import Plan
 from mv2mae.experiment.report import environment, write_report
 from mv2mae.experiment.runner import DATASET_RECORD, Study, schedule
@@ -19,8 +20,9 @@ def run_plan(plan: Plan, out: Path, env: DistEnv, command: str, log: Callable[[s
     out.mkdir(parents=True, exist_ok=True)
     study = Study(plan, out, env, log)
     study.prepare()
-    context = {"command": command, "environment": environment(env.device),
-               "dataset": json.loads((out / DATASET_RECORD).read_text())}
+    dataset = json.loads((out / DATASET_RECORD).read_text())
+    context = {"command": command, "environment": environment(env.device), "dataset": dataset,
+               "fingerprint": {"data": dataset["fingerprint"], "numerics": numerics()}}
     for arm, seed in schedule(plan):
         study.run(arm, seed)
         write_report(out, plan, context)

@@ -28,7 +28,8 @@ from mv2mae.model.mv2mae import MV2MAE
 
 FORMAT = "mv2mae-checkpoint"
 ENCODER_PREFIX = "encoder."
-PRETRAIN_ONLY_PREFIXES = ("self_decoder.", "cross_decoder.")
+CROSS_DECODER_PREFIX = "cross_decoder."
+PRETRAIN_ONLY_PREFIXES = ("self_decoder.", CROSS_DECODER_PREFIX)
 CLASSIFIER_HEAD_PREFIXES = ("fc_norm.", "head.")
 # the encoder's final LayerNorm (inside the encoder's state): pretraining has it, a classifier does not
 FINAL_NORM_PREFIX = "norm."
@@ -181,13 +182,20 @@ def load_mv2mae(ckpt: dict[str, Any] | str | Path, **config_overrides: Any) -> M
 
 def init_mv2mae(ckpt: dict[str, Any] | str | Path, wanted: ModelConfig) -> MV2MAE:
     """An :class:`MV2MAE` of ``wanted``'s geometry (e.g. to continue pretraining at another size) initialised
-    strictly: a full MV2MAE checkpoint fills every part; an encoder-only one (a converted VideoMAE
-    finetune, a classifier) fills the encoder and leaves the decoders freshly initialised, and the
-    encoder's final norm too when the checkpoint has none (a classifier never has one)."""
+    strictly: a full MV2MAE checkpoint fills every part, except that a cross-view decoder it lacks (a
+    single-view or λ = 0 pretraining) starts fresh and one ``wanted`` does not build is left out; an
+    encoder-only one (a converted VideoMAE finetune, a classifier) fills the encoder and leaves the
+    decoders freshly initialised, and the encoder's final norm too when the checkpoint has none (a
+    classifier never has one)."""
     ckpt, source = _read(ckpt)
     model = MV2MAE(fit_config(ckpt, wanted, source))
     if any(k.startswith(PRETRAIN_ONLY_PREFIXES) for k in ckpt["model"]):
-        load_state_strict(model, ckpt["model"], source)
+        state, has_cross = dict(ckpt["model"]), any(k.startswith(CROSS_DECODER_PREFIX) for k in ckpt["model"])
+        if model.cross_decoder is None:
+            state = {k: v for k, v in state.items() if not k.startswith(CROSS_DECODER_PREFIX)}
+        elif not has_cross:
+            state |= {CROSS_DECODER_PREFIX + k: v for k, v in model.cross_decoder.state_dict().items()}
+        load_state_strict(model, state, source)
         return model
     state = encoder_state(ckpt["model"], source)
     if model.cfg.encoder_final_norm and not _has_final_norm(state):

@@ -52,6 +52,11 @@ class ModelConfig:
     decoder_depth: int = 4
     decoder_heads: int = 3
     cross_decoder_depth: int = 4
+    # whether the cross-view decoder is built: a configuration that leaves it out of the loss (one view per
+    # sample, or lambda_cross = 0) builds none, so its checkpoints hold no cross-view weights and every
+    # built parameter takes part in the loss, as DDP needs (RunConfig derives it from data.num_sources
+    # and lambda_cross)
+    cross_view: bool = True
     # --- position embeddings, fixed (not learned). sinusoid1d is VideoMAE's own table, a 1D sinusoid over
     # the flattened token index (the method's convention): transformers' VideoMAE computes exactly this
     # table, so such a model exports and imported VideoMAE weights keep their positions. sincos3d

@@ -1,5 +1,6 @@
 """The MV2MAE pretraining model: shared encoder, self-view decoder on every view, cross-view decoder
-on the target view (view 0) attending to the source views (1..K)."""
+on the target view (view 0) attending to the source views (1..K). A model without the cross-view decoder
+(``cfg.cross_view`` false: single-view pretraining, or λ = 0) is a self-view MAE on every view."""
 
 from __future__ import annotations
 
@@ -27,12 +28,12 @@ class PretrainOutput:
 
     loss: torch.Tensor  # scalar: loss_self + λ·loss_cross
     loss_self: torch.Tensor  # scalar: Σ over views of the batch-mean self-view loss
-    loss_cross: torch.Tensor  # scalar: batch-mean cross-view loss of the target view (0 when V = 1)
+    loss_cross: torch.Tensor  # scalar: batch-mean cross-view loss of the target view (0 with one view or no cross decoder)
     mask: torch.Tensor  # [B, V, N] bool, True = masked
     ids_visible: torch.Tensor  # [B, V, n] visible token ids, increasing
     ids_masked: torch.Tensor  # [B, V, M] masked token ids, increasing (rows of the predictions)
     pred_self: torch.Tensor  # [B, V, M, P]
-    pred_cross: torch.Tensor | None  # [B, M, P] for the target view, None when V = 1
+    pred_cross: torch.Tensor | None  # [B, M, P] for the target view, None with one view or no cross decoder
     target: torch.Tensor  # [B, V, N, P]
     weights: torch.Tensor  # [B, V, N] motion weights (0 on visible tokens)
 
@@ -43,7 +44,7 @@ class MV2MAE(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg, drop_path=drop_path)
         self.self_decoder = SelfViewDecoder(cfg)
-        self.cross_decoder = CrossViewDecoder(cfg)
+        self.cross_decoder = CrossViewDecoder(cfg) if cfg.cross_view else None
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
@@ -79,7 +80,7 @@ class MV2MAE(nn.Module):
         pred_self = self.self_decoder(encoded, ids_visible.flatten(0, 1), ids_masked.flatten(0, 1))
         pred_self = pred_self.view(b, v, *pred_self.shape[1:])
         pred_cross = None
-        if v > 1:
+        if v > 1 and self.cross_decoder is not None:
             encoded = encoded.view(b, v, *encoded.shape[1:])
             pred_cross = self.cross_decoder(encoded[:, 0], ids_visible[:, 0], ids_masked[:, 0],
                                             encoded[:, 1:], ids_visible[:, 1:])

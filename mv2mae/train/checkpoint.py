@@ -26,8 +26,10 @@ from mv2mae.model.checkpoint import TMP_MARK, CheckpointError, load_checkpoint, 
 
 RUN_KEYS = ("run_config", "stage", "step", "optimizer", "scheduler", "scaler", "data", "rng")
 CKPT_DIR = "checkpoints"
-# what the kept copies are: the lowest training loss (pretraining, or finetuning without validation), the
-# best validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+# what the kept copies are: the last step (what the paper's protocol tests, and what a transfer finetune
+# starts from), the lowest training loss (pretraining, or finetuning without validation), the best
+# validation top-1 (finetuning), and the same for the EMA weights when finetune.ema_decay > 0
+LAST_STEP = "last-step.pt"
 LOWEST_TRAIN_LOSS = "lowest-train-loss.pt"
 BEST_VAL_TOP1 = "best-val-top1.pt"
 BEST_VAL_TOP1_EMA = "best-val-top1-ema.pt"
@@ -79,7 +81,7 @@ def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies
     for name in copies:
         tmp = folder / f".{name}{TMP_MARK}{os.getpid()}"
         try:
-            shutil.copyfile(path, tmp)
+            _link_or_copy(path, tmp)
             os.replace(tmp, folder / name)
         except OSError as e:
             tmp.unlink(missing_ok=True)
@@ -88,6 +90,15 @@ def save_step(run_dir: str | Path, state: dict[str, Any], keep_last: int, copies
     for old in step_checkpoints(run_dir)[:-max(1, keep_last)]:
         old.unlink(missing_ok=True)
     return path
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a second name of ``src`` (no bytes written: a step file is never changed once renamed into
+    place, only unlinked), or a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 # ---------------------------------------------------------------------------- RNG states

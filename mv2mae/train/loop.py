@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mv2mae.config import RunConfig
+from mv2mae.data.fingerprint import record_run_fingerprint
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
 from mv2mae.shards.atomic import write_atomic
 from mv2mae.train import checkpoint as ckpt_io
@@ -93,7 +94,8 @@ Validate = Callable[[nn.Module], dict[str, float]]
 
 class Trainer:
     """With ``validate`` (finetuning), the run is scored on held-out data every ``finetune.val_every`` steps
-    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss."""
+    and ``best-val-top1.pt`` keeps the best; without it, ``lowest-train-loss.pt`` keeps the lowest loss. Either
+    way ``last-step.pt`` is the last step."""
 
     def __init__(self, cfg: RunConfig, task: PretrainTask | FinetuneTask, data: ShardSource, run_dir: str | Path,
                  env: DistEnv, resume: str | None = None, validate: Validate | None = None) -> None:
@@ -176,7 +178,7 @@ class Trainer:
         metrics = dict(best_loss=self.best_loss, window_loss=window_loss, **{f"val_{k}": v for k, v in val.items()},
                        **{f"best_val_{k}": v for k, v in self.best_val.items() if math.isfinite(v)})
         state = dict(format=FORMAT, model=self.raw_model.state_dict(), config=self.raw_model.cfg.to_dict(),
-                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step,
+                     run_config=self.cfg.to_dict(), stage=self.cfg.stage, step=self.step, steps=self.steps,
                      optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict(), data=dict(micro_batches=self.micro_batches),
                      rng=ckpt_io.rng_state(), metrics=metrics, world_size=self.env.world_size,
@@ -209,6 +211,7 @@ class Trainer:
             for stale in ckpt_io.remove_stale(self.run_dir):
                 log.print(f"removed {stale}, left by a checkpoint write that did not finish")
             write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
+            record_run_fingerprint(self.run_dir, self.cfg.data.root, self.step)
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
             log.print(self.data.describe())
@@ -230,7 +233,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_steps
         window = _Window()
-        bad_in_row, skipped, batch, stop = 0, 0, None, 0
+        bad_in_row, skipped, batch, first_step, stop = 0, 0, None, self.step, 0
         self.raw_model.train()
         while self.step < self.steps:
             t0 = time.perf_counter()
@@ -250,6 +253,8 @@ class Trainer:
                     terms_sum[k] = terms_sum.get(k, 0.0) + v.detach().float() / accum
                 samples += out.samples
             self.micro_batches += accum
+            if self.step == first_step:
+                self._check_every_parameter_learns()
             grad_norm = self._clip()
             terms = {k: all_reduce_mean(v) for k, v in terms_sum.items()}
             # one reduction, one read: any rank's non-finite loss skips the step everywhere, any rank's stop
@@ -302,6 +307,7 @@ class Trainer:
         if step % cfg.loop.ckpt_every == 0 or last or stopping or val:
             loss = window.checkpoint_loss()
             copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
+            copies += [ckpt_io.LAST_STEP] if last else []
             self.best_loss = min(self.best_loss, loss)
             ema_best = False
             for key, name in (("top1", ckpt_io.BEST_VAL_TOP1), ("ema_top1", ckpt_io.BEST_VAL_TOP1_EMA)):
@@ -331,6 +337,16 @@ class Trainer:
             out |= {prefix + k: float(v) for k, v in self.validate(model).items()}
             model.train(was_training)
         return out
+
+    def _check_every_parameter_learns(self) -> None:
+        """After the first step's backward, every trainable parameter has a gradient. A configuration must
+        not build what its loss leaves out: under DDP the next step would fail with an error that names
+        none of them (alone, such weights only cost memory and time)."""
+        idle = [n for n, p in self.raw_model.named_parameters() if p.requires_grad and p.grad is None]
+        if idle:
+            shown = ", ".join(idle[:4]) + (f", … ({len(idle)} in all)" if len(idle) > 4 else "")
+            raise TrainingStopped(f"{self.cfg.stage}: parameters that take no part in the loss: {shown}; the model "
+                                  f"builds a module this configuration does not train (a bug: please report it)")
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.amp_dtype is None:

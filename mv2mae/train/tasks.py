@@ -28,6 +28,7 @@ from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.embed import PixelNormalize
 from mv2mae.model.mv2mae import MV2MAE
+from mv2mae.train.checkpoint import BEST_VAL_TOP1
 from mv2mae.train.distributed import DistEnv
 from mv2mae.train.loop import StepResult, Trainer, step_seed
 from mv2mae.train.recon import save_reconstruction
@@ -50,6 +51,21 @@ class ShardSource:
         check_crop(cfg, self.split.index.short_side)
         if kind == "pretrain":  # here, before the loop prints the config or makes the run folder
             check_pretrain_views(self.split, cfg.data)
+        self.training = self._training_split() if kind == "finetune" else {}
+
+    def _training_split(self) -> dict[str, Any]:
+        """What finetuning trains on, as its checkpoints record it (``mv2mae eval`` copies it into results.json):
+        the protocol's whole official training split (the paper's protocol), or that split less the subjects
+        (shards) held out for validation, and how many training videos that is."""
+        d, videos = self.cfg.data, self.split.selection.videos
+        record: dict[str, Any] = {"protocol": d.protocol, "val_by": d.val_by, "train_videos": videos}
+        if d.val_by == "none":
+            return record | {"split": "the whole official training split"}
+        val = ShardSplit.open(d.root, d.protocol, "val", d.val_by, d.val_fraction).selection
+        units = len({v for s in val.shards for v in s.subjects}) if d.val_by == "subject" else len(val.shards)
+        return record | {"held_out_videos": val.videos,
+                         "split": f"the official training split less {units} {d.val_by}(s) held out for "
+                                  f"validation ({val.videos:,} videos)"}
 
     @property
     def num_classes(self) -> int:
@@ -76,6 +92,10 @@ class ShardSource:
         if self.kind == "pretrain":
             skipped = sel.groups - sel.groups_with_views(self.cfg.data.views)
             line += f" · {skipped} group(s) with fewer than {self.cfg.data.views} of those cameras skipped"
+        else:
+            kept = ("tested at the last step" if self.cfg.data.val_by == "none" else
+                    f"the best validation step kept as {BEST_VAL_TOP1}")
+            line += f"\nfinetuning on {self.training['split']}: {self.training['train_videos']:,} videos; {kept}"
         return line
 
     def batches(self, start: int) -> Iterator[dict[str, Any]]:
@@ -137,8 +157,8 @@ class FinetuneTask:
     name = "finetune"
 
     def __init__(self, cfg: RunConfig, num_classes: int, class_names: list[str] | None = None,
-                 fps: float | None = None) -> None:
-        self.cfg, self.num_classes, self.fps = cfg, num_classes, fps
+                 fps: float | None = None, training: dict[str, Any] | None = None) -> None:
+        self.cfg, self.num_classes, self.fps, self.training = cfg, num_classes, fps, training or {}
         self.class_names = class_names or [f"class_{i}" for i in range(num_classes)]
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for finetune.num_classes={num_classes}")
@@ -188,8 +208,8 @@ class FinetuneTask:
 
     def checkpoint_extra(self) -> dict[str, Any]:
         """The class names and the stored frame rate travel with the classifier: predict and export need no
-        dataset directory."""
-        return {"classes": self.class_names, "fps": self.fps}
+        dataset directory; and what it was trained on (``ShardSource.training``), which eval reports."""
+        return {"classes": self.class_names, "fps": self.fps, "training": self.training}
 
     def snapshot(self, model: nn.Module, batch: dict[str, Any], step: int, run_dir: Path) -> Path | None:
         return None  # nothing to picture
@@ -229,7 +249,7 @@ def fit_stage(cfg: RunConfig, run_dir: str | Path, env: DistEnv, resume: str | N
     else:
         classes = cfg.finetune.num_classes or source.num_classes
         task = FinetuneTask(cfg, classes, source.class_names if classes == source.num_classes else None,
-                            fps=source.split.index.fps)
+                            fps=source.split.index.fps, training=source.training)
         if cfg.data.val_by != "none":
             if make_validator is None:
                 raise ValueError(f"data.val_by={cfg.data.val_by} needs a validator; set data.val_by=none to "

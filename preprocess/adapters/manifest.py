@@ -6,11 +6,16 @@ sorted order (``--classes`` renames them); named cameras/subjects are numbered 1
 ``start``/``end`` (frames, end exclusive) cut an untrimmed video. Partitions are subjects (``P001``).
 ``angle`` (degrees around the subject, optional) places a camera, for the ``adjacent`` source policy;
 every row of one camera must give it the same angle (or none).
+
+A manifest may come from someone else: a video path must stay inside the CSV's folder (relative, no
+``..``, no link out; a row that leaves it is a failure record), and numbers are bounded before anything
+is sized by them (integer labels below ``MAX_CLASSES``, camera ids 0..999, finite angles).
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 from mv2mae.preprocess.adapters.base import (
@@ -22,13 +27,21 @@ from mv2mae.preprocess.adapters.base import (
     camera_layout,
     safe_partition,
 )
+from mv2mae.shards.schema import MAX_CAMERA
+from mv2mae.shards.untrusted import ContractError, confined
+
+MAX_CLASSES = 100_000  # integer labels are class indices: a list of this many names is still small
 
 REQUIRED = ("group", "camera", "path", "label", "subject")
 
 
-def _numbering(values: list[str], start: int) -> dict[str, int]:
-    """Integers stay as they are; otherwise names are numbered in sorted order from ``start``."""
+def _numbering(values: list[str], start: int, what: str, path: Path, top: int | None = None) -> dict[str, int]:
+    """Integers stay as they are (refused below 0 or above ``top``); otherwise names are numbered in
+    sorted order from ``start``."""
     if all(v.lstrip("-").isdigit() for v in values):
+        wrong = [v for v in values if int(v) < 0 or (top is not None and int(v) > top)]
+        if wrong:
+            raise AdapterError(f"{path}: {what} {wrong[0]} must be " + (f"0..{top}" if top is not None else ">= 0"))
         return {v: int(v) for v in values}
     return {v: i for i, v in enumerate(sorted(set(values)), start)}
 
@@ -72,7 +85,9 @@ def _angles(rows: list[dict[str, str]], cams: dict[str, int], path: Path) -> dic
         try:
             angle = float(text)
         except ValueError:
-            raise AdapterError(f"{path}:{r['_line']}: angle must be a number of degrees, got {text!r}") from None
+            angle = math.nan
+        if not math.isfinite(angle):
+            raise AdapterError(f"{path}:{r['_line']}: angle must be a finite number of degrees, got {text!r}")
         cam = cams[r["camera"]]
         seen = angles.setdefault(cam, (angle, r["_line"]))
         if seen[0] != angle:
@@ -88,19 +103,26 @@ def scan_manifest(root: Path, options: AdapterOptions) -> Scan:
     base = root.parent
     labels_text = [r["label"] for r in rows]
     int_labels = all(v.isdigit() for v in labels_text)
+    if int_labels and max(int(v) for v in labels_text) >= MAX_CLASSES:
+        raise AdapterError(f"{root}: label {max(labels_text, key=int)} is no class index (integer labels are "
+                           f"0..{MAX_CLASSES - 1}; name the classes instead)")
     classes = ([str(i) for i in range(max(int(v) for v in labels_text) + 1)] if int_labels
                else sorted(set(labels_text)))
-    cams = _numbering([r["camera"] for r in rows], 1)
-    subjects = _numbering([r["subject"] for r in rows], 1)
+    cams = _numbering([r["camera"] for r in rows], 1, "camera", root, MAX_CAMERA)
+    subjects = _numbering([r["subject"] for r in rows], 1, "subject", root)
     grouped: dict[str, list[tuple[dict, ViewSource]]] = {}
+    failures: list[dict] = []
     for r in rows:
-        p = Path(r["path"])
+        try:
+            path = confined(base, r["path"], "video path")
+        except ContractError as e:
+            failures.append({"file": str(root), "group": r["group"], "reason": f"line {r['_line']}: {e}"})
+            continue
         start, end = _frame(r, "start", root), _frame(r, "end", root)
         if end is not None and end <= (start or 0):
             raise AdapterError(f"{root}:{r['_line']}: end {end} must be after start {start or 0} (end is exclusive)")
-        view = ViewSource(camera=cams[r["camera"]], path=p if p.is_absolute() else base / p, start=start, end=end)
+        view = ViewSource(camera=cams[r["camera"]], path=path, start=start, end=end)
         grouped.setdefault(r["group"], []).append((r, view))
-    failures: list[dict] = []
     groups, keys = [], set()
     for name, items in sorted(grouped.items()):
         key = safe_partition(name)
