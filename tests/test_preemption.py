@@ -21,7 +21,7 @@ from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import setup
 from mv2mae.train.logs import read_log
 from mv2mae.train.loop import Trainer
-from mv2mae.train.preemption import PREEMPTED_EXIT
+from mv2mae.train.preemption import PREEMPTED_EXIT, Preempted
 from mv2mae.train.tasks import PretrainTask
 
 torch.set_num_threads(1)
@@ -55,14 +55,14 @@ def test_a_stop_signal_saves_the_step_reached_and_resuming_continues_the_same_lo
 
     run = tmp_path / "stopped"
     before = signal.getsignal(signum)
-    summary = Trainer(cfg, PretrainTask(cfg), SignalledSource(cfg, signum, at=19), run, ENV).fit()  # in step 20
-    assert summary["stopped_by"] == signal.Signals(signum).name and summary["steps"] == 20
+    with pytest.raises(Preempted, match=rf"^{signal.Signals(signum).name}: stopped after step 20 of 24 and saved "):
+        Trainer(cfg, PretrainTask(cfg), SignalledSource(cfg, signum, at=19), run, ENV).fit()  # in step 20
     assert ckpt_io.latest(run).name == ckpt_io.step_name(20)  # not a multiple of ckpt_every: saved for the stop
     assert ckpt_io.load_run(ckpt_io.latest(run))["data"]["micro_batches"] == 20
     assert signal.getsignal(signum) is before  # the run's handler is gone with the run
 
     resumed = Trainer(cfg, PretrainTask(cfg), GlobalBatchSource(cfg), run, ENV, resume="auto").fit()
-    assert resumed["stopped_by"] is None and resumed["steps"] == 24
+    assert resumed["steps"] == 24
     straight, again = losses(tmp_path / "straight"), losses(run)
     assert [s for s, _ in again] == list(range(1, 25))
     for (step, a), (_, b) in zip(straight, again, strict=True):
@@ -117,9 +117,9 @@ def test_a_signal_to_one_rank_stops_both_ranks_after_the_same_step_and_rank_0_sa
                                str(HERE / "ddp_script.py"), "fault", str(run_dir), sig], env=CHILD_ENV,
                               capture_output=True, text=True, timeout=300)
 
-    stopped = torchrun(tmp_path / "run", "TERM")
-    assert stopped.returncode == 0, stopped.stderr[-3000:]  # fit returned on both ranks (the CLI then exits 75)
-    assert "SIGTERM: stopped after step 3 of 4" in " ".join(stopped.stderr.split())
+    stopped = torchrun(tmp_path / "run", "TERM")  # both ranks raise Preempted (the CLI makes it exit status 75)
+    assert stopped.returncode != 0 and "Preempted: SIGTERM: stopped after step 3 of 4" in stopped.stderr, \
+        stopped.stderr[-3000:]
     assert ckpt_io.latest(tmp_path / "run").name == ckpt_io.step_name(3)
     resumed = torchrun(tmp_path / "run", "none")  # exact resume itself: the in-process test above
     assert resumed.returncode == 0, resumed.stderr[-3000:]

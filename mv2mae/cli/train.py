@@ -33,8 +33,10 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     from mv2mae.shards.schema import ContractError
     from mv2mae.train.distributed import RankLost
     from mv2mae.train.loop import TrainingStopped
+    from mv2mae.train.preemption import Preempted
 
-    return (ConfigError, ContractError, CheckpointError, TrainingStopped, LoaderError, RankLost, ValueError,
+    # Preempted: a stop signal, the step saved (exit status 75, for a requeue script)
+    return (ConfigError, ContractError, CheckpointError, TrainingStopped, Preempted, LoaderError, RankLost, ValueError,
             FileNotFoundError)
 
 
@@ -113,7 +115,6 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
     import dataclasses
 
     from mv2mae.eval.evaluate import validator
-    from mv2mae.train.preemption import PREEMPTED_EXIT
     from mv2mae.train.tasks import fit_stage, with_init
 
     check_output(out)
@@ -131,8 +132,6 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
                     typer.echo(f"note: {note}", err=True)
             summary = fit_stage(cfg, out, env, resume=resume, pretrain_init=init if stage == "pretrain" else None,
                                 make_validator=validator)
-            if summary.get("stopped_by"):  # the loop said so in one line; a requeue script reads the status
-                raise typer.Exit(PREEMPTED_EXIT)
             if env.is_main:
                 typer.echo(f"{stage} done: {summary['steps']} steps, final loss {summary['final_loss']:.4f}, "
                            f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")

@@ -40,7 +40,7 @@ from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
-from mv2mae.train.preemption import PREEMPTED_EXIT, StopRequests, signal_name
+from mv2mae.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, signal_name
 from mv2mae.train.runlock import run_lock
 
 if TYPE_CHECKING:  # tasks import the loop's StepResult and step_seed
@@ -197,7 +197,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
-        """Train to the last step, or until a stop signal (the summary then names it under ``stopped_by``).
+        """Train to the last step; a stop signal ends the run after its step is saved, as :class:`Preempted`.
         The run folder is locked by rank 0 from before its first write to the end."""
         self._build()
         self._restore()
@@ -282,14 +282,12 @@ class Trainer:
             stopping = bool(stop) and self.step < self.steps
             self._after_step(window, log, batch, skipped, stopping)
             if stopping:
-                log.print(f"[yellow]{signal_name(stop)}: stopped after step {self.step} of {self.steps} and saved "
-                          f"{ckpt_io.latest(self.run_dir)}; --resume auto continues the run (exit status "
-                          f"{PREEMPTED_EXIT})[/]")
-                break
+                raise Preempted(f"{signal_name(stop)}: stopped after step {self.step} of {self.steps} and saved "
+                                f"{ckpt_io.latest(self.run_dir)}; --resume auto continues the run (exit status "
+                                f"{PREEMPTED_EXIT})")
         return dict(steps=self.step, skipped=skipped, best_loss=self.best_loss,
                     final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)),
-                    resumed_from=str(self.resumed_from) if self.resumed_from else None,
-                    stopped_by=signal_name(stop) if self.step < self.steps else None)
+                    resumed_from=str(self.resumed_from) if self.resumed_from else None)
 
     def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int, stopping: bool = False) -> None:
         """Validation, log line, picture and checkpoint of the step just taken (a stopping run's last step

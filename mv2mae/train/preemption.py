@@ -20,6 +20,13 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 PREEMPTED_EXIT = 75
 
 
+class Preempted(Exception):  # noqa: N818 - the name says what happened, not that it is an error
+    """The run stopped on a signal after saving the step it reached (raised, so that no caller takes a
+    stopped run for a finished one); the message is the one line to show."""
+
+    exit_code = PREEMPTED_EXIT
+
+
 class StopRequests:
     """A context that records the stop signals (:attr:`signum`, 0 = none) instead of letting them end the
     process; outside the main thread (where Python cannot install handlers) it records nothing."""
