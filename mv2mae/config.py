@@ -61,6 +61,18 @@ class OptimConfig:
     clip_grad: float = 0.0  # max global grad norm; 0 = no clipping (the norm is still logged)
     layer_decay: float = 1.0  # finetuning: lr scale per layer from the head down (1 = off)
 
+    def __post_init__(self) -> None:
+        if min(self.batch_size, self.accum_steps) < 1:
+            raise ConfigError(f"optim.batch_size and optim.accum_steps must be >= 1, got {self.batch_size} and "
+                              f"{self.accum_steps}")
+        rates = dict(base_lr=self.base_lr, min_lr=self.min_lr, warmup_lr=self.warmup_lr,
+                     weight_decay=self.weight_decay, clip_grad=self.clip_grad)
+        bad = [f"optim.{k}={v}" for k, v in rates.items() if not (math.isfinite(v) and v >= 0)]
+        if bad or not 0 < self.layer_decay <= 1 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"{', '.join(bad) or 'optim'}: learning rates, weight_decay and clip_grad must be "
+                              f"finite and >= 0, betas in [0, 1), layer_decay in (0, 1] (got layer_decay "
+                              f"{self.layer_decay}, betas {list(self.betas)})")
+
 
 @dataclass
 class ScheduleConfig:
@@ -70,6 +82,15 @@ class ScheduleConfig:
     warmup_steps: int = 10
     epochs: float = 0.0
     warmup_epochs: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.warmup_steps < 0:
+            raise ConfigError(f"schedule.steps must be >= 1 and warmup_steps >= 0, got {self.steps} and "
+                              f"{self.warmup_steps}: a run of no steps trains nothing")
+        if not (math.isfinite(self.epochs) and self.epochs >= 0 and math.isfinite(self.warmup_epochs)
+                and self.warmup_epochs >= 0):
+            raise ConfigError(f"schedule.epochs and warmup_epochs must be finite and >= 0, got {self.epochs} and "
+                              f"{self.warmup_epochs}")
 
 
 @dataclass

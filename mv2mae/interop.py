@@ -13,6 +13,7 @@ every key of a query, and softmax is invariant to such a shift.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import re
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mv2mae.model.checkpoint import CheckpointError, load_state_strict, save_model_state
@@ -30,6 +32,9 @@ from mv2mae.model.mv2mae import MV2MAE
 HEAD_DIM = 64  # every released VideoMAE size uses 64-wide heads; heads are not stored in weights
 HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
 PREPROCESSOR_FILE = "preprocessor_config.json"
+EXPORT_FILES = ("config.json", "model.safetensors", PREPROCESSOR_FILE)
+# a key of config.json that says the folder is an export of ours (transformers keeps unknown keys as attributes)
+EXPORTED_BY = ("exported_by", "mv2mae")
 EXPORT_TOLERANCE = 1e-4  # largest |ours - transformers'| accepted on the check after an export
 
 # Hugging Face files name the q/v biases ``q_bias``/``v_bias`` (the hub's and transformers' own
@@ -365,10 +370,25 @@ def export_hf(model: MV2MAE | VideoClassifier, out_dir: Path, with_decoder: bool
         hf_cfg, state = to_hf(model, with_decoder)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
-    (out_dir / "config.json").write_text(json.dumps(hf_cfg, indent=2) + "\n")
+    weights = out_dir / "model.safetensors"
+    try:
+        save_file(state, str(weights), metadata={"format": "pt"})
+    except SafetensorError as e:  # safetensors reports a failed write (a full disk) as its own error type
+        raise OSError(errno.EIO, str(e).replace("\n", " "), str(weights)) from None
+    (out_dir / "config.json").write_text(json.dumps(hf_cfg | dict([EXPORTED_BY]), indent=2) + "\n")
     (out_dir / PREPROCESSOR_FILE).write_text(json.dumps(preprocessor_config(model.cfg), indent=2) + "\n")
     return out_dir
+
+
+def is_export(folder: Path) -> bool:
+    """Whether ``folder`` holds nothing but an earlier :func:`export_hf` (which an export may replace)."""
+    if not all(item.name in EXPORT_FILES for item in folder.iterdir()):
+        return False
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get(EXPORTED_BY[0]) == EXPORTED_BY[1]
 
 
 def check_export(model: MV2MAE | VideoClassifier, out_dir: Path, tolerance: float = EXPORT_TOLERANCE) -> float | None:

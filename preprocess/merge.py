@@ -1,17 +1,20 @@
 """``mv2mae shards merge``: join the indexes written by ``--part i --parts n`` runs into one ``index.json``.
 
 Parts either share one output directory (each wrote ``index.part-III-of-NNN.json``) or wrote separate
-directories; with ``--out`` the shards, motion sub-groups and state records of every source are moved
-into the destination first. Parts must agree on every output option but ``part``; every part of
+directories; with ``--out`` the shards, motion sub-groups and state records of every source are copied
+into the destination, indexed there, and then removed from the sources (``keep_sources`` keeps them). Parts must agree on every output option but ``part``; every part of
 ``parts`` must be present, so a merge never silently publishes an incomplete dataset.
 """
 
 from __future__ import annotations
 
+import filecmp
+import os
 import re
 import shutil
 from pathlib import Path
 
+from mv2mae.shards.atomic import sync_file, temporary_name, write_atomic, writing
 from mv2mae.shards.schema import FAILURES_FILE, INDEX_FILE, MOTION_STORE, DatasetIndex, write_index
 from mv2mae.shards.untrusted import MAX_INDEX_BYTES, confined, read_json_file
 
@@ -70,19 +73,69 @@ def _moves(src: Path, dest: Path, ix: DatasetIndex) -> list[tuple[Path, Path]]:
     return moves
 
 
-def _move_all(moves: list[tuple[Path, Path]], dest: Path, stores: list[Path]) -> None:
+def _copy_all(moves: list[tuple[Path, Path]], dest: Path, stores: list[Path]) -> None:
+    """Put every source file and motion sub-group into ``dest`` (hard-linked on one file system, copied
+    across them), each complete on the disk before it gets its name; what a killed earlier merge already
+    put there is kept. Nothing of the sources is touched."""
     for a, b in moves:
-        b.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(str(a), str(b))
+        if not b.exists():
+            _copy_in(a, b)
     store_meta = dest / MOTION_STORE / "zarr.json"
     for src_store in stores:
         if (src_store / "zarr.json").is_file() and not store_meta.exists():
-            store_meta.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src_store / "zarr.json", store_meta)
+            write_atomic(store_meta, (src_store / "zarr.json").read_bytes())
 
 
-def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
-    """Merge the part indexes in ``sources`` into ``out`` (default: the single source)."""
+def _copy_in(a: Path, b: Path) -> None:
+    tmp = temporary_name(b)
+    with writing(b, "the sources are untouched; free space and run the same merge again"):
+        b.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if a.is_dir():
+            shutil.copytree(a, tmp, symlinks=True, copy_function=_link_or_copy)  # links stay links, as a move keeps them
+            files = [f for f in tmp.rglob("*") if f.is_file()]
+        else:
+            _link_or_copy(a, tmp)
+            files = [tmp]
+        for f in files:
+            sync_file(f)
+        os.replace(tmp, b)
+
+
+def _link_or_copy(a: str | Path, b: str | Path) -> None:
+    try:
+        os.link(a, b)  # instant and atomic where source and destination share a file system
+    except OSError:
+        shutil.copy2(a, b)
+
+
+def _same(a: Path, b: Path) -> bool:
+    """Whether ``b`` holds what ``a`` holds (files byte for byte, folders file by file)."""
+    if a.is_dir() != b.is_dir():
+        return False
+    if not a.is_dir():
+        return os.path.samefile(a, b) or filecmp.cmp(a, b, shallow=False)
+    names = sorted(p.relative_to(a) for p in a.rglob("*"))
+    if names != sorted(p.relative_to(b) for p in b.rglob("*")):
+        return False
+    return all(_same(a / n, b / n) for n in names if not (a / n).is_dir())
+
+
+def _remove_sources(moves: list[tuple[Path, Path]]) -> None:
+    """After the destination is complete and indexed: the sources' copies go."""
+    for a, _ in moves:
+        if a.is_dir():
+            shutil.rmtree(a)
+        else:
+            a.unlink(missing_ok=True)
+
+
+def merge(sources: list[Path], out: Path | None = None, keep_sources: bool = False) -> DatasetIndex:
+    """Merge the part indexes in ``sources`` into ``out`` (default: the single source).
+
+    Order (so that a merge killed at any moment can be run again, on one file system or across two):
+    copy every shard, motion sub-group and state record into ``out`` (each flushed before it is named),
+    write the merged index, and only then remove the sources' copies (unless ``keep_sources``)."""
     if not sources:
         raise MergeError("nothing to merge")
     if out is None and len(sources) > 1:
@@ -97,10 +150,10 @@ def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
         raise MergeError(f"shards listed by more than one part: {dup[:5]}")
     # Every check before the first move: a refused merge leaves the sources as they were.
     moves = [m for p, ix in found if p.parent.resolve() != dest.resolve() for m in _moves(p.parent, dest, ix)]
-    taken = [str(b) for _, b in moves if b.exists()]
+    taken = [str(b) for a, b in moves if b.exists() and not _same(a, b)]
     if taken:
-        raise MergeError(f"{taken[0]} already exists in {dest}; merge into an empty folder")
-    _move_all(moves, dest, [p.parent / MOTION_STORE for p, _ in found])
+        raise MergeError(f"{taken[0]} already exists in {dest} with other contents; merge into an empty folder")
+    _copy_all(moves, dest, [p.parent / MOTION_STORE for p, _ in found])
     failures = [_failures_of(p).read_text() for p, _ in found if _failures_of(p).is_file()]
     base = found[0][1]
     shards = sorted((s for _, ix in found for s in ix.shards), key=lambda s: s.name)
@@ -110,8 +163,8 @@ def merge(sources: list[Path], out: Path | None = None) -> DatasetIndex:
                           tool_version=base.tool_version,
                           args={**base.args, "part": 0, "parts": 1, "merged_parts": len(found)},
                           flip_classes=base.flip_classes)
+    write_atomic(dest / FAILURES_FILE, "".join(failures))
     write_index(dest, merged)
-    tmp = dest / f"{FAILURES_FILE}.tmp"
-    tmp.write_text("".join(failures))
-    tmp.replace(dest / FAILURES_FILE)
+    if not keep_sources:
+        _remove_sources(moves)
     return merged

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import multiprocessing as mp
 import os
 import shutil
@@ -65,6 +66,8 @@ MOTION_CHOICES = {"framediff": ("framediff",), "flow": ("flow",), "both": MOTION
 OUTPUT_OPTIONS = ("dataset", "size", "fps", "crop", "margin", "motion", "jpeg_quality", "shard_size", "cell",
                   "max_lag", "backend", "drop_missing_skeletons", "image_fps", "limit", "part", "parts")
 FORMAT_KEY = "format_version"  # in the run record beside the options
+# bounds of --size and the frame rates: beyond them a frame or a clip is nonsense (or a memory bomb)
+MIN_SIZE, MAX_SIZE, MAX_FPS = 16, 4096, 1000.0
 
 
 class PreprocessError(RuntimeError):
@@ -135,7 +138,25 @@ def _options(options: dict[str, Any]) -> Options:
         raise OptionError(f"--part {opts.part} must be in 0..{opts.parts - 1}")
     if not 1 <= opts.jpeg_quality <= 100:
         raise OptionError(f"--jpeg-quality must be in 1..100, got {opts.jpeg_quality}")
+    _check_counts(opts)
     return opts
+
+
+def _check_counts(opts: Options) -> None:
+    """Sizes, rates and counts that mean nothing (or everything but one group) are usage errors."""
+    rates = {"--fps": opts.fps, "--image-fps": opts.image_fps}
+    bad_rate = [f"{k} {v}" for k, v in rates.items() if v is not None and not (math.isfinite(v) and 0 < v <= MAX_FPS)]
+    if bad_rate:
+        raise OptionError(f"{', '.join(bad_rate)}: a frame rate must be > 0 and <= {MAX_FPS:g}")
+    if not MIN_SIZE <= opts.size <= MAX_SIZE:
+        raise OptionError(f"--size {opts.size}: the stored short side must be in {MIN_SIZE}..{MAX_SIZE} pixels")
+    if not 1 <= opts.cell <= opts.size:
+        raise OptionError(f"--cell {opts.cell}: a motion cell must be 1..{opts.size} stored pixels (--size)")
+    if opts.limit is not None and opts.limit < 1:
+        raise OptionError(f"--limit {opts.limit}: give at least 1 group (leave it out for all of them)")
+    if min(opts.workers, opts.max_lag) < 0 or opts.shard_size < 1:
+        raise OptionError(f"--workers {opts.workers}, --max-lag {opts.max_lag} and --shard-size {opts.shard_size} "
+                          f"must not be negative (and a shard holds at least one byte)")
 
 
 def run(dataset: str, root: str | Path, out: str | Path, *, executor: Executor | None = None,

@@ -59,6 +59,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.shards.untrusted import (
     MAX_FRAME_SIDE,
     MAX_INDEX_BYTES,
@@ -387,7 +388,4 @@ def read_index(root: str | Path) -> DatasetIndex:
 
 def write_index(root: str | Path, index: DatasetIndex) -> None:
     """Atomically (temporary file + rename) write ``index.json``."""
-    path = Path(root) / INDEX_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(index.to_json())
-    tmp.replace(path)
+    write_atomic(Path(root) / INDEX_FILE, index.to_json())

@@ -85,7 +85,8 @@ def invoke(*args, code=0):
 
 def test_pretrain_finetune_eval_probe_report_on_real_shards(synth_data, tmp_path):
     sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=1",
-                           "optim.batch_size=4", "loop.log_every=1", "loop.ckpt_every=2", "loop.recon_every=2"]
+                           "optim.batch_size=4", "loop.log_every=1", "loop.ckpt_every=2", "loop.recon_every=2",
+                           "schedule.warmup_steps=1"]
             for x in ("--set", item)]
     pre, fin, ev = tmp_path / "pre", tmp_path / "fin", tmp_path / "eval"
     stats = ["--set", "model.pixel_mean=[0.5, 0.4, 0.3]", "--set", "model.pixel_std=[0.2, 0.25, 0.3]"]
@@ -184,7 +185,8 @@ def test_decoding_on_the_device_gives_the_losses_of_decoding_in_the_workers(synt
     """``data.decode_on=device`` (the CUDA default; the same code on the CPU here) decodes each batch's
     JPEGs in the training process: a short pretraining has the losses of worker-side decoding."""
     sets = [x for item in [*TINY_MODEL, "model.image_size=32", "data.stride=2", "data.workers=1",
-                           "optim.batch_size=4", "loop.log_every=1", "steps=3"] for x in ("--set", item)]
+                           "optim.batch_size=4", "loop.log_every=1", "steps=3", "schedule.warmup_steps=1"]
+            for x in ("--set", item)]
     runs = {}
     for where in ("cpu", "device"):
         out = tmp_path / where

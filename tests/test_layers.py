@@ -17,8 +17,9 @@ ALLOWED = {
     "mv2mae.interop": {"mv2mae.model"},  # VideoMAE / Hugging Face weights in and out
     "mv2mae.data": {"mv2mae.shards", "mv2mae.model.config"},
     "mv2mae.config": {"mv2mae.model", "mv2mae.data"},
-    "mv2mae.train": {"mv2mae.model", "mv2mae.data", "mv2mae.config"},
-    "mv2mae.eval": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.train"},
+    # train and eval publish their outputs through the one atomic writer, which lives at the bottom (shards)
+    "mv2mae.train": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.shards.atomic"},
+    "mv2mae.eval": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.train", "mv2mae.shards.atomic"},
     "mv2mae.api": {"mv2mae.model", "mv2mae.data", "mv2mae.config", "mv2mae.eval"},  # the stable Python API
     # a study runs every stage in one process: data preparation, training, evaluation
     "mv2mae.experiment": {"mv2mae", "mv2mae.shards", "mv2mae.preprocess", "mv2mae.model", "mv2mae.data",

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
 import typer
 
 from mv2mae.cli.choices import ExportFormat, WeightsLayout
-from mv2mae.cli.errors import reported
+from mv2mae.cli.errors import check_output, reported
+from mv2mae.shards.atomic import WriteError, check_publishable, publish_dir, write_atomic
 
 # what reading, converting and writing weights raises that the user can act on (CheckpointError is a
 # ValueError; imported with the command, so torch stays out of ``--help``)
@@ -45,21 +47,26 @@ def export(
     with_decoder: bool = typer.Option(False, "--with-decoder/--encoder-only",
                                       help="Pretraining checkpoints: write VideoMAEForPreTraining (with the self-view "
                                            "decoder) instead of VideoMAEModel."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace OUT_DIR even when it holds files an export "
+                                                              "did not write."),
 ) -> None:
     """Write a model in the Hugging Face VideoMAE layout: a classifier as VideoMAEForVideoClassification
     (labels from the dataset's class names), an encoder as VideoMAEModel; checked against transformers
-    when it is installed."""
-    from mv2mae.interop import EXPORT_TOLERANCE, check_export, export_hf
+    when it is installed. The folder is written beside OUT_DIR and put in its place when complete."""
+    from mv2mae.interop import EXPORT_TOLERANCE, check_export, export_hf, is_export
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier, load_mv2mae
 
     with reported(*WEIGHT_ERRORS):
+        check_publishable(out_dir, is_export, overwrite)
+        check_output(out_dir)
         ckpt = load_checkpoint(checkpoint)
         if "head.weight" in ckpt["model"]:
             model = load_classifier(ckpt, str(checkpoint))
-            export_hf(model, out_dir, class_names=ckpt.get("classes"))
+            publish_dir(out_dir, lambda tmp: export_hf(model, tmp, class_names=ckpt.get("classes")), is_export,
+                        overwrite)
         else:
             model = load_mv2mae(ckpt)
-            export_hf(model, out_dir, with_decoder=with_decoder)
+            publish_dir(out_dir, lambda tmp: export_hf(model, tmp, with_decoder=with_decoder), is_export, overwrite)
         diff = check_export(model, out_dir)
     typer.echo(f"wrote {out_dir}: config.json, model.safetensors, preprocessor_config.json")
     if diff is None:
@@ -85,10 +92,12 @@ def embed(
 
     from mv2mae.eval.embed import embed_video
 
+    check_output(out, folder=False)
     with reported(*WEIGHT_ERRORS):
         feats = embed_video(checkpoint, video, frames, stride, size, clips, pool, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.save(out, feats)
+        npy = io.BytesIO()
+        np.save(npy, feats)
+        write_atomic(out, npy.getvalue())
     typer.echo(f"wrote {out}: features {list(feats.shape)}")
 
 
@@ -111,21 +120,29 @@ def predict(
 
     if out is not None and out.suffix not in (".json", ".csv"):
         raise typer.BadParameter(f"{out}: write .json or .csv", param_hint="--out")
+    if out is not None:
+        check_output(out, folder=False)
     with reported(*WEIGHT_ERRORS, RuntimeError):  # RuntimeError: a CUDA device asked for and not there
         predictor = Predictor.load(checkpoint, pick_device(device))
         rows = predict_videos(predictor, video_files(videos), views=views, top_k=top_k, clips=clips, crops=crops)
     for row in rows:
         typer.echo(f"{row['video']}: " + ", ".join(f"{t['class']} {100 * t['score']:.1f}%" for t in row["top"]))
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        if out.suffix == ".json":
-            out.write_text(json.dumps({"checkpoint": str(checkpoint), "predictions": rows}, indent=2) + "\n")
-        else:
-            with out.open("w", newline="") as f:
-                writer = csv.writer(f)
-                writer.writerow(["video", "rank", "class", "score"])
-                writer.writerows([r["video"], k + 1, t["class"], t["score"]] for r in rows for k, t in enumerate(r["top"]))
+        with reported(WriteError):
+            write_atomic(out, _predictions_json(checkpoint, rows) if out.suffix == ".json" else _predictions_csv(rows))
         typer.echo(f"wrote {out}")
+
+
+def _predictions_json(checkpoint: Path, rows: list[dict]) -> str:
+    return json.dumps({"checkpoint": str(checkpoint), "predictions": rows}, indent=2) + "\n"
+
+
+def _predictions_csv(rows: list[dict]) -> str:
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["video", "rank", "class", "score"])
+    writer.writerows([r["video"], k + 1, t["class"], t["score"]] for r in rows for k, t in enumerate(r["top"]))
+    return text.getvalue()
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from mv2mae.cli.choices import Backend, Crop, Dataset, StoredMotion
-from mv2mae.cli.errors import reported
+from mv2mae.cli.errors import check_output, reported
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
 _UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
@@ -54,6 +54,7 @@ def preprocess(
     from mv2mae.preprocess.pipeline import PreprocessError, run
 
     console = Console(stderr=True)
+    check_output(out)
     with reported(AdapterError, PreprocessError, ValueError, OSError):
         summary = run(dataset.value, root, out, size=size, fps=fps, crop=crop.value, motion=motion.value,
                       jpeg_quality=jpeg_quality, shard_size=parse_bytes(shard_size), workers=workers,
@@ -71,14 +72,20 @@ def preprocess(
 def merge(
     sources: list[Path] = typer.Argument(..., help="Directories holding index.json or index.part-*.json."),
     out: Path = typer.Option(None, "--out", help="Destination (default: the single source directory)."),
+    keep_sources: bool = typer.Option(False, "--keep-sources", help="With --out: leave the sources' shards where "
+                                                                    "they are (they are removed once the "
+                                                                    "destination is complete and indexed)."),
 ) -> None:
     """Join the indexes of `--part i --parts n` runs into one index.json."""
     from mv2mae.preprocess.merge import MergeError
     from mv2mae.preprocess.merge import merge as do_merge
+    from mv2mae.shards.atomic import WriteError
     from mv2mae.shards.schema import ContractError
 
-    with reported(MergeError, ContractError, OSError):
-        index = do_merge(list(sources), out)
+    if out is not None:
+        check_output(out)
+    with reported(MergeError, ContractError, OSError, WriteError):
+        index = do_merge(list(sources), out, keep_sources)
     typer.echo(f"merged {len(index.shards)} shard(s), {index.groups} group(s) -> {out or sources[0]}/index.json")
 
 

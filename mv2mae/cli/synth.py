@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from mv2mae.cli.errors import parse_pair
+from mv2mae.cli.errors import check_output, parse_pair
 
 
 def synth(
@@ -32,6 +32,7 @@ def synth(
 
     from mv2mae.preprocess.synth import generate
 
+    check_output(out)
     try:
         summary = generate(out, classes=classes, cameras=cameras, subjects=subjects,
                            replications=replications, setups=setups, frames=parse_pair(frames, ":", "--frames"),

@@ -14,7 +14,7 @@ import typer
 
 from mv2mae.cli import errors
 from mv2mae.cli.choices import ProbeMethod, Protocol, Split
-from mv2mae.cli.errors import fail, reported, write_json
+from mv2mae.cli.errors import check_output, fail, reported, write_json
 
 if TYPE_CHECKING:
     from mv2mae.train.distributed import DistEnv
@@ -33,8 +33,10 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     from mv2mae.shards.schema import ContractError
     from mv2mae.train.distributed import RankLost
     from mv2mae.train.loop import TrainingStopped
+    from mv2mae.train.preemption import Preempted
 
-    return (ConfigError, ContractError, CheckpointError, TrainingStopped, LoaderError, RankLost, ValueError,
+    # Preempted: a stop signal, the step saved (exit status 75, for a requeue script)
+    return (ConfigError, ContractError, CheckpointError, TrainingStopped, Preempted, LoaderError, RankLost, ValueError,
             FileNotFoundError)
 
 
@@ -48,6 +50,14 @@ def _process_group(device: str, timeout: float | None = None) -> Iterator[DistEn
         yield env
     finally:
         cleanup()
+
+
+def _saved_run_config(out: Path, resume: str | None) -> tuple[Path | None, dict | None]:
+    """The checkpoint a run resumes from and the run config saved in it (None, None for a fresh start)."""
+    from mv2mae.train import checkpoint as ckpt_io
+
+    path = (ckpt_io.latest(out) if resume == "auto" else Path(resume)) if resume else None
+    return (path, ckpt_io.load_run(path)["run_config"]) if path is not None else (None, None)
 
 
 @contextlib.contextmanager
@@ -67,19 +77,29 @@ def _rank_named(env: DistEnv) -> Iterator[None]:
         fail(named, getattr(e, "exit_code", 1))
 
 
-def _resolve_config(stage: str, config: str | None, sets: list[str], out: Path, resume: str | None):
+def _resolve_config(stage: str, config: str | None, sets: list[str], saved: dict | None, out: Path,
+                    resume: str | None):
     """The run config: a preset/YAML, or (resuming without --config) the run's saved config."""
     from mv2mae.config import ConfigError, load_config, resolve
-    from mv2mae.train import checkpoint as ckpt_io
 
     if config:
         return load_config(config, stage, sets)
     if not resume:
         raise ConfigError("--config is required (a preset name or a YAML file) unless resuming a run")
-    path = ckpt_io.latest(out) if resume == "auto" else Path(resume)
-    if path is None:
+    if saved is None:
         raise ConfigError(f"--resume auto: {out} holds no checkpoint to take the config from; pass --config")
-    return resolve(ckpt_io.load_run(path)["run_config"], sets)
+    return resolve(saved, sets)
+
+
+def _check_same_data(cfg, saved: dict | None, resumed: Path | None, switch_data: bool) -> None:
+    """A resumed run trains on the data it started on, unless told to switch (``--switch-data``)."""
+    from mv2mae.config import ConfigError
+
+    before = (saved or {}).get("data", {}).get("root")
+    if before is None or switch_data or Path(before).resolve() == Path(cfg.data.root).resolve():
+        return
+    raise ConfigError(f"--resume: {resumed} was trained on {before}, and this command names {cfg.data.root}; "
+                      f"pass --switch-data to continue on the new data on purpose, or another --out for a new run")
 
 
 def _check_fresh(out: Path, resume: str | None) -> None:
@@ -91,17 +111,20 @@ def _check_fresh(out: Path, resume: str | None) -> None:
 
 
 def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: list[str], resume: str | None,
-         init: Path | None) -> None:
+         init: Path | None, switch_data: bool = False) -> None:
     import dataclasses
 
     from mv2mae.eval.evaluate import validator
     from mv2mae.train.tasks import fit_stage, with_init
 
+    check_output(out)
     with reported(*_run_errors()):
         _check_fresh(out, resume)
-        cfg = _resolve_config(stage, config, sets, out, resume)
+        resumed, saved = _saved_run_config(out, resume)
+        cfg = _resolve_config(stage, config, sets, saved, out, resume)
         if data is not None:
             cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str(data)))
+        _check_same_data(cfg, saved, resumed, switch_data)
         cfg, notes = with_init(cfg, init)
         with _process_group(cfg.loop.device, cfg.loop.collective_timeout) as env, _rank_named(env):
             if env.is_main:
@@ -114,6 +137,9 @@ def _run(stage: str, config: str | None, data: Path | None, out: Path, sets: lis
                            f"{summary['skipped']} skipped; checkpoint {summary['checkpoint']}")
 
 
+SWITCH_DATA = typer.Option(False, "--switch-data", help="Resume on another --data than the run was trained on.")
+
+
 def pretrain(
     config: str = typer.Option(None, "--config", "-c", help=CONFIG_HELP),
     data: Path = typer.Option(None, "--data", help="Preprocessed dataset directory (else data.root)."),
@@ -121,9 +147,10 @@ def pretrain(
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
     init: Path = typer.Option(None, "--init", help="Start from this checkpoint's weights (e.g. a converted VideoMAE)."),
+    switch_data: bool = SWITCH_DATA,
 ) -> None:
     """Self-supervised MV2MAE pretraining (self-view + cross-view reconstruction)."""
-    _run("pretrain", config, data, out, sets, resume, init)
+    _run("pretrain", config, data, out, sets, resume, init, switch_data)
 
 
 def finetune(
@@ -133,9 +160,10 @@ def finetune(
     out: Path = typer.Option(..., "--out", help="Run directory."),
     sets: list[str] = typer.Option([], "--set", help=SET_HELP),
     resume: str = typer.Option(None, "--resume", help=RESUME_HELP),
+    switch_data: bool = SWITCH_DATA,
 ) -> None:
     """Supervised finetuning of the encoder with a classification head."""
-    _run("finetune", config, data, out, sets, resume, init)
+    _run("finetune", config, data, out, sets, resume, init, switch_data)
 
 
 # the test-time options eval and probe share (defaults: what the checkpoint's run was trained with)
@@ -160,9 +188,13 @@ def eval_(
     batch_size: int = TEST_BATCH,
     workers: int = TEST_WORKERS,
     device: str = TEST_DEVICE,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out even when it holds files an evaluation "
+                                                              "did not write."),
 ) -> None:
-    """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix."""
-    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device)
+    """Multi-clip × multi-crop testing: accuracy per camera and fused, top-1/5, confusion matrix. The results are
+    written beside --out and put in its place when complete."""
+    _eval(checkpoint, data, protocol and protocol.value, split.value, out, clips, crops, batch_size, workers, device,
+          overwrite)
 
 
 def probe(
@@ -211,11 +243,13 @@ def _test_data(ckpt: dict, data: Path | None, protocol: str | None, clips: int |
 
 
 def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str, out: Path | None,
-          clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str) -> None:
+          clips: int | None, crops: int | None, batch_size: int, workers: int | None, device: str,
+          overwrite: bool = False) -> None:
     from mv2mae.data.fingerprint import fingerprint
-    from mv2mae.eval.evaluate import evaluate, training_protocol, write_results
+    from mv2mae.eval.evaluate import EVAL_FILES, evaluate, training_protocol, write_results
     from mv2mae.eval.guards import require_dataset_classes, require_finite_weights
     from mv2mae.model.checkpoint import load_checkpoint, load_classifier
+    from mv2mae.shards.atomic import check_publishable, holds_only
     from mv2mae.shards.schema import read_index
 
     with reported(*_run_errors()), _process_group(device) as env, _rank_named(env):
@@ -223,14 +257,17 @@ def _eval(checkpoint: Path, data: Path | None, protocol: str | None, split: str,
         model = load_classifier(ckpt, str(checkpoint)).to(env.device).eval()
         require_finite_weights(model, str(checkpoint))
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
+        out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
+        if env.is_main:
+            check_output(out)
+            check_publishable(out, holds_only(EVAL_FILES), overwrite)
         classes = require_dataset_classes(ckpt.get("classes"), model.num_classes, read_index(d.root).classes,
                                           str(checkpoint), d.root)
         results, videos = evaluate(model, d, env, classes, split=split, batch_size=batch_size)
         results["training"] = training_protocol(ckpt, checkpoint)
         if env.is_main:
             results["fingerprint"] = fingerprint(d.root)
-            out = out or checkpoint.parent.parent / f"eval-{d.protocol}"
-            path, table, png = write_results(results, videos, out)
+            path, table, png = write_results(results, videos, out, overwrite)
             _print_results(results, f"{checkpoint} on {d.protocol}/{split}")
             typer.echo(f"the model was {results['training']['summary']}")
             typer.echo(f"results: {path}  per-video predictions: {table}  confusion matrix: {png}")
@@ -249,12 +286,14 @@ def _probe(checkpoint: Path, data: Path | None, protocol: str | None, method: st
         model = load_feature_model(ckpt, str(checkpoint)).to(env.device).eval()
         require_finite_weights(model, str(checkpoint))  # a probe fits its own head: the classes are the data's
         d = _test_data(ckpt, data, protocol, clips, crops, workers)
+        out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
+        if env.is_main:
+            check_output(out)
         classes = read_index(d.root).classes
         results = run_probe(model, d, env, [method], len(classes), batch_size=batch_size)[method]
         results["classes"] = classes
         if env.is_main:
             results["fingerprint"] = fingerprint(d.root)
-            out = out or checkpoint.parent.parent / f"probe-{method}-{d.protocol}"
             write_json(out / "results.json", results)
             _print_results(results, f"{method} probe of {checkpoint} on {d.protocol}")
             typer.echo(f"results: {out / 'results.json'}")

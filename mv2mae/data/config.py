@@ -101,6 +101,11 @@ class DataConfig:
             if not self.fixed_pairs or bad:
                 problems.append(f"source_policy 'fixed' needs fixed_pairs of [target, {self.num_sources} "
                                 f"source(s)], got {self.fixed_pairs}")
+        low, high = self.crop_scale
+        if not 0 < low <= high <= 1:
+            problems.append(f"crop_scale must be [low, high] with 0 < low <= high <= 1, got {list(self.crop_scale)}")
+        if self.shuffle_buffer < 1:
+            problems.append(f"shuffle_buffer must be >= 1, got {self.shuffle_buffer}")
         if not self.timeout > 0:
             problems.append(f"timeout must be > 0 seconds, got {self.timeout}")
         if problems:

@@ -44,7 +44,7 @@ from mv2mae.data.sampling import (
 from mv2mae.data.transport import RingEnds, attach
 from mv2mae.shards.contract import checked_index
 from mv2mae.shards.motion import MotionRows
-from mv2mae.shards.protocols import Selection, hold_out, select
+from mv2mae.shards.protocols import ProtocolError, Selection, hold_out, select
 from mv2mae.shards.reader import BadSamples, GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext
 
@@ -222,24 +222,30 @@ class ClipDataset(IterableDataset):
         return plan
 
 
+def check_pretrain_views(split: ShardSplit, data: DataConfig) -> None:
+    """Refuse a pretraining that needs more views than the protocol's groups have, or a source policy the
+    camera layout cannot serve (a usage error: the run's config asks what this dataset cannot give)."""
+    cams, where = split.selection.cameras, f"{split.root}: protocol {split.selection.protocol}"
+    if len(cams) < data.views:
+        raise ProtocolError(f"{where} {split.selection.split} allows cameras {cams}; pretraining needs "
+                            f"{data.views} views (1 target + {data.num_sources} source(s)): lower data.num_sources")
+    if not split.selection.groups_with_views(data.views):
+        raise ProtocolError(f"{where} {split.selection.split}: no group holds {data.views} of cameras {cams}; "
+                            f"pretraining needs multi-view groups: lower data.num_sources")
+    unplaced = [c for c in cams if str(c) not in split.index.layout]
+    if data.source_policy in ("adjacent", "opposite") and unplaced:
+        raise ProtocolError(f"{split.root}/index.json: source policy {data.source_policy!r} needs the camera "
+                            f"layout, which places no camera {unplaced} (give the manifest an angle column, or "
+                            f"add them to 'layout')")
+
+
 class PretrainClips(ClipDataset):
     """Infinite stream of ``{"video": [V, C, T, H, W], "motion": [V, N], "cameras": [V], "label", "key"}``
     with view 0 the target and views 1..K the sources, all at the same instants of the span they share."""
 
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, **kwargs):
         super().__init__(split, geom, data, **kwargs)
-        cams, where = split.selection.cameras, f"{split.root}: protocol {split.selection.protocol}"
-        if len(cams) < data.views:
-            raise ContractError(f"{where} {split.selection.split} allows cameras {cams}; pretraining needs "
-                                f"{data.views} views (1 target + {data.num_sources} source(s))")
-        if not split.selection.groups_with_views(data.views):
-            raise ContractError(f"{where} {split.selection.split}: no group holds {data.views} of cameras {cams}; "
-                                f"pretraining needs multi-view groups")
-        unplaced = [c for c in cams if str(c) not in split.index.layout]
-        if data.source_policy in ("adjacent", "opposite") and unplaced:
-            raise ContractError(f"{split.root}/index.json: source policy {data.source_policy!r} needs the camera "
-                                f"layout, which places no camera {unplaced} (give the manifest an angle column, or "
-                                f"add them to 'layout')")
+        check_pretrain_views(split, data)
 
     @property
     def clip_motion(self) -> bool:

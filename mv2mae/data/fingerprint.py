@@ -29,6 +29,7 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.shards.schema import read_index
 
 FINGERPRINT_FILE = "fingerprint.json"  # beside a training run's config.yaml
@@ -168,9 +169,7 @@ def record_run_fingerprint(run_dir: Path, root: str | Path | None, step: int) ->
     now = fingerprint(root)
     if not starts or {k: v for k, v in starts[-1].items() if k != "step"} != now:
         starts.append({"step": step, **now})
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(starts, indent=1) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(starts, indent=1) + "\n")
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -270,6 +270,7 @@ class WorkerPids:
 
     def record(self, worker_id: int) -> None:
         self.pids[worker_id] = os.getpid()
+        leave_stop_signals_to_the_trainer()
 
     def wake(self) -> None:
         """SIGCONT every recorded worker that is still a child of this process."""
@@ -277,6 +278,27 @@ class WorkerPids:
         for pid in self.pids:
             if pid in children:
                 os.kill(pid, signal.SIGCONT)
+
+
+# seconds a worker lives on after a SIGTERM: long enough for the training process to finish its step with
+# the worker's batches and end it itself, short enough that a worker ended by nobody else still goes
+WORKER_TERM_GRACE = 60.0
+
+
+def leave_stop_signals_to_the_trainer() -> None:
+    """In a loader worker: Ctrl-C and SIGUSR1 (sent to a whole process group, or to every process of a
+    scheduler's job step) are ignored, and a SIGTERM ends the worker only after :data:`WORKER_TERM_GRACE`.
+    The training process receives the same signals, finishes its step with the batches the workers make,
+    saves, and ends them (mv2mae.train.preemption); a worker that died first would fail that step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _end_after_grace)
+
+
+def _end_after_grace(signum: int, frame: object) -> None:
+    timer = threading.Timer(WORKER_TERM_GRACE, os._exit, args=(128 + signum,))
+    timer.daemon = True
+    timer.start()
 
 
 def _stalled(timeout: float) -> LoaderError:

@@ -27,12 +27,14 @@ from mv2mae.data.loaders import build_eval_loader
 from mv2mae.eval.guards import require_finite_scores
 from mv2mae.eval.metrics import aggregate, video_predictions
 from mv2mae.model.config import ModelConfig
+from mv2mae.shards.atomic import holds_only, publish_dir, write_atomic
 from mv2mae.train.checkpoint import BEST_VAL_TOP1, BEST_VAL_TOP1_EMA
 from mv2mae.train.distributed import DistEnv, gather_objects
 
 RESULTS_FILE = "results.json"
 PREDICTIONS_FILE = "predictions.csv"
 CONFUSION_FILE = "confusion.png"
+EVAL_FILES = (RESULTS_FILE, PREDICTIONS_FILE, CONFUSION_FILE)  # what an eval folder holds
 
 
 EVAL_BATCH = 16  # clips per evaluation batch (``--batch-size``)
@@ -144,22 +146,25 @@ def training_protocol(ckpt: dict[str, Any], path: Path) -> dict[str, Any]:
     return record | {"step": step, "steps": steps, "tested_at": tested, "summary": f"{trained}; tested at {tested}"}
 
 
-def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path) -> tuple[Path, Path, Path]:
+def write_results(results: dict[str, Any], videos: list[dict[str, Any]], out_dir: Path,
+                  overwrite: bool = False) -> tuple[Path, Path, Path]:
     """``results.json``, ``predictions.csv`` (a row per video: true class, top classes and their scores)
-    and the confusion matrix PNG in ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / RESULTS_FILE
-    path.write_text(json.dumps(results, indent=1))
-    table = out_dir / PREDICTIONS_FILE
-    with table.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video_id", "key", "camera", "label", "predicted", "correct", "top", "scores"])
-        for v in videos:
-            writer.writerow([v["video_id"], v["key"], v["camera"], v["label"], v["predicted"], int(v["correct"]),
-                             "|".join(v["top"]), "|".join(f"{p:.4f}" for p in v["scores"])])
-    png = plot_confusion(np.asarray(results["confusion"]), results["classes"], out_dir / CONFUSION_FILE,
-                         title=f"{results['protocol']} ({results['split']}): video top-1 {100 * results['videos']['top1']:.1f}%")
-    return path, table, png
+    and the confusion matrix PNG in ``out_dir``, published together (:func:`publish_dir`): a failed or
+    killed write leaves the earlier evaluation's files as they were, never some of each."""
+    def fill(folder: Path) -> None:
+        (folder / RESULTS_FILE).write_text(json.dumps(results, indent=1))
+        with (folder / PREDICTIONS_FILE).open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["video_id", "key", "camera", "label", "predicted", "correct", "top", "scores"])
+            for v in videos:
+                writer.writerow([v["video_id"], v["key"], v["camera"], v["label"], v["predicted"],
+                                 int(v["correct"]), "|".join(v["top"]), "|".join(f"{p:.4f}" for p in v["scores"])])
+        plot_confusion(np.asarray(results["confusion"]), results["classes"], folder / CONFUSION_FILE,
+                       title=f"{results['protocol']} ({results['split']}): video top-1 "
+                             f"{100 * results['videos']['top1']:.1f}%")
+
+    publish_dir(out_dir, fill, holds_only(EVAL_FILES), overwrite)
+    return out_dir / RESULTS_FILE, out_dir / PREDICTIONS_FILE, out_dir / CONFUSION_FILE
 
 
 def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: str = "") -> Path:
@@ -186,6 +191,8 @@ def plot_confusion(confusion: np.ndarray, names: list[str], path: Path, title: s
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import yaml
 
 from mv2mae.config import RunConfig
 from mv2mae.data.fingerprint import summary
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.train.logs import read_log
 
 
@@ -35,8 +35,10 @@ def plot_losses(records: list[dict[str, Any]], keys: list[str], path: Path, titl
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -169,7 +171,7 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
         lines += ["", "(One test camera: the fused score equals that camera's.)"]
     if "per_class" in results:
         lines += ["", "Per class (all test videos):", ""] + _per_class_table(results)
-    shutil.copyfile(eval_dir / "confusion.png", out_dir / "confusion.png")
+    write_atomic(out_dir / "confusion.png", (eval_dir / "confusion.png").read_bytes())
     lines += ["", "![confusion matrix](confusion.png)", ""]
     if scratch_eval is not None:
         lines += _contribution(results, json.loads((scratch_eval / "results.json").read_text()), scratch_eval)
@@ -180,11 +182,11 @@ def write_report(pretrain_run: Path, finetune_run: Path, eval_dir: Path, out: Pa
     lines += _stage_section("pretrain", pretrain_run, out_dir, ["loss", "loss_self", "loss_cross"])
     recons = sorted((pretrain_run / "recon").glob("step-*.png"))
     if recons:
-        shutil.copyfile(recons[-1], out_dir / "reconstruction.png")
+        write_atomic(out_dir / "reconstruction.png", recons[-1].read_bytes())
         lines += ["Reconstructions at the last pretraining step (one training sample; rows per view: the original, "
                   "the masked input the encoder saw, the self-view reconstruction, and for the target view the "
                   "cross-view reconstruction from the source view):", "", "![reconstruction](reconstruction.png)", ""]
     lines += _stage_section("finetune", finetune_run, out_dir, ["loss"])
     lines += ["### Model selection", ""] + _validation(read_log(finetune_run)) + [""]
-    out.write_text("\n".join(lines))
+    write_atomic(out, "\n".join(lines))
     return out

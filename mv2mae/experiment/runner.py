@@ -18,7 +18,6 @@ differs from the plan's is an error, never silently reused.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from mv2mae.model.encoder import Encoder
 from mv2mae.preprocess.pipeline import run as preprocess
 from mv2mae.preprocess.synth import generate
 from mv2mae.preprocess.synth.generate import GROUND_TRUTH
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import DatasetIndex, read_index
 from mv2mae.train import checkpoint as ckpt_io
@@ -81,10 +81,7 @@ def read_done(folder: Path) -> dict[str, Any] | None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(obj, indent=1) + "\n")
 
 
 def check_no_leak(index: DatasetIndex, pretrain_protocol: str, protocols: dict[str, str]) -> None:

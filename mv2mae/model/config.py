@@ -24,6 +24,10 @@ _SIZE_PRESETS: dict[str, dict[str, Any]] = {
     "vit_large": dict(embed_dim=1024, depth=24, num_heads=16, decoder_dim=512, decoder_heads=8),
 }
 
+# counts and sizes, with the least each may be (a depth of 0 leaves a decoder out of nothing: at least one block)
+_COUNTS = dict(frames=1, image_size=1, tubelet=1, patch=1, channels=1, embed_dim=1, depth=1, num_heads=1,
+               decoder_dim=1, decoder_depth=1, decoder_heads=1, cross_decoder_depth=1)
+
 
 @dataclass
 class ModelConfig:
@@ -118,7 +122,11 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
-        problems = []
+        problems = [f"{name}={getattr(self, name)!r} must be a whole number >= {low}" for name, low in _COUNTS.items()
+                    if isinstance(getattr(self, name), bool) or not isinstance(getattr(self, name), int)
+                    or getattr(self, name) < low]
+        if problems:  # every check below divides by or counts with these
+            raise ValueError("invalid ModelConfig: " + "; ".join(problems))
         if self.frames % self.tubelet:
             problems.append(f"frames={self.frames} is not a multiple of tubelet={self.tubelet}")
         if self.image_size % self.patch:
@@ -127,8 +135,9 @@ class ModelConfig:
             problems.append(f"embed_dim={self.embed_dim} is not divisible by num_heads={self.num_heads}")
         if self.decoder_dim % self.decoder_heads:
             problems.append(f"decoder_dim={self.decoder_dim} is not divisible by decoder_heads={self.decoder_heads}")
-        if not 0.0 <= self.mask_ratio < 1.0:
-            problems.append(f"mask_ratio={self.mask_ratio} must be in [0, 1)")
+        if not 0.0 < self.mask_ratio < 1.0:
+            problems.append(f"mask_ratio={self.mask_ratio} must be in (0, 1): a share of the tokens is masked, "
+                            f"and some stay visible")
         if self.mask_type not in MASK_TYPES:
             problems.append(f"mask_type={self.mask_type!r} must be one of {MASK_TYPES}")
         if self.pos_embed not in POS_EMBED_TYPES:
@@ -139,6 +148,10 @@ class ModelConfig:
             problems.append(f"tau={self.tau} and tau_flow={self.tau_flow} must be > 0 (inf: the plain MAE loss)")
         if len(self.pixel_mean) != self.channels or len(self.pixel_std) != self.channels:
             problems.append(f"pixel_mean/pixel_std need {self.channels} values")
+        if not problems and self.mask_type in MASK_TYPES and not 0 < self.num_masked < self.num_tokens:
+            problems.append(f"mask_ratio={self.mask_ratio} masks {self.num_masked} of the {self.num_tokens} tokens "
+                            f"({self.mask_type} masking of a {self.grid} grid): at least one must be masked and one "
+                            f"visible")
         if problems:
             raise ValueError("invalid ModelConfig: " + "; ".join(problems))
 

@@ -35,10 +35,13 @@ from torch.nn.parallel import DistributedDataParallel
 from mv2mae.config import RunConfig
 from mv2mae.data.fingerprint import record_run_fingerprint
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
+from mv2mae.shards.atomic import write_atomic
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
+from mv2mae.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, signal_name
+from mv2mae.train.runlock import run_lock
 
 if TYPE_CHECKING:  # tasks import the loop's StepResult and step_seed
     from mv2mae.train.tasks import FinetuneTask, PretrainTask, ShardSource
@@ -194,14 +197,20 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, Any]:
+        """Train to the last step; a stop signal ends the run after its step is saved, as :class:`Preempted`.
+        The run folder is locked by rank 0 from before its first write to the end."""
         self._build()
         self._restore()
+        with run_lock(self.run_dir, self.env.is_main), StopRequests() as self.stops:
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         env = self.env
         log = RunLogger(self.run_dir, env.is_main, self.steps, self.step, self.task.name)
         if env.is_main:
             for stale in ckpt_io.remove_stale(self.run_dir):
                 log.print(f"removed {stale}, left by a checkpoint write that did not finish")
-            (self.run_dir / "config.yaml").write_text(self.cfg.to_yaml())
+            write_atomic(self.run_dir / "config.yaml", self.cfg.to_yaml())
             record_run_fingerprint(self.run_dir, self.cfg.data.root, self.step)
             log.print(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False).rstrip())
             log.print(self.describe())
@@ -224,7 +233,7 @@ class Trainer:
         cfg, env = self.cfg, self.env
         accum = cfg.optim.accum_steps
         window = _Window()
-        bad_in_row, skipped, batch, first_step = 0, 0, None, self.step
+        bad_in_row, skipped, batch, first_step, stop = 0, 0, None, self.step, 0
         self.raw_model.train()
         while self.step < self.steps:
             t0 = time.perf_counter()
@@ -248,8 +257,11 @@ class Trainer:
                 self._check_every_parameter_learns()
             grad_norm = self._clip()
             terms = {k: all_reduce_mean(v) for k, v in terms_sum.items()}
-            finite = bool(all_reduce_max(torch.tensor(
-                float(not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm))), device=env.device)) == 0)
+            # one reduction, one read: any rank's non-finite loss skips the step everywhere, any rank's stop
+            # signal stops every rank after this step
+            bad = float(not (torch.isfinite(terms["loss"]) and torch.isfinite(grad_norm)))
+            flags = all_reduce_max(torch.tensor([bad, float(self.stops.signum)], device=env.device)).tolist()
+            finite, stop = flags[0] == 0, int(flags[1])
             self.step += 1
             if finite:
                 self.scaler.step(self.optimizer)
@@ -267,22 +279,30 @@ class Trainer:
                 raise TrainingStopped(f"{bad_in_row} consecutive non-finite steps (up to step {self.step}); "
                                       f"stopping. Last good checkpoint: {last or 'none written yet'}")
             window.add(terms, grad_norm, samples * env.world_size, time.perf_counter() - t0, finite)
-            self._after_step(window, log, batch, skipped)
+            stopping = bool(stop) and self.step < self.steps
+            self._after_step(window, log, batch, skipped, stopping)
+            if stopping:
+                raise Preempted(f"{signal_name(stop)}: stopped after step {self.step} of {self.steps} and saved "
+                                f"{ckpt_io.latest(self.run_dir)}; --resume auto continues the run (exit status "
+                                f"{PREEMPTED_EXIT})")
         return dict(steps=self.step, skipped=skipped, best_loss=self.best_loss,
                     final_loss=window.last_loss, checkpoint=str(ckpt_io.latest(self.run_dir)),
                     resumed_from=str(self.resumed_from) if self.resumed_from else None)
 
-    def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int) -> None:
+    def _after_step(self, window: _Window, log: RunLogger, batch: Any, skipped: int, stopping: bool = False) -> None:
+        """Validation, log line, picture and checkpoint of the step just taken (a stopping run's last step
+        is logged and checkpointed like the final one)."""
         cfg, step, last = self.cfg, self.step, self.step == self.steps
         val_every = cfg.finetune.val_every or cfg.loop.ckpt_every
-        val = self._validate() if self.validate is not None and (step % val_every == 0 or last) else {}
-        if step % cfg.loop.log_every == 0 or last or step == 1 or val:
+        # a stopping run saves at once (a scheduler's grace period is short): validation and pictures wait
+        val = self._validate() if self.validate is not None and (step % val_every == 0 or last) and not stopping else {}
+        if step % cfg.loop.log_every == 0 or last or stopping or step == 1 or val:
             log.log(window.record(step, self.optimizer, skipped) | {f"val_{k}": v for k, v in val.items()})
-        if cfg.loop.recon_every and (step % cfg.loop.recon_every == 0 or last) and self.env.is_main:
+        if cfg.loop.recon_every and (step % cfg.loop.recon_every == 0 or last) and not stopping and self.env.is_main:
             self.raw_model.eval()
             self.task.snapshot(self.raw_model, batch, step, self.run_dir)
             self.raw_model.train()
-        if step % cfg.loop.ckpt_every == 0 or last or val:
+        if step % cfg.loop.ckpt_every == 0 or last or stopping or val:
             loss = window.checkpoint_loss()
             copies = [ckpt_io.LOWEST_TRAIN_LOSS] if self.validate is None and loss < self.best_loss else []
             copies += [ckpt_io.LAST_STEP] if last else []

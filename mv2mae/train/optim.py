@@ -9,7 +9,7 @@ from timm.optim import param_groups_layer_decay, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 
-from mv2mae.config import RunConfig
+from mv2mae.config import ConfigError, RunConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
@@ -42,12 +42,20 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig, world_size
 
 
 def resolve_steps(cfg: RunConfig, samples_per_epoch: int | None, world_size: int) -> tuple[int, int]:
-    """(steps, warmup steps): given directly, or from ``epochs`` over the training set size."""
+    """(steps, warmup steps): given directly, or from ``epochs`` over the training set size. A warm-up longer
+    than the run is refused: its learning rate would never reach the peak the config asks for."""
     sched = cfg.schedule
     if sched.epochs <= 0:
-        return sched.steps, sched.warmup_steps
-    if not samples_per_epoch:
-        raise ValueError("schedule.epochs needs the training set size, which this data source does not report; "
-                         "set schedule.steps instead")
-    per_epoch = samples_per_epoch / cfg.global_batch(world_size)
-    return max(1, math.ceil(sched.epochs * per_epoch)), math.ceil(sched.warmup_epochs * per_epoch)
+        steps, warmup, unit = sched.steps, sched.warmup_steps, "schedule.steps={}, schedule.warmup_steps={}"
+    elif not samples_per_epoch:
+        raise ConfigError("schedule.epochs needs the training set size, which this data source does not report; "
+                          "set schedule.steps instead")
+    else:
+        per_epoch = samples_per_epoch / cfg.global_batch(world_size)
+        steps, warmup = max(1, math.ceil(sched.epochs * per_epoch)), math.ceil(sched.warmup_epochs * per_epoch)
+        unit = (f"schedule.epochs={sched.epochs:g} ({{}} steps), schedule.warmup_epochs={sched.warmup_epochs:g} "
+                f"({{}} steps) at {samples_per_epoch} samples per epoch")
+    if warmup > steps:
+        raise ConfigError(f"{unit.format(steps, warmup)}: the warm-up is longer than the run; lower the warm-up "
+                          f"or train longer")
+    return steps, warmup

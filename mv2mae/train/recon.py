@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from mv2mae.shards.atomic import write_atomic
+
 
 @torch.no_grad()
 def reconstruction_rows(model: nn.Module, batch: dict[str, Any], seed: int = 0) -> list[tuple[str, np.ndarray]]:
@@ -63,7 +65,8 @@ def save_reconstruction(model: nn.Module, batch: dict[str, Any], path: Path, tit
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path

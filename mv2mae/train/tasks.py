@@ -21,7 +21,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from mv2mae.config import ConfigError, RunConfig
-from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.datasets import ShardSplit, check_pretrain_views
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
 from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
 from mv2mae.model.classifier import VideoClassifier
@@ -49,6 +49,8 @@ class ShardSource:
         held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
         self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
         check_crop(cfg, self.split.index.short_side)
+        if kind == "pretrain":  # here, before the loop prints the config or makes the run folder
+            check_pretrain_views(self.split, cfg.data)
         self.training = self._training_split() if kind == "finetune" else {}
 
     def _training_split(self) -> dict[str, Any]:

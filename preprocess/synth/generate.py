@@ -33,6 +33,7 @@ from mv2mae.preprocess.synth.skeleton import (
     make_body,
     place,
 )
+from mv2mae.shards.atomic import write_atomic
 
 VIDEO_DIR = "nturgb+d_rgb"
 SKELETON_DIR = "nturgb+d_skeletons"
@@ -240,7 +241,7 @@ def render_group(cfg: SynthConfig, out_dir: str, group: tuple[int, int, int, int
         body_id = 72057594037927936 + int(stem[1:4]) * 10**6 + int(stem[9:12]) * 10**3 + plan.action
         if cfg.skeletons:
             text = skeleton_text(camera, plan.joints[first:first + count], body_id)
-            _write_atomic(out / SKELETON_DIR / f"{stem}.skeleton", text)
+            write_atomic(out / SKELETON_DIR / f"{stem}.skeleton", text, sync=False)
     entry = {
         "label": plan.action - 1, "action": ACTIONS[plan.action - 1].name, "subject": plan.subject,
         "setup": plan.setup, "replication": plan.replication, "world_frames": len(plan.joints),
@@ -301,14 +302,8 @@ def generate(out_dir, *, classes: int = 12, cameras: int = 3, subjects: int = 8,
         "cameras": {f"C{c.id:03d}": c.as_json() for c in rig},
         "groups": {key: entries[key] for key in sorted(entries)},
     }
-    _write_atomic(out / GROUND_TRUTH, json.dumps(truth, separators=(",", ":")))
-    _write_atomic(out / CLASSES_FILE, "".join(f"{a.name}\n" for a in ACTIONS[:cfg.classes]))
+    write_atomic(out / GROUND_TRUTH, json.dumps(truth, separators=(",", ":")))
+    write_atomic(out / CLASSES_FILE, "".join(f"{a.name}\n" for a in ACTIONS[:cfg.classes]))
     seconds = time.perf_counter() - start
     return {"videos": len(entries) * cfg.cameras, "groups": len(entries), "frames": total_frames,
             "seconds": round(seconds, 3), "out": str(out)}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    tmp.replace(path)
