@@ -34,8 +34,10 @@ def tiny_plan(base, **changes) -> dict:
         "budget": {"shared": [*TINY_MODEL, "data.workers=0", "data.eval_clips=2", "data.eval_crops=1",
                               "loop.log_every=1", "optim.batch_size=2"],
                    "pretrain": ["steps=3", "schedule.warmup_steps=1", "loop.ckpt_every=2", "loop.recon_every=0"],
-                   # few labels: the first train subject only (xview's train split holds subjects 1 and 2)
-                   "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none", "data.train_subjects=1"]},
+                   # few labels: the first train subject only (xview's train split holds subjects 1 and 2),
+                   # tested on the first test subject (xview: subject 1 from camera 1)
+                   "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none", "data.train_subjects=1",
+                                "data.test_subjects=1"]},
         "seeds": SEEDS, "reference": "mv2mae", "primary": {"protocol": "xview", "eval": "finetune"},
         "arms": [{"name": "scratch", "pretrain": False, "evals": ["linear", "finetune"]},
                  {"name": "mv2mae", "title": "MV2MAE"},
@@ -115,13 +117,13 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     report = (out / "RESULTS.md").read_text()
     assert "## Primary reading — xview: finetuned top-1 %" in report and "| mv2mae − scratch |" in report
     assert "## Pretraining length: mv2mae, tauinf against pretraining steps" in report
-    # few labels: the probes fit on the finetune's labelled subset (the first train subject), the
-    # finetune trains on it; the test split is never cut
+    # few labels: the probes fit and test on the finetune's subsets (the first train subject, the first
+    # test subject), the finetune trains on them and its test reads them
     probe = json.loads((out / "runs/scratch/seed0/probe-xview/results.json").read_text())["linear"]
     assert probe["train_videos"] == 2 * 2 * 1  # 2 classes × 1 subject × 1 replication × cameras 2, 3
-    assert probe["test_videos"] == 2 * 2 * 1  # 2 classes × 2 subjects × camera 1
-    assert yaml.safe_load((out / "runs/mv2mae/seed0/finetune-xview/config.yaml").read_text())["data"][
-        "train_subjects"] == 1
+    assert probe["test_videos"] == 2 * 1 * 1  # 2 classes × 1 subject × camera 1
+    data = yaml.safe_load((out / "runs/mv2mae/seed0/finetune-xview/config.yaml").read_text())["data"]
+    assert (data["train_subjects"], data["test_subjects"]) == (1, 1)
     assert len(arms["mv2mae"]["pretrain_loss"]) == 3  # logged every step
     assert all(r["loss_cross"] > 0 for r in read_log(out / "runs/mv2mae/seed0/pretrain"))
     assert all(r["loss_cross"] == 0 for r in read_log(out / "runs/single/seed0/pretrain"))  # one view a sample
@@ -132,6 +134,7 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     assert f"plan `{plan}`" in report  # a plan of one's own: as given
     # the noise line reads the test splits' sizes and chance from the finished tests themselves
     test = json.loads((out / "runs/scratch/seed0/eval-xview/results.json").read_text())
+    assert test["videos"]["count"] == 2  # the finetune's test: data.test_subjects=1
     assert results["test_splits"]["xview"] == {"videos": test["videos"]["count"], "chance": test["chance_top1"]}
     assert f"xview: {test['videos']['count']} test videos, chance {100 * test['chance_top1']:.1f}%" in report
     for svg in ("accuracy.svg", "pretrain_loss.svg", "steps.svg"):
@@ -278,7 +281,7 @@ def test_paired_differences_carry_a_t_interval_and_say_when_it_holds_zero():
     assert paired({0: 0.5}, {0: 0.4})["resolved"] is None  # one seed: no interval
 
 
-def test_a_few_label_split_keeps_the_first_subjects_of_train_only(study):
+def test_a_few_label_split_keeps_the_first_subjects_of_the_split_it_names(study):
     from mv2mae.data.datasets import ShardSplit
     from mv2mae.shards.protocols import ProtocolError
     base, _, _ = study
@@ -288,6 +291,8 @@ def test_a_few_label_split_keeps_the_first_subjects_of_train_only(study):
     assert {v for s in few.selection.shards for v in s.subjects} == {1}
     assert few.selection.cameras == full.selection.cameras and 0 < few.selection.videos < full.selection.videos
     test = ShardSplit.open(base / "data", "synth_xview_all", "test", train_subjects=1)
-    assert sorted({v for s in test.selection.shards for v in s.subjects}) == [1, 2]  # the test split is never cut
+    assert sorted({v for s in test.selection.shards for v in s.subjects}) == [1, 2]  # train_subjects: train only
+    test = ShardSplit.open(base / "data", "synth_xview_all", "test", train_subjects=2, test_subjects=1)
+    assert {v for s in test.selection.shards for v in s.subjects} == {1} and test.selection.cameras == [1]
     with pytest.raises(ProtocolError, match="cannot keep 3 of the train split's 2 subject"):
         ShardSplit.open(base / "data", "synth_xview_all", "train", train_subjects=3)

@@ -213,7 +213,7 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
         *_primary(plan, results),
         "## Every reading: top-1 % on the test split (mean ± std over seeds, seed count in brackets)", "",
         "Linear probe and k-NN: frozen encoder, mean-pooled features. Finetuned: the whole encoder, then "
-        "multi-clip × multi-crop testing. One pretraining per arm and seed serves both protocols.", "",
+        "multi-clip × multi-crop testing. One pretraining per arm and seed serves every protocol.", "",
         *_noise(plan, results.get("test_splits", {})),
         *_table(plan, groups["arm"] + groups["sweep"], "metrics", signed=False), "",
         f"## Paired difference to {ref_title} (points, mean ± std of the per-seed differences)", "",

@@ -149,12 +149,13 @@ def config_spec(cfg: RunConfig) -> dict[str, Any]:
 
 
 def _data_spec(data: DataConfig) -> dict[str, Any]:
-    """``data`` without its path; ``train_subjects`` only when it cuts (so studies made before the option
-    existed still match their own plan)."""
+    """``data`` without its path; ``train_subjects`` and ``test_subjects`` only when they cut (so studies made
+    before the options existed still match their own plan)."""
     d = json.loads(json.dumps(asdict(data)))
     d.pop("root")
-    if not d["train_subjects"]:
-        d.pop("train_subjects")
+    for key in ("train_subjects", "test_subjects"):
+        if not d[key]:
+            d.pop(key)
     return d
 
 
@@ -188,8 +189,9 @@ class Study:
         for key, protocol in plan.protocols.items():
             ft_cfg = plan.finetune_config(protocol, seed, self.root)
             if arm.probes:
-                # the probes are fitted on the finetune's labelled subset (data.train_subjects), if any
-                data = replace(cfg.data, protocol=protocol, train_subjects=ft_cfg.data.train_subjects)
+                # the probes are fitted and tested on the finetune's subsets (data.train_subjects, test_subjects)
+                data = replace(cfg.data, protocol=protocol, train_subjects=ft_cfg.data.train_subjects,
+                               test_subjects=ft_cfg.data.test_subjects)
                 spec = {"stage": "probe", "protocol": protocol, "methods": list(arm.probes),
                         "data": _data_spec(data), "upstream": upstream}
                 self._stage(folder / f"probe-{key}", spec, lambda d=data, k=key: self._probe(
