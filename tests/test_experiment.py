@@ -230,13 +230,14 @@ def test_plans_are_checked_before_anything_runs(tmp_path):
     assert gpu.budget["pretrain"][:len(shipped.budget["pretrain"])] == shipped.budget["pretrain"]  # appended
     with pytest.raises(PlanError, match="no scale 'huge'"):
         load_plan("crossview", "huge")
-    # the default study: the finetune on few labels from an unseen camera on unseen subjects is its primary
-    # reading, at both scales; five seeds for the three main arms, three for the others
+    # the default study: the finetune on few labels from an unseen camera is its primary reading, at both
+    # scales; five seeds for the three main arms, three for the others
     for scale in ("default", "gpu"):
         study_plan = load_plan("transfer", scale)
-        assert study_plan.primary == ("xview-xsub", "finetune")
-        assert study_plan.protocols["xview-xsub"] == study_plan.pretrain_protocol == "synth_xview_xsub"
-        assert 0 < study_plan.finetune_config("synth_xview_xsub", 0).data.train_subjects
+        assert study_plan.primary == ("xview", "finetune")
+        assert study_plan.protocols["xview"] == study_plan.pretrain_protocol == "synth_xview"
+        few = study_plan.finetune_config("synth_xview", 0).data
+        assert 0 < few.train_subjects == few.test_subjects  # the labelled subjects, from the unseen camera
         assert study_plan.pretrain_config(study_plan.arm("mv2mae"), 0).data.train_subjects == 0  # all unlabelled
         main = [a for a in study_plan.arms if a.group == "arm"]
         assert [a.name for a in main] == ["scratch", "videomae", "selfonly", "tauinf", "mv2mae"]
