@@ -59,8 +59,8 @@ demo: $(STAMP)
 
 # make experiment [PLAN=transfer] [SCALE=default|gpu] [STUDY=experiments/transfer]: the controlled
 # transfer study (mv2mae/experiment/plans/transfer.yaml: every arm × seed pretrained without labels,
-# finetuned on a few labelled subjects and tested from an unseen camera on unseen subjects, probes beside)
-# -> STUDY/RESULTS.md, results.json and plots. Sized for about 70 minutes on 2 idle CPU cores at the
+# finetuned on a few labelled subjects and tested from a camera no run saw, probes beside)
+# -> STUDY/RESULTS.md, results.json and plots. Sized for about 67 minutes on 2 idle CPU cores at the
 # default scale; run it again after an interruption and it continues where it stopped. PLAN=crossview
 # is the earlier study (experiments/crossview/).
 PLAN ?= transfer
