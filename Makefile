@@ -58,11 +58,13 @@ demo: $(STAMP)
 		--scratch-eval $(DEMO_DIR)/scratch-eval --timings $(DEMO_DIR)/timings.txt --out $(DEMO_DIR)/report.md
 	@echo "demo: read $(DEMO_DIR)/report.md"
 
-# make experiment [PLAN=crossview] [SCALE=default|gpu] [STUDY=experiments/crossview]: the controlled
-# cross-view study (mv2mae/experiment/plans/crossview.yaml: every arm × seed pretrained, probed and
-# finetuned under one budget) -> STUDY/RESULTS.md, results.json and plots. About 75 minutes on 2 CPU
-# cores at the default scale; run it again after an interruption and it continues where it stopped.
-PLAN ?= crossview
+# make experiment [PLAN=transfer] [SCALE=default|gpu] [STUDY=experiments/transfer]: the controlled
+# transfer study (mv2mae/experiment/plans/transfer.yaml: every arm × seed pretrained without labels,
+# finetuned on a few labelled subjects and tested from a camera no run saw, probes beside)
+# -> STUDY/RESULTS.md, results.json and plots. Sized for about 67 minutes on 2 idle CPU cores at the
+# default scale; run it again after an interruption and it continues where it stopped. PLAN=crossview
+# is the earlier study (experiments/crossview/).
+PLAN ?= transfer
 SCALE ?= default
 STUDY ?= experiments/$(PLAN)
 experiment: $(STAMP)

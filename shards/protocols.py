@@ -262,6 +262,25 @@ def hold_out(train: Selection, by: str, fraction: float) -> tuple[Selection, Sel
             Selection(train.protocol, "val", val, train.cameras))
 
 
+def keep_subjects(split: Selection, count: int) -> Selection:
+    """The first ``count`` subjects (by id) of a protocol's selection, with its cameras: a labelled subset of
+    a few subjects for few-label transfer (``data.train_subjects``, ``data.test_subjects``), fixed by the
+    data alone. Every shard must be one subject's, or wholly inside or outside the subset."""
+    subjects = sorted({v for s in split.shards for v in s.subjects})
+    if count < 1 or count > len(subjects):
+        raise ProtocolError(f"protocol {split.protocol}: cannot keep {count} of the {split.split} split's "
+                            f"{len(subjects)} subject(s) (data.{split.split}_subjects: 1-{len(subjects)}, or 0 for all)")
+    kept = set(subjects[:count])
+    shards = []
+    for shard in split.shards:
+        if set(shard.subjects) <= kept:
+            shards.append(shard)
+        elif set(shard.subjects) & kept:
+            raise ProtocolError(f"shard {shard.name} mixes subjects {sorted(shard.subjects)}, only some of them among "
+                                f"the first {count}; data.{split.split}_subjects needs shards of one subject")
+    return Selection(split.protocol, split.split, shards, split.cameras)
+
+
 def _suggest(dataset: str) -> str:
     names = [p.name for p in PROTOCOLS.values() if dataset in p.datasets or "*" in p.datasets]
     return ", ".join(names)

@@ -36,15 +36,19 @@ def tiny_plan(base, **changes) -> dict:
         "budget": {"shared": [*TINY_MODEL, "data.workers=0", "data.eval_clips=2", "data.eval_crops=1",
                               "loop.log_every=1", "optim.batch_size=2"],
                    "pretrain": ["steps=3", "schedule.warmup_steps=1", "loop.ckpt_every=2", "loop.recon_every=0"],
-                   "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none"]},
-        "seeds": SEEDS, "reference": "mv2mae",
+                   # few labels: the first train subject only (xview's train split holds subjects 1 and 2),
+                   # tested on the first test subject (xview: subject 1 from camera 1)
+                   "finetune": ["steps=2", "schedule.warmup_steps=1", "data.val_by=none", "data.train_subjects=1",
+                                "data.test_subjects=1"]},
+        "seeds": SEEDS, "reference": "mv2mae", "primary": {"protocol": "xview", "eval": "finetune"},
         "arms": [{"name": "scratch", "pretrain": False, "evals": ["linear", "finetune"]},
-                 {"name": "mv2mae", "title": "MV2MAE"}],
+                 {"name": "mv2mae", "title": "MV2MAE"},
+                 {"name": "tauinf", "set": ["model.tau=inf"], "seeds": [0], "evals": ["finetune"]}],
         # single-view pretraining (VideoMAE's arm): one camera per sample, tube masking, no motion weights
         "sweeps": {"seeds": [0], "evals": ["knn"], "arms": [
             {"name": "single", "set": ["data.num_sources=0", "model.mask_type=tube", "model.mask_ratio=0.9",
                                        "model.tau=inf", "optim.accum_steps=2"]}]},
-        "step_sweep": {"steps": [2], "seeds": [0], "evals": ["knn"]},
+        "step_sweep": {"steps": [2], "seeds": [0], "evals": ["knn", "finetune"], "arms": ["mv2mae", "tauinf"]},
     }
     plan.update(changes)
     return plan
@@ -82,7 +86,8 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     results = json.loads((out / "results.json").read_text())
     assert results["progress"]["stages_done"] == results["progress"]["stages_planned"] == len(planned)
     arms = {a["name"]: a for a in results["arms"]}
-    assert set(arms) == {"scratch", "mv2mae", "single", "mv2mae-steps2"}
+    assert set(arms) == {"scratch", "mv2mae", "tauinf", "single", "mv2mae-steps2", "tauinf-steps2"}
+    assert arms["tauinf"]["seeds"] == [0] and arms["tauinf"]["metrics"]["xview"]["finetune"]["n"] == 1
     assert arms["single"]["metrics"]["xview"]["knn"]["n"] == 1 and "knn" in arms["single"]["vs_reference"]["xview"]
     for key in ("xview", "xsub"):
         assert set(arms["mv2mae"]["metrics"][key]) == {"linear", "knn", "finetune"}
@@ -92,6 +97,35 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
                   - arms["mv2mae"]["metrics"][key]["linear"]["values"][str(s)] for s in SEEDS]
         assert diff["mean"] == pytest.approx(sum(expect) / 2)
     assert [row["steps"] for row in results["step_sweep"]] == [0, 2, 3]
+    # every step-sweep arm at every length on its evaluations; 0 = the arm without pretraining
+    rows = {row["steps"]: row for row in results["step_sweep"]}
+    assert rows[0]["arms"]["tauinf"]["arm"] == "scratch" and rows[3]["arms"]["tauinf"]["arm"] == "tauinf"
+    short = rows[2]["arms"]["tauinf"]
+    assert short["arm"] == "tauinf-steps2" and set(short["metrics"]["xview"]) == {"knn", "finetune"}
+    assert short["metrics"]["xview"]["finetune"]["mean"] == arms["tauinf-steps2"]["metrics"]["xview"]["finetune"]["mean"]
+    gap = rows[2]["differences"]["mv2mae - tauinf"]["xview"]["finetune"]
+    assert gap["values"]["0"] == pytest.approx(rows[2]["arms"]["mv2mae"]["metrics"]["xview"]["finetune"]["mean"]
+                                               - short["metrics"]["xview"]["finetune"]["mean"])
+    # the primary reading: the reference minus every arm, every pretrained arm minus scratch, paired over seeds
+    prim = results["primary"]
+    assert (prim["protocol"], prim["eval"]) == ("xview", "finetune")
+    pairs = {(c["a"], c["b"]): c for c in prim["comparisons"]}
+    assert set(pairs) == {("mv2mae", "scratch"), ("mv2mae", "tauinf"), ("tauinf", "scratch")}
+    main = pairs[("mv2mae", "scratch")]
+    ft = {a: arms[a]["metrics"]["xview"]["finetune"]["values"] for a in ("mv2mae", "scratch")}
+    per_seed = [ft["mv2mae"][str(s)] - ft["scratch"][str(s)] for s in SEEDS]
+    assert main["n"] == 2 and main["mean"] == pytest.approx(sum(per_seed) / 2)
+    assert pairs[("mv2mae", "tauinf")]["n"] == 1 and pairs[("mv2mae", "tauinf")]["ci95"] is None
+    report = (out / "RESULTS.md").read_text()
+    assert "## Primary reading — xview: finetuned top-1 %" in report and "| mv2mae − scratch |" in report
+    assert "## Pretraining length: mv2mae, tauinf against pretraining steps" in report
+    # few labels: the probes fit and test on the finetune's subsets (the first train subject, the first
+    # test subject), the finetune trains on them and its test reads them
+    probe = json.loads((out / "runs/scratch/seed0/probe-xview/results.json").read_text())["linear"]
+    assert probe["train_videos"] == 2 * 2 * 1  # 2 classes × 1 subject × 1 replication × cameras 2, 3
+    assert probe["test_videos"] == 2 * 1 * 1  # 2 classes × 1 subject × camera 1
+    data = yaml.safe_load((out / "runs/mv2mae/seed0/finetune-xview/config.yaml").read_text())["data"]
+    assert (data["train_subjects"], data["test_subjects"]) == (1, 1)
     assert len(arms["mv2mae"]["pretrain_loss"]) == 3  # logged every step
     assert all(r["loss_cross"] > 0 for r in read_log(out / "runs/mv2mae/seed0/pretrain"))
     assert all(r["loss_cross"] == 0 for r in read_log(out / "runs/single/seed0/pretrain"))  # one view a sample
@@ -102,6 +136,7 @@ def test_a_tiny_plan_runs_every_stage_and_reports_every_arm(study):
     assert f"plan `{plan}`" in report  # a plan of one's own: as given
     # the noise line reads the test splits' sizes and chance from the finished tests themselves
     test = json.loads((out / "runs/scratch/seed0/eval-xview/results.json").read_text())
+    assert test["videos"]["count"] == 2  # the finetune's test: data.test_subjects=1
     assert results["test_splits"]["xview"] == {"videos": test["videos"]["count"], "chance": test["chance_top1"]}
     assert f"xview: {test['videos']['count']} test videos, chance {100 * test['chance_top1']:.1f}%" in report
     for svg in ("accuracy.svg", "pretrain_loss.svg", "steps.svg"):
@@ -197,7 +232,20 @@ def test_plans_are_checked_before_anything_runs(tmp_path):
     assert gpu.budget["pretrain"][:len(shipped.budget["pretrain"])] == shipped.budget["pretrain"]  # appended
     with pytest.raises(PlanError, match="no scale 'huge'"):
         load_plan("crossview", "huge")
-    typo = tiny_plan(tmp_path, arms=[{"name": "mv2mae", "set": ["model.tua=20"]}])
+    # the default study: the finetune on few labels from an unseen camera is its primary reading, at both
+    # scales; five seeds for the three main arms, three for the others
+    for scale in ("default", "gpu"):
+        study_plan = load_plan("transfer", scale)
+        assert study_plan.primary == ("xview", "finetune")
+        assert study_plan.protocols["xview"] == study_plan.pretrain_protocol == "synth_xview"
+        few = study_plan.finetune_config("synth_xview", 0).data
+        assert 0 < few.train_subjects == few.test_subjects  # the labelled subjects, from the unseen camera
+        assert study_plan.pretrain_config(study_plan.arm("mv2mae"), 0).data.train_subjects == 0  # all unlabelled
+        main = [a for a in study_plan.arms if a.group == "arm"]
+        assert [a.name for a in main] == ["scratch", "videomae", "selfonly", "tauinf", "mv2mae"]
+        assert all(len(a.seeds) >= (5 if a.name in ("scratch", "videomae", "mv2mae") else 3) for a in main)
+        assert study_plan.step_arms == ("mv2mae", "videomae") and "finetune" in study_plan.step_evals
+    typo = tiny_plan(tmp_path, arms=[{"name": "mv2mae", "set": ["model.tua=20"]}], step_sweep=None)
     with pytest.raises(PlanError, match="arm mv2mae: unknown config key.*model.tua"):
         load_plan(write_plan(tmp_path / "typo.yaml", typo))
     assert all(None not in row.values() for row in shipped.paper)
@@ -207,7 +255,50 @@ def test_plans_are_checked_before_anything_runs(tmp_path):
     with pytest.raises(PlanError, match=r"no value for supervised\)"):
         load_plan(tmp_path / "paper.yaml")
     with pytest.raises(PlanError, match="reference 'mv2mae' must name a pretrained arm"):
-        load_plan(write_plan(tmp_path / "ref.yaml", tiny_plan(tmp_path, arms=[{"name": "x", "pretrain": False}])))
+        load_plan(write_plan(tmp_path / "ref.yaml", tiny_plan(tmp_path, arms=[{"name": "x", "pretrain": False}],
+                                                           step_sweep=None)))
+    with pytest.raises(PlanError, match="step_sweep arm 'scratch' must name a pretrained arm"):
+        load_plan(write_plan(tmp_path / "steps.yaml", tiny_plan(tmp_path, step_sweep={
+            "steps": [2], "seeds": [0], "arms": ["mv2mae", "scratch"]})))
+    with pytest.raises(PlanError, match="primary must be"):
+        load_plan(write_plan(tmp_path / "primary.yaml", tiny_plan(tmp_path, primary={"protocol": "xsub",
+                                                                                   "eval": "top1"})))
+    with pytest.raises(PlanError, match="arm mv2mae seeds: a non-empty list of distinct seeds"):
+        load_plan(write_plan(tmp_path / "seeds.yaml", tiny_plan(tmp_path, arms=[
+            {"name": "mv2mae", "seeds": [1, 1]}], step_sweep=None)))
+
+
+def test_paired_differences_carry_a_t_interval_and_say_when_it_holds_zero():
+    from scipy import stats
+
+    from mv2mae.experiment.results import t975
+    for df in (1, 2, 4, 9, 30, 31, 45, 200):
+        assert t975(df) == pytest.approx(stats.t.ppf(0.975, df), rel=2e-4)
+    # differences 0.05, 0.07, 0.03, 0.05, 0.05: mean 0.05, std sqrt(0.0008/4), t(0.975, 4) = 2.776
+    d = paired({s: 0.3 + x for s, x in enumerate((0.05, 0.07, 0.03, 0.05, 0.05))}, {s: 0.3 for s in range(5)})
+    half = stats.t.ppf(0.975, 4) * math.sqrt(0.0008 / 4) / math.sqrt(5)
+    assert d["ci95"] == pytest.approx([0.05 - half, 0.05 + half], rel=1e-4) and d["resolved"] is True
+    assert d["se"] == pytest.approx(math.sqrt(0.0008 / 4) / math.sqrt(5))
+    noisy = paired({0: 0.5, 1: 0.3, 2: 0.45}, {0: 0.4, 1: 0.4, 2: 0.4})  # +0.1, -0.1, +0.05
+    assert noisy["ci95"][0] < 0 < noisy["ci95"][1] and noisy["resolved"] is False
+    assert paired({0: 0.5}, {0: 0.4})["resolved"] is None  # one seed: no interval
+
+
+def test_a_few_label_split_keeps_the_first_subjects_of_the_split_it_names(study):
+    from mv2mae.data.datasets import ShardSplit
+    from mv2mae.shards.protocols import ProtocolError
+    base, _, _ = study
+    full = ShardSplit.open(base / "data", "synth_xview_all", "train")
+    few = ShardSplit.open(base / "data", "synth_xview_all", "train", train_subjects=1)
+    assert sorted({v for s in full.selection.shards for v in s.subjects}) == [1, 2]
+    assert {v for s in few.selection.shards for v in s.subjects} == {1}
+    assert few.selection.cameras == full.selection.cameras and 0 < few.selection.videos < full.selection.videos
+    test = ShardSplit.open(base / "data", "synth_xview_all", "test", train_subjects=1)
+    assert sorted({v for s in test.selection.shards for v in s.subjects}) == [1, 2]  # train_subjects: train only
+    test = ShardSplit.open(base / "data", "synth_xview_all", "test", train_subjects=2, test_subjects=1)
+    assert {v for s in test.selection.shards for v in s.subjects} == {1} and test.selection.cameras == [1]
+    with pytest.raises(ProtocolError, match="cannot keep 3 of the train split's 2 subject"):
+        ShardSplit.open(base / "data", "synth_xview_all", "train", train_subjects=3)
 
 
 def test_every_study_and_run_records_the_fingerprint_of_its_data_and_numerics(study, tmp_path):

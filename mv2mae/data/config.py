@@ -64,6 +64,13 @@ class DataConfig:
     # tested). Pretraining (no labels, no selection) uses the whole train split.
     val_by: str = VALIDATION_BY[0]  # subject
     val_fraction: float = DEFAULT_VAL_FRACTION  # share of the train subjects (or shards) held out: >= 1, never all
+    # few-label transfer: only the first N subjects (by id) of the protocol's train split, in every stage
+    # whose config sets it (the study sets it for finetuning and probes and pretrains on all of them);
+    # 0 = every train subject. The test split is cut by its own option only
+    train_subjects: int = 0
+    # only the first N subjects (by id) of the protocol's test split (0 = all): with train_subjects on a
+    # cross-view protocol, the unseen camera's recordings of the labelled subjects
+    test_subjects: int = 0
     # groups a loader process may skip as unreadable (truncated or tampered shard, undecodable JPEG,
     # missing motion rows; each logged once) before the run stops: damaged data, not a sample or two
     max_bad_samples: int = 100
@@ -90,6 +97,9 @@ class DataConfig:
             problems.append(f"val_by {self.val_by!r} not in {VALIDATION_BY}")
         if not 0.0 < self.val_fraction < 1.0:
             problems.append(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if min(self.train_subjects, self.test_subjects) < 0:
+            problems.append(f"train_subjects and test_subjects must be >= 0 (0 = all), got {self.train_subjects}, "
+                            f"{self.test_subjects}")
         if self.repeats < 1:
             problems.append(f"repeats must be >= 1, got {self.repeats}")
         if self.num_sources < 0:

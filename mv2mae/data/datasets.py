@@ -44,7 +44,7 @@ from mv2mae.data.sampling import (
 from mv2mae.data.transport import RingEnds, attach
 from mv2mae.shards.contract import checked_index
 from mv2mae.shards.motion import MotionRows
-from mv2mae.shards.protocols import ProtocolError, Selection, hold_out, select
+from mv2mae.shards.protocols import ProtocolError, Selection, hold_out, keep_subjects, select
 from mv2mae.shards.reader import BadSamples, GroupSample, current_slot, eval_groups, train_groups
 from mv2mae.shards.schema import ContractError, DatasetIndex, GroupMeta, frame_ext
 
@@ -62,14 +62,19 @@ class ShardSplit:
 
     @classmethod
     def open(cls, root: str | Path, protocol: str, split: str, val_by: str = "none",
-             val_fraction: float = 0.0) -> ShardSplit:
-        """``split`` of ``protocol`` on ``root``; with ``val_by`` other than ``none``, ``train`` loses the
+             val_fraction: float = 0.0, train_subjects: int = 0, test_subjects: int = 0) -> ShardSplit:
+        """``split`` of ``protocol`` on ``root``; with ``train_subjects`` > 0, ``train`` (and the ``val`` share
+        carved from it) keeps only its first that many subjects (:func:`~mv2mae.shards.protocols.keep_subjects`),
+        with ``test_subjects`` > 0 ``test`` likewise; with ``val_by`` other than ``none``, ``train`` loses the
         validation share that ``val`` is (:func:`~mv2mae.shards.protocols.hold_out`). An index that breaks
         the contract (:func:`~mv2mae.shards.contract.checked_index`) is refused here, its groups as read."""
         index = checked_index(Path(root))
         if split == "val" and val_by == "none":
             raise ContractError(f"{root}: no validation split (data.val_by is none)")
         selection = select(index, protocol, "train" if split == "val" else split)
+        keep = test_subjects if split == "test" else train_subjects
+        if keep:
+            selection = keep_subjects(selection, keep)
         if split in ("train", "val") and val_by != "none":
             fit, val = hold_out(selection, val_by, val_fraction)
             selection = val if split == "val" else fit

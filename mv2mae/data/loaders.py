@@ -50,7 +50,8 @@ def _loader(dataset: ClipDataset, batch_size: int, pin_memory: bool, drop_last: 
 
 def _split(data: DataConfig, split: str) -> ShardSplit:
     """A labelled split: ``train`` without the validation share ``val`` holds (``data.val_by``)."""
-    return ShardSplit.open(data.root, data.protocol, split, data.val_by, data.val_fraction)
+    return ShardSplit.open(data.root, data.protocol, split, data.val_by, data.val_fraction, data.train_subjects,
+                           data.test_subjects)
 
 
 def _dataset(cls: type[ClipDataset], split: ShardSplit, model: ModelConfig, data: DataConfig, device: torch.device,
@@ -67,7 +68,8 @@ def build_pretrain_loader(model: ModelConfig, data: DataConfig, split: str = "tr
     decoding."""
     device = torch.device(device)
     # pretraining (no labels, no model selection) always reads the whole split: no validation share held out
-    ds = _dataset(PretrainClips, ShardSplit.open(data.root, data.protocol, split), model, data, device,
+    ds = _dataset(PretrainClips, ShardSplit.open(data.root, data.protocol, split, train_subjects=data.train_subjects,
+                                                    test_subjects=data.test_subjects), model, data, device,
                   seed=seed, rank=rank, world_size=world_size)
     ds.resume_at = (start, batch_size)
     return _loader(ds, batch_size, pin_memory, drop_last=True, reuse_buffers=reuse_buffers, device=device)

@@ -4,8 +4,10 @@ A plan names the dataset (rendered and preprocessed by the study when absent), t
 encoders are pretrained on and the protocols they are evaluated on, the budget every run shares
 (``--set`` overrides of a config preset, per stage), the seeds, and the arms: each arm is a list of
 ``--set`` overrides of pretraining (``pretrain: false`` = no pretraining). ``sweeps`` are arms around
-the ``reference`` arm (its overrides, then theirs) with their own seeds; ``step_sweep`` repeats the
-reference arm at other pretraining lengths. ``scales`` are named partial plans merged over the rest
+the ``reference`` arm (its overrides, then theirs) with their own seeds; an arm may name its own ``seeds``.
+``step_sweep`` repeats the reference arm (or the pretrained arms it lists under ``arms``) at other
+pretraining lengths. ``primary`` names the reading the study is about (a protocol key and an evaluation):
+the report leads with it, paired differences with 95 % intervals. ``scales`` are named partial plans merged over the rest
 (``--scale``): mappings merge key by key, the budget's override lists are appended (a later ``--set``
 wins), anything else is replaced. Shipped plans live in ``mv2mae/experiment/plans/``.
 """
@@ -28,7 +30,7 @@ GROUPS = ("arm", "sweep", "steps")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _REQUIRED = ("name", "config", "dataset", "pretrain_protocol", "protocols", "seeds", "arms")
 _TOP_KEYS = {"name", "title", "config", "dataset", "pretrain_protocol", "protocols", "budget", "seeds", "evals",
-             "reference", "arms", "sweeps", "step_sweep", "paper", "scales", "notes"}
+             "reference", "arms", "sweeps", "step_sweep", "paper", "scales", "notes", "primary"}
 
 
 class PlanError(ValueError):
@@ -66,8 +68,11 @@ class Plan:
     reference: str  # the arm others are compared with (paired differences)
     arms: tuple[Arm, ...]
     steps: int  # the budget's pretraining length
-    step_sweep: tuple[int, ...]  # pretraining lengths of the reference arm (0 = no pretraining)
+    step_sweep: tuple[int, ...]  # pretraining lengths of the step-sweep arms (0 = no pretraining)
     step_seeds: tuple[int, ...]
+    step_arms: tuple[str, ...]  # the arms repeated at those lengths (the reference arm by default)
+    step_evals: tuple[str, ...]  # what each length is read by
+    primary: tuple[str, str]  # (protocol key, evaluation): the reading the study is about
     paper: tuple[dict[str, Any], ...]  # the paper's own numbers, shown for context
     notes: str
 
@@ -143,14 +148,25 @@ def _build(raw: dict[str, Any], source: str, scale: str) -> Plan:
     steps = load_config(raw["config"], "pretrain", [*budget["shared"], *budget["pretrain"]]).schedule.steps
     lengths: tuple[int, ...] = ()
     t_seeds: tuple[int, ...] = ()
+    t_arms: tuple[str, ...] = ()
+    t_evals: tuple[str, ...] = ()
     sweep = raw.get("step_sweep") or {}
     if sweep:
         lengths = tuple(sorted({int(n) for n in sweep["steps"]} | {0, steps}))
         t_seeds = _seeds(sweep["seeds"], "step_sweep.seeds")
         t_evals = _evals(sweep.get("evals", PROBES), "step_sweep.evals")
-        # the budget's own length is the reference arm itself, 0 the arms without pretraining
-        arms += [Arm(f"{ref.name}-steps{n}", f"{ref.title}, {n} pretraining steps", "steps",
-                     (*ref.sets, f"steps={n}"), t_seeds, t_evals) for n in lengths if n not in (0, steps)]
+        t_arms = tuple(str(a) for a in sweep.get("arms") or [ref.name])
+        for name in t_arms:
+            base = next((a for a in arms if a.name == name and a.group == "arm"), None)
+            if base is None or not base.pretrain:
+                raise PlanError(f"{source}: step_sweep arm {name!r} must name a pretrained arm of 'arms'")
+            # the budget's own length is the arm itself, 0 the arms without pretraining
+            arms += [Arm(f"{name}-steps{n}", f"{base.title}, {n} pretraining steps", "steps",
+                         (*base.sets, f"steps={n}"), t_seeds, t_evals) for n in lengths if n not in (0, steps)]
+    primary = raw.get("primary") or {"protocol": next(iter(protocols)), "eval": "finetune"}
+    if set(primary) != {"protocol", "eval"} or primary["protocol"] not in protocols or primary["eval"] not in EVALS:
+        raise PlanError(f"{source}: primary must be {{protocol: one of {sorted(protocols)}, eval: one of "
+                        f"{list(EVALS)}}}, got {primary!r}")
     for row in raw.get("paper") or ():
         if not isinstance(row, dict):
             raise PlanError(f"{source}: paper row {row!r} is not a mapping")
@@ -166,7 +182,7 @@ def _build(raw: dict[str, Any], source: str, scale: str) -> Plan:
                 config=str(raw["config"]), dataset=dict(raw["dataset"]),
                 pretrain_protocol=str(raw["pretrain_protocol"]), protocols=protocols, budget=budget,
                 reference=ref.name, arms=tuple(arms), steps=steps, step_sweep=lengths, step_seeds=t_seeds,
-                paper=tuple(raw.get("paper") or ()), notes=str(raw.get("notes", "")).strip())
+                step_arms=t_arms, step_evals=t_evals, primary=(str(primary["protocol"]), str(primary["eval"])), paper=tuple(raw.get("paper") or ()), notes=str(raw.get("notes", "")).strip())
 
 
 def _arm(raw: dict[str, Any], group: str, base_sets: tuple[str, ...], seeds: tuple[int, ...],
@@ -174,15 +190,16 @@ def _arm(raw: dict[str, Any], group: str, base_sets: tuple[str, ...], seeds: tup
     name = str(raw["name"])
     if not _NAME.match(name):
         raise PlanError(f"arm name {name!r} must be letters, digits, '_', '.' or '-' (it names a folder)")
-    unknown = sorted(set(raw) - {"name", "title", "set", "pretrain", "evals"})
+    unknown = sorted(set(raw) - {"name", "title", "set", "pretrain", "evals", "seeds"})
     if unknown:
-        raise PlanError(f"arm {name}: unknown key(s) {', '.join(unknown)} (name, title, set, pretrain, evals)")
+        raise PlanError(f"arm {name}: unknown key(s) {', '.join(unknown)} (name, title, set, pretrain, evals, seeds)")
     pretrain = bool(raw.get("pretrain", True))
     sets = tuple(str(s) for s in raw.get("set") or ())
     if sets and not pretrain:
         raise PlanError(f"arm {name}: 'set' overrides pretraining, which pretrain: false leaves out")
     arm_evals = _evals(raw.get("evals", evals), f"arm {name} evals")
-    return Arm(name, str(raw.get("title", name)), group, (*base_sets, *sets) if pretrain else (), seeds,
+    arm_seeds = _seeds(raw["seeds"], f"arm {name} seeds") if "seeds" in raw else seeds
+    return Arm(name, str(raw.get("title", name)), group, (*base_sets, *sets) if pretrain else (), arm_seeds,
                arm_evals, pretrain)
 
 

@@ -78,8 +78,9 @@ def plan_summary(plan: Plan) -> dict[str, Any]:
     return {"name": plan.name, "title": plan.title, "source": shown_source(plan.source), "scale": plan.scale,
             "config": plan.config, "dataset": plan.dataset, "pretrain_protocol": plan.pretrain_protocol,
             "protocols": plan.protocols, "budget": {k: list(v) for k, v in plan.budget.items()},
-            "reference": plan.reference, "pretrain_steps": plan.steps, "step_sweep": list(plan.step_sweep),
-            "step_seeds": list(plan.step_seeds), "paper": list(plan.paper)}
+            "reference": plan.reference, "primary": {"protocol": plan.primary[0], "eval": plan.primary[1]},
+            "pretrain_steps": plan.steps, "step_sweep": list(plan.step_sweep), "step_arms": list(plan.step_arms),
+            "step_seeds": list(plan.step_seeds), "step_evals": list(plan.step_evals), "paper": list(plan.paper)}
 
 
 # ---------------------------------------------------------------------------- numbers as text
@@ -91,6 +92,63 @@ def fmt(summary: dict[str, Any] | None, signed: bool = False) -> str:
     if summary["std"] is None:
         return f"{mean} (1 seed)"
     return f"{mean} ± {100 * summary['std']:.1f} ({summary['n']})"
+
+
+def interval(summary: dict[str, Any] | None) -> str:
+    """A paired difference's 95 % interval in points, ``–`` below two seeds."""
+    if not summary or summary.get("ci95") is None:
+        return "–"
+    lo, hi = summary["ci95"]
+    return f"[{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def verdict(summary: dict[str, Any] | None, a: str, b: str) -> str:
+    """What a paired difference ``a − b`` says: who is ahead where its 95 % interval excludes 0."""
+    if not summary or summary.get("resolved") is None:
+        return "– (needs 2 seeds)"
+    if not summary["resolved"]:
+        return "not resolved"
+    return f"{a} ahead" if summary["mean"] > 0 else f"{b} ahead"
+
+
+def _primary(plan: Plan, results: dict[str, Any]) -> list[str]:
+    prim = results["primary"]
+    titles = {a["name"]: a["title"] for a in results["arms"]}
+    reading = f"{prim['protocol']}: {EVAL_NAMES[prim['eval']]}"
+    lines = [f"## Primary reading — {reading} top-1 %", "",
+             f"The reading the study is about (`{plan.protocols[prim['protocol']]}` test split). Paired "
+             "differences are taken seed by seed; the interval is the paired t 95 % interval over seeds; "
+             "“not resolved” where it holds 0. d / se is the mean difference in standard errors.", "",
+             "| arm | top-1 % (mean ± std, seeds) |", "|---|---:|"]
+    lines += [f"| {a['title']} | {fmt(a)} |" for a in prim["arms"]]
+    lines += ["", "| paired difference | points (mean ± std, seeds) | 95 % interval | d / se | verdict |",
+              "|---|---:|---:|---:|---|"]
+    for c in prim["comparisons"]:
+        ratio = f"{c['mean'] / c['se']:+.1f}" if c.get("se") else "–"
+        lines.append(f"| {c['a']} − {c['b']} | {fmt(c, signed=True)} | {interval(c)} | {ratio} | "
+                     f"{verdict(c, c['a'], c['b'])} |")
+    return [*lines, "", "Arms: " + "; ".join(f"`{n}` = {t}" for n, t in titles.items()
+                                              if any(a["name"] == n for a in prim["arms"])) + ".", ""]
+
+
+def _step_table(plan: Plan, results: dict[str, Any]) -> list[str]:
+    cols = [(arm, k, e) for arm in plan.step_arms for k in plan.protocols for e in plan.step_evals]
+    key, ev = plan.primary
+    diffs = [d for d in (results["step_sweep"][-1]["differences"] if results["step_sweep"] else {})]
+    lines = [f"## Pretraining length: {', '.join(plan.step_arms)} against pretraining steps", "",
+             "Step 0 is the arm without pretraining (the untrained encoder; the finetune from scratch); every "
+             f"other length is a full pretraining with its own warm-up and cosine schedule. The study's length is "
+             f"{plan.steps} steps. Seeds {list(plan.step_seeds)}.", "",
+             "| pretraining steps | " + " | ".join(f"{a} · {k}: {EVAL_NAMES[e]}" for a, k, e in cols)
+             + "".join(f" | {d} · {key}: {EVAL_NAMES[ev]} (95 % interval)" for d in diffs) + " |",
+             "|---:|" + "---:|" * (len(cols) + len(diffs))]
+    for row in results["step_sweep"]:
+        cells = [fmt(row["arms"][a]["metrics"].get(k, {}).get(e)) for a, k, e in cols]
+        for d in diffs:
+            c = row["differences"].get(d, {}).get(key, {}).get(ev)
+            cells.append(f"{fmt(c, signed=True)} {interval(c)}" if c else "–")
+        lines.append(f"| {row['steps']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def _columns(plan: Plan, evals: tuple[str, ...] = EVALS) -> list[tuple[str, str]]:
@@ -155,9 +213,10 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
         + (f", sweeps {groups['sweep'][0]['seeds']}" if groups["sweep"] else "")
         + (f", step sweep {list(plan.step_seeds)}" if plan.step_sweep else ""),
         "",
-        "## Top-1 % on the test split (mean ± std over seeds, seed count in brackets)", "",
+        *_primary(plan, results),
+        "## Every reading: top-1 % on the test split (mean ± std over seeds, seed count in brackets)", "",
         "Linear probe and k-NN: frozen encoder, mean-pooled features. Finetuned: the whole encoder, then "
-        "multi-clip × multi-crop testing. One pretraining per arm and seed serves both protocols.", "",
+        "multi-clip × multi-crop testing. One pretraining per arm and seed serves every protocol.", "",
         *_noise(plan, results.get("test_splits", {})),
         *_table(plan, groups["arm"] + groups["sweep"], "metrics", signed=False), "",
         f"## Paired difference to {ref_title} (points, mean ± std of the per-seed differences)", "",
@@ -165,20 +224,11 @@ def markdown(plan: Plan, results: dict[str, Any]) -> str:
                 "vs_reference", signed=True), "",
     ]
     if results["step_sweep"]:
-        cols = _columns(plan, ("linear", "knn"))
-        lines += [f"## Pretraining length: probes of {ref_title} against pretraining steps", "",
-                  "Step 0 is the untrained encoder; every other length is a full pretraining with its own "
-                  f"warm-up and cosine schedule. The study's length is {plan.steps} steps.", "",
-                  "| pretraining steps | " + " | ".join(f"{k}: {EVAL_NAMES[e]}" for k, e in cols) + " |",
-                  "|---:|" + "---:|" * len(cols)]
-        for row in results["step_sweep"]:
-            lines.append(f"| {row['steps']} | " + " | ".join(fmt(row["metrics"].get(k, {}).get(e)) for k, e in cols)
-                         + " |")
-        lines.append("")
+        lines += _step_table(plan, results)
     lines += ["## Plots", "", f"![accuracy per arm]({PLOTS['accuracy']})", "",
               f"![pretraining loss]({PLOTS['loss']})", ""]
     if results["step_sweep"]:
-        lines += [f"![probe accuracy against pretraining steps]({PLOTS['steps']})", ""]
+        lines += [f"![top-1 against pretraining steps]({PLOTS['steps']})", ""]
     if plan.paper:
         keys = list(plan.paper[0])
         lines += ["## The paper's numbers, for context", "",
@@ -209,9 +259,12 @@ def _plots(out: Path, plan: Plan, results: dict[str, Any]) -> None:
     if results["step_sweep"]:
         lines: dict[str, list[tuple[float, float]]] = {}
         for row in results["step_sweep"]:
-            for key, per in row["metrics"].items():
-                for e, s in per.items():
-                    if s["mean"] is not None:
-                        lines.setdefault(f"{key} {EVAL_NAMES[e]}", []).append((row["steps"], 100 * s["mean"]))
-        (out / PLOTS["steps"]).write_text(line_chart(lines, f"{plan.reference}: probe top-1 % against pretraining "
-                                                     "steps", "pretraining steps", "top-1 %"))
+            for arm, entry in row["arms"].items():
+                for key, per in entry["metrics"].items():
+                    for e, summary in per.items():
+                        if summary["mean"] is not None:
+                            lines.setdefault(f"{arm} {key} {EVAL_NAMES[e]}", []).append(
+                                (row["steps"], 100 * summary["mean"]))
+        (out / PLOTS["steps"]).write_text(line_chart(lines, f"top-1 % against pretraining steps (mean over "
+                                                     f"seeds {list(plan.step_seeds)})", "pretraining steps",
+                                                     "top-1 %"))

@@ -4,7 +4,9 @@ summarised as mean ± std over seeds and as paired differences to the reference 
 Accuracies are per test video (its clips × crops softmax-averaged) on the protocol's test split, in
 [0, 1]. Standard deviations are over seeds (sample std, n − 1); a paired difference is taken seed by
 seed over the seeds both arms ran, then summarised the same way, so that what every arm shares with
-the reference on one seed (data order, masks, initial weights) cancels out.
+the reference on one seed (data order, masks, initial weights) cancels out. Its 95 % interval is the
+paired t interval (mean ± t(0.975, n − 1) · std / √n); a difference whose interval holds 0 is not
+resolved by the seeds run.
 """
 
 from __future__ import annotations
@@ -27,9 +29,33 @@ def summarize(values: dict[int, float]) -> dict[str, Any]:
             "n": len(xs), "values": {str(s): values[s] for s in sorted(values)}}
 
 
+# two-sided 95 % quantiles of Student's t, t(0.975, df), for df = 1..30 (beyond: Fisher's expansion)
+_T975 = (12.7062, 4.3027, 3.1824, 2.7764, 2.5706, 2.4469, 2.3646, 2.3060, 2.2622, 2.2281, 2.2010, 2.1788,
+         2.1604, 2.1448, 2.1314, 2.1199, 2.1098, 2.1009, 2.0930, 2.0860, 2.0796, 2.0739, 2.0687, 2.0639,
+         2.0595, 2.0555, 2.0518, 2.0484, 2.0452, 2.0423)
+
+
+def t975(df: int) -> float:
+    """t(0.975, df): the factor of a 95 % interval's half-width in standard errors."""
+    if df < 1:
+        raise ValueError(f"a t interval needs df >= 1, got {df}")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = 1.959964
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+
+
 def paired(values: dict[int, float], reference: dict[int, float]) -> dict[str, Any]:
-    """Summary of ``values[s] - reference[s]`` over the seeds both have."""
-    return summarize({s: values[s] - reference[s] for s in values if s in reference})
+    """Summary of ``values[s] - reference[s]`` over the seeds both have, with its standard error, the
+    paired t 95 % interval and whether that interval excludes 0 (``resolved``; None below two seeds)."""
+    out = summarize({s: values[s] - reference[s] for s in values if s in reference})
+    out["se"] = out["ci95"] = out["resolved"] = None
+    if out["std"] is not None:
+        se = out["std"] / math.sqrt(out["n"])
+        half = t975(out["n"] - 1) * se
+        out.update(se=se, ci95=[out["mean"] - half, out["mean"] + half],
+                   resolved=bool(out["mean"] - half > 0 or out["mean"] + half < 0))
+    return out
 
 
 def arm_scores(out: Path, plan: Plan, arm: Arm) -> dict[str, dict[str, dict[int, float]]]:
@@ -75,7 +101,8 @@ def progress(out: Path, plan: Plan) -> dict[str, Any]:
 
 
 def collect(out: Path, plan: Plan) -> dict[str, Any]:
-    """Every arm's summaries and paired differences, the step sweep and the progress of the study."""
+    """Every arm's summaries and paired differences, the primary reading's comparisons, the step sweep and
+    the progress of the study."""
     scores = {arm.name: arm_scores(out, plan, arm) for arm in plan.arms}
     ref = scores[plan.reference]
     arms = []
@@ -89,8 +116,23 @@ def collect(out: Path, plan: Plan) -> dict[str, Any]:
                 k: {m: paired(v, ref[k][m]) for m, v in per.items() if m in ref[k]} for k, per in mine.items()},
             "pretrain_loss": loss_curve(out, arm) if arm.pretrain else [],
         })
-    return {"arms": arms, "step_sweep": _step_sweep(plan, scores), "progress": progress(out, plan),
-            "test_splits": test_splits(out, plan)}
+    return {"arms": arms, "primary": primary(plan, scores), "step_sweep": _step_sweep(plan, scores),
+            "progress": progress(out, plan), "test_splits": test_splits(out, plan)}
+
+
+def primary(plan: Plan, scores: dict[str, Any]) -> dict[str, Any]:
+    """The primary reading: each arm's summary, and the paired differences the study is about — the
+    reference arm minus every other arm, and every other pretrained arm minus the arm without pretraining."""
+    key, ev = plan.primary
+    read = {a.name: scores[a.name][key].get(ev, {}) for a in plan.arms if a.group in ("arm", "sweep")}
+    arms = [a for a in plan.arms if a.group in ("arm", "sweep") and ev in a.evals]
+    pairs = [(plan.reference, a.name) for a in arms if a.name != plan.reference]
+    scratch = next((a.name for a in arms if not a.pretrain and a.group == "arm"), None)
+    if scratch is not None:
+        pairs += [(a.name, scratch) for a in arms if a.pretrain and a.name != plan.reference and a.group == "arm"]
+    return {"protocol": key, "eval": ev,
+            "arms": [{"name": a.name, "title": a.title, **summarize(read[a.name])} for a in arms],
+            "comparisons": [{"a": x, "b": y, **paired(read[x], read[y])} for x, y in pairs]}
 
 
 def test_splits(out: Path, plan: Plan) -> dict[str, dict[str, Any]]:
@@ -111,13 +153,26 @@ def test_splits(out: Path, plan: Plan) -> dict[str, dict[str, Any]]:
 
 
 def _step_sweep(plan: Plan, scores: dict[str, Any]) -> list[dict[str, Any]]:
-    """Probe accuracy of the reference arm against its pretraining length (0: the untrained encoder)."""
+    """Each step-sweep arm against its pretraining length (0: the arm without pretraining, i.e. the untrained
+    encoder and the finetune from scratch), on the step seeds; per length also the paired difference of
+    the first step-sweep arm minus each other one."""
     rows = []
-    untrained = next((a.name for a in plan.arms if not a.pretrain and a.probes), None)
+    untrained = next((a.name for a in plan.arms if not a.pretrain and a.group == "arm"), None)
     for steps in plan.step_sweep:
-        name = untrained if steps == 0 else plan.reference if steps == plan.steps else f"{plan.reference}-steps{steps}"
-        per = scores.get(name, {}) if name else {}
-        rows.append({"steps": steps, "arm": name, "metrics": {
-            k: {m: summarize({s: v for s, v in by_seed.items() if s in plan.step_seeds})
-                for m, by_seed in methods.items() if m != "finetune"} for k, methods in per.items()}})
+        row: dict[str, Any] = {"steps": steps, "arms": {}, "differences": {}}
+        per_arm = {}
+        for base in plan.step_arms:
+            name = untrained if steps == 0 else base if steps == plan.steps else f"{base}-steps{steps}"
+            per = scores.get(name, {}) if name else {}
+            per_arm[base] = {k: {m: {s: v for s, v in by_seed.items() if s in plan.step_seeds}
+                                 for m, by_seed in methods.items() if m in plan.step_evals} for k, methods in per.items()}
+            row["arms"][base] = {"arm": name, "metrics": {k: {m: summarize(v) for m, v in methods.items()}
+                                                          for k, methods in per_arm[base].items()}}
+        if steps:
+            first = plan.step_arms[0]
+            for other in plan.step_arms[1:]:
+                row["differences"][f"{first} - {other}"] = {
+                    k: {m: paired(v, per_arm[other].get(k, {}).get(m, {})) for m, v in methods.items()}
+                    for k, methods in per_arm[first].items()}
+        rows.append(row)
     return rows

@@ -21,13 +21,14 @@ import json
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mv2mae.config import RunConfig
+from mv2mae.data.config import DataConfig
 from mv2mae.data.fingerprint import data_fingerprint, fingerprint, shards_digest
 from mv2mae.eval.evaluate import evaluate
 from mv2mae.eval.probe import run_probe
@@ -173,9 +174,20 @@ def config_spec(cfg: RunConfig) -> dict[str, Any]:
     """What defines a training run: its resolved config without the paths (dataset, init checkpoint),
     through JSON so that it compares equal to what ``done.json`` gives back."""
     d = cfg.to_dict()
-    d["data"].pop("root")
     d["finetune"].pop("init")
+    d["data"] = _data_spec(cfg.data)
     return json.loads(json.dumps(d))
+
+
+def _data_spec(data: DataConfig) -> dict[str, Any]:
+    """``data`` without its path; ``train_subjects`` and ``test_subjects`` only when they cut (so studies made
+    before the options existed still match their own plan)."""
+    d = json.loads(json.dumps(asdict(data)))
+    d.pop("root")
+    for key in ("train_subjects", "test_subjects"):
+        if not d[key]:
+            d.pop(key)
+    return d
 
 
 class Study:
@@ -206,14 +218,17 @@ class Study:
             upstream = {"stage": "init", "seed": seed, "model": cfg.model.to_dict()}
         init = (lambda: _checkpoint(folder / "pretrain")) if arm.pretrain else (lambda: None)
         for key, protocol in plan.protocols.items():
+            ft_cfg = plan.finetune_config(protocol, seed, self.root)
             if arm.probes:
+                # the probes are fitted and tested on the finetune's subsets (data.train_subjects, test_subjects)
+                data = replace(cfg.data, protocol=protocol, train_subjects=ft_cfg.data.train_subjects,
+                               test_subjects=ft_cfg.data.test_subjects)
                 spec = {"stage": "probe", "protocol": protocol, "methods": list(arm.probes),
-                        "data": config_spec(cfg)["data"], "upstream": upstream}
-                self._stage(folder / f"probe-{key}", spec, lambda p=protocol, k=key: self._probe(
-                    cfg, init(), seed, p, arm.probes, folder / f"probe-{k}"))
+                        "data": _data_spec(data), "upstream": upstream}
+                self._stage(folder / f"probe-{key}", spec, lambda d=data, k=key: self._probe(
+                    cfg, init(), seed, d, arm.probes, folder / f"probe-{k}"))
             if "finetune" in arm.evals:
                 # the finetune's weight-tied model fields come from the pretraining, already upstream
-                ft_cfg = plan.finetune_config(protocol, seed, self.root)
                 ft_spec = {"stage": "finetune", "config": config_spec(ft_cfg), "upstream": upstream}
                 ft_dir = folder / f"finetune-{key}"
                 self._stage(ft_dir, ft_spec, lambda c=ft_cfg, d=ft_dir: self._fit(with_init(c, init())[0], d))
@@ -243,14 +258,13 @@ class Study:
         summary = fit_stage(cfg, folder, self.env, resume="auto")
         return {k: summary[k] for k in ("steps", "final_loss", "skipped", "resumed_from")}
 
-    def _probe(self, cfg: RunConfig, ckpt: Path | None, seed: int, protocol: str, methods: tuple[str, ...],
+    def _probe(self, cfg: RunConfig, ckpt: Path | None, seed: int, data: DataConfig, methods: tuple[str, ...],
                folder: Path) -> dict[str, Any]:
         if ckpt is None:  # no pretraining: the encoder as finetuning from scratch starts it
             torch.manual_seed(seed)
             model = PooledEncoder(Encoder(cfg.model), cfg.model).to(self.env.device).eval()
         else:
             model = load_feature_model(ckpt).to(self.env.device).eval()
-        data = replace(cfg.data, protocol=protocol)
         results = run_probe(model, data, self.env, methods, len(read_index(data.root).classes))
         write_json_atomic(folder / RESULTS, {**results, "fingerprint": fingerprint(data.root)})
         return {m: _accuracy(r) for m, r in results.items()}

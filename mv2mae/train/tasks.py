@@ -46,8 +46,9 @@ class ShardSource:
             raise ValueError("no dataset directory: pass --data DIR (or set data.root)")
         self.cfg, self.env, self.kind = cfg, env, kind
         # finetuning trains on the train split less its validation share; pretraining on all of it
-        held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ()
-        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out)
+        held_out = (cfg.data.val_by, cfg.data.val_fraction) if kind == "finetune" else ("none", 0.0)
+        self.split = ShardSplit.open(cfg.data.root, cfg.data.protocol, "train", *held_out,
+                                     train_subjects=cfg.data.train_subjects)
         check_crop(cfg, self.split.index.short_side)
         if kind == "pretrain":  # here, before the loop prints the config or makes the run folder
             check_pretrain_views(self.split, cfg.data)
