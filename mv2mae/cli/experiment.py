@@ -11,7 +11,7 @@ from mv2mae.cli.errors import reported
 
 
 def experiment(
-    plan: str = typer.Option("crossview", "--plan", help="A shipped plan name (crossview) or a plan YAML file."),
+    plan: str = typer.Option("transfer", "--plan", help="A shipped plan name (transfer, crossview) or a plan YAML file."),
     out: Path = typer.Option(..., "--out", help="Study folder: runs/, ledger.jsonl, RESULTS.md, results.json, plots."),
     scale: str = typer.Option("default", "--scale", help="A scale the plan defines (e.g. gpu): what it means is "
                                                            "written in the plan."),

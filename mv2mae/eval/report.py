@@ -140,7 +140,7 @@ def _contribution(results: dict[str, Any], scratch: dict[str, Any], scratch_dir:
     lines = ["## What pretraining contributed", "",
              f"The same finetune (config, steps, seed, model selection) from a randomly initialised encoder, "
              f"scored on the same test videos (`{scratch_dir}`). One seed each: "
-             f"experiments/crossview/RESULTS.md has the controlled comparison over seeds.", "",
+             f"experiments/transfer/RESULTS.md has the controlled comparison over seeds.", "",
              "| top-1 % | pretrained, then finetuned | finetuned from scratch | difference (points) |",
              "|---|---:|---:|---:|"]
     for name, get in rows:
