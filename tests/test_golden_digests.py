@@ -28,6 +28,7 @@ import numpy as np
 import pytest
 import zarr
 
+from mv2mae.data.fingerprint import shards_digest, tree_digest
 from mv2mae.preprocess.pipeline import run
 from mv2mae.preprocess.synth import generate
 
@@ -37,9 +38,9 @@ PREPROCESS = dict(size=48, fps=15, crop="person")
 # Recorded 2026-12-07 on the AMD EPYC (Zen 5) box, OPENBLAS_CORETYPE=Haswell.
 TOOLS = {"ffmpeg": "0.8.1", "opencv": "5.1.0", "numpy": "2.4.6", "zarr": "3.1.6"}
 GOLDEN = {
-    "raw videos": "947ef8c47f5e407e4d7b1e8c8d075ead625e494cb2b3f887103a1238701ffa46",
-    "raw skeletons": "ced5c636098f2a7c4b7212fbbbb893c2fce9eb1e0068102da2af25d13a377c09",
-    "shards": "e75442df54c010e876f6ad1f107836fe60a022d307d86aab0fdb47c6c39c8eab",
+    "raw videos": "74fc65c1294f3a08e40129df03c0d4073b45045152c216d6598520db8a33a43d",
+    "raw skeletons": "485b809312c631e20b2d81bdb6836403f4b46c038b610ec3e357c5137ea4dbf9",
+    "shards": "60e966a990f0b26ea69a3a0e344ae51b50fb1372ba54eb1e816147ce1730cf00",
     "motion cache": "24c5972ad4e02bf4bdb860c1bb47d6acdc3e601ed5ea4710c823a8257daccc5c",
 }
 
@@ -47,15 +48,6 @@ GOLDEN = {
 def tool_versions() -> dict[str, str]:
     return {"ffmpeg": imageio_ffmpeg.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
             "zarr": zarr.__version__}
-
-
-def files_digest(files: list[Path], root: Path) -> str:
-    """sha256 over each file's path relative to ``root`` and its bytes, in path order."""
-    h = hashlib.sha256()
-    for path in sorted(files):
-        h.update(path.relative_to(root).as_posix().encode() + b"\0")
-        h.update(hashlib.sha256(path.read_bytes()).digest())
-    return h.hexdigest()
 
 
 def motion_digest(store: Path) -> str:
@@ -81,9 +73,9 @@ def digests(tmp_path_factory) -> dict[str, str]:
     for shard, entry in zip(shards, index["shards"], strict=True):  # the manifest's checksums are the files'
         assert hashlib.sha256(shard.read_bytes()).hexdigest() == entry["sha256"], shard
     return {
-        "raw videos": files_digest(list((raw / "nturgb+d_rgb").iterdir()), raw),
-        "raw skeletons": files_digest(list((raw / "nturgb+d_skeletons").iterdir()), raw),
-        "shards": files_digest(shards, data),
+        "raw videos": tree_digest(raw / "nturgb+d_rgb")["sha256"],
+        "raw skeletons": tree_digest(raw / "nturgb+d_skeletons")["sha256"],
+        "shards": shards_digest(data)["sha256"],  # over the manifest's checksums, checked above against the files
         "motion cache": motion_digest(data / "motion.zarr"),
     }
 
