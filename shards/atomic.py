@@ -97,7 +97,8 @@ def publish_dir(dest: str | Path, fill: Callable[[Path], object], ours: Callable
                 if item.is_file():
                     sync_file(item)
         except OSError as e:  # named as the file it would have become in ``dest``
-            failed = dest / _being_written(tmp, e).relative_to(tmp) if _being_written(tmp, e) != tmp else dest
+            being = _being_written(tmp, e)
+            failed = dest / being.relative_to(tmp) if being != tmp else dest
             raise WriteError(f"{failed}: cannot write ({reason(e)}); {dest} is unchanged") from None
         with writing(dest):
             if dest.exists():

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mv2mae.shards.schema import INDEX_FILE, ContractError, DatasetIndex, GroupMeta, read_index
-from mv2mae.shards.untrusted import MAX_INDEX_BYTES, read_json_file
+from mv2mae.shards.schema import INDEX_FILE, ContractError, DatasetIndex, GroupMeta, read_index_stated
 
 MOTION_DTYPE = np.dtype("float16")
 
@@ -42,8 +41,7 @@ def index_problems(index: DatasetIndex, stated_groups: object = None) -> list[st
 def checked_index(root: Path) -> DatasetIndex:
     """``index.json`` of ``root`` for a loader: parsed, typed, and consistent (:func:`index_problems`), or
     one ``ContractError`` naming the first problem."""
-    index = read_index(root)
-    stated = read_json_file(root / INDEX_FILE, MAX_INDEX_BYTES).get("groups")
+    index, stated = read_index_stated(root)
     problems = index_problems(index, stated)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""

@@ -380,10 +380,17 @@ def _index_type_problems(obj: dict) -> list[str]:
 
 
 def read_index(root: str | Path) -> DatasetIndex:
+    return read_index_stated(root)[0]
+
+
+def read_index_stated(root: str | Path) -> tuple[DatasetIndex, Any]:
+    """``index.json`` of ``root``, parsed once: the typed index and the group total the file states (the
+    contract checks it against the shards')."""
     path = Path(root) / INDEX_FILE
     if not path.is_file():
         raise ContractError(f"{path}: no index — is {root} a preprocessed dataset directory?")
-    return DatasetIndex.from_dict(read_json_file(path, MAX_INDEX_BYTES), where=str(path))
+    raw = read_json_file(path, MAX_INDEX_BYTES)
+    return DatasetIndex.from_dict(raw, where=str(path)), raw.get("groups") if isinstance(raw, dict) else None
 
 
 def write_index(root: str | Path, index: DatasetIndex) -> None:

@@ -14,6 +14,7 @@ they are believed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -85,10 +86,9 @@ def data_fingerprint(root: str | Path, raw: str | Path | None = None) -> dict[st
 def cpu() -> dict[str, Any]:
     """The first processor's identity and feature flags (/proc/cpuinfo on Linux, ``platform`` elsewhere)."""
     found: dict[str, Any] = {"model": platform.processor() or platform.machine(), "machine": platform.machine()}
-    info = Path("/proc/cpuinfo")
-    if not info.is_file():
+    first = _first_cpuinfo()
+    if first is None:
         return found
-    first = info.read_text().split("\n\n", 1)[0]
     fields = {key.strip(): value.strip() for key, _, value in (line.partition(":") for line in first.splitlines())}
     for key, name in _CPUINFO.items():
         if key in fields:
@@ -96,9 +96,28 @@ def cpu() -> dict[str, Any]:
     return found
 
 
+# What cannot change within a process is read once per process: a study records a fingerprint for each of
+# its ~100 stages, and ``ffmpeg -version`` is a subprocess. Thread counts and the environment stay live.
+@functools.cache
+def _first_cpuinfo() -> str | None:
+    info = Path("/proc/cpuinfo")
+    return info.read_text().split("\n\n", 1)[0] if info.is_file() else None
+
+
+@functools.cache
+def _torch_config() -> str:
+    return torch.__config__.show()
+
+
+@functools.cache
+def _opencv_build() -> tuple[str, ...]:
+    return tuple(" ".join(line.split()) for line in cv2.getBuildInformation().splitlines()
+                 if line.strip().startswith(_OPENCV_LINES))
+
+
 def torch_numerics() -> dict[str, Any]:
     """torch's version, CPU capability (``ATEN_CPU_CAPABILITY`` lowers it), BLAS/OpenMP build and threads."""
-    shown = torch.__config__.show()
+    shown = _torch_config()
     build = {}
     for part in shown.split("Build settings:", 1)[-1].split(","):
         key, _, value = part.strip().partition("=")
@@ -124,12 +143,11 @@ def numpy_numerics() -> dict[str, Any]:
 
 def opencv_numerics() -> dict[str, Any]:
     """OpenCV's version, SIMD baseline and dispatched code paths, threads, JPEG and FFMPEG backends."""
-    lines = [" ".join(line.split()) for line in cv2.getBuildInformation().splitlines()
-             if line.strip().startswith(_OPENCV_LINES)]
-    return {"version": cv2.__version__, "build": lines, "threads": cv2.getNumThreads(),
+    return {"version": cv2.__version__, "build": list(_opencv_build()), "threads": cv2.getNumThreads(),
             "optimized": cv2.useOptimized()}
 
 
+@functools.cache
 def ffmpeg_version() -> str | None:
     """The first line of ``ffmpeg -version`` of the binary imageio-ffmpeg runs (None when it cannot)."""
     try:

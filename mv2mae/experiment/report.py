@@ -134,7 +134,7 @@ def _primary(plan: Plan, results: dict[str, Any]) -> list[str]:
 def _step_table(plan: Plan, results: dict[str, Any]) -> list[str]:
     cols = [(arm, k, e) for arm in plan.step_arms for k in plan.protocols for e in plan.step_evals]
     key, ev = plan.primary
-    diffs = [d for d in (results["step_sweep"][-1]["differences"] if results["step_sweep"] else {})]
+    diffs = list(results["step_sweep"][-1]["differences"])
     lines = [f"## Pretraining length: {', '.join(plan.step_arms)} against pretraining steps", "",
              "Step 0 is the arm without pretraining (the untrained encoder; the finetune from scratch); every "
              f"other length is a full pretraining with its own warm-up and cosine schedule. The study's length is "
@@ -151,8 +151,8 @@ def _step_table(plan: Plan, results: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _columns(plan: Plan, evals: tuple[str, ...] = EVALS) -> list[tuple[str, str]]:
-    return [(key, e) for key in plan.protocols for e in evals]
+def _columns(plan: Plan) -> list[tuple[str, str]]:
+    return [(key, e) for key in plan.protocols for e in EVALS]
 
 
 def _table(plan: Plan, arms: list[dict[str, Any]], field: str, signed: bool) -> list[str]:

@@ -108,8 +108,9 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
         made = json.loads(record.read_text())
         if made["spec"] != spec:
             raise StudyError(f"{out} was made on another dataset ({record}: {made['spec']}); choose another --out")
-        check_same_shards(made, data, record, log)
-        check_expected_shards(spec, data)
+        now = shards_digest(data)
+        check_same_shards(made, now, data, record, log)
+        check_expected_shards(spec, now, data)
         return data
     workers = int(spec.get("workers", 0))
     truth = raw / GROUND_TRUTH
@@ -128,31 +129,28 @@ def prepare_dataset(plan: Plan, out: Path, log: Callable[[str], None]) -> Path:
     if truth.is_file():
         log(f"preprocessing {raw} into {data} (resumes; nothing to do when finished)")
         preprocess("synth", raw, data, workers=workers, progress=False, **spec.get("preprocess", {}))
-    check_expected_shards(spec, data)
-    write_json_atomic(record, {"spec": spec, "groups": read_index(data).groups,
-                               "fingerprint": data_fingerprint(data, raw)})
+    made = data_fingerprint(data, raw)
+    check_expected_shards(spec, made["shards"], data)
+    write_json_atomic(record, {"spec": spec, "groups": made["shards"]["groups"], "fingerprint": made})
     return data
 
 
-def check_expected_shards(spec: dict[str, Any], data: Path) -> None:
-    """The shards are the ones the plan was run on (``dataset.shards_sha256``, the digest of
-    :func:`shards_digest`). Rendering and preprocessing are bit-stable for the pinned tool versions
+def check_expected_shards(spec: dict[str, Any], now: dict[str, Any], data: Path) -> None:
+    """The shards in ``data`` (``now``: their :func:`shards_digest`) are the ones the plan was run on
+    (``dataset.shards_sha256``). Rendering and preprocessing are bit-stable for the pinned tool versions
     (tests/test_golden_digests.py), so another digest means the folder was made by other code or other
     tools: the first published cross-view study read a folder left by an earlier version (issue 24)."""
     want = spec.get("shards_sha256")
-    if want is None:
-        return
-    now = shards_digest(data)["sha256"]
-    if now != want:
-        raise StudyError(f"{data}: shards sha256 {now[:12]}, the plan's dataset.shards_sha256 is {want[:12]}: the folder "
+    if want is not None and now["sha256"] != want:
+        raise StudyError(f"{data}: shards sha256 {now['sha256'][:12]}, the plan's dataset.shards_sha256 is {want[:12]}: the folder "
                          f"was made by another version of mv2mae or of its data libraries (constraints.txt); delete "
                          f"{data} (and its raw folder) to render it again, or set dataset.dir and dataset.raw elsewhere")
 
 
-def check_same_shards(made: dict[str, Any], data: Path, record: Path, log: Callable[[str], None]) -> None:
-    """The shards in ``data`` are the ones the study's dataset.json recorded (an older record without a
-    fingerprint gets this folder's, and says so)."""
-    now = shards_digest(data)
+def check_same_shards(made: dict[str, Any], now: dict[str, Any], data: Path, record: Path,
+                      log: Callable[[str], None]) -> None:
+    """The shards in ``data`` (``now``: their :func:`shards_digest`) are the ones the study's dataset.json
+    recorded (an older record without a fingerprint gets this folder's, and says so)."""
     then = made.get("fingerprint", {}).get("shards")
     if then is None:
         log(f"{record} records no shard digest (made before fingerprints): recording {data}'s, {now['sha256'][:12]}")

@@ -62,7 +62,8 @@ class ShardSource:
         record: dict[str, Any] = {"protocol": d.protocol, "val_by": d.val_by, "train_videos": videos}
         if d.val_by == "none":
             return record | {"split": "the whole official training split"}
-        val = ShardSplit.open(d.root, d.protocol, "val", d.val_by, d.val_fraction).selection
+        val = ShardSplit.open(d.root, d.protocol, "val", d.val_by, d.val_fraction,
+                              train_subjects=d.train_subjects).selection
         units = len({v for s in val.shards for v in s.subjects}) if d.val_by == "subject" else len(val.shards)
         return record | {"held_out_videos": val.videos,
                          "split": f"the official training split less {units} {d.val_by}(s) held out for "
