@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from mv2mae.data.config import CACHED_MOTION, DataConfig
+from mv2mae.data.config import CACHED_MOTION, OLD_MOTION_SPELLINGS, DataConfig
 from mv2mae.model.config import ModelConfig
 
 STAGES = ("pretrain", "finetune")
@@ -39,6 +39,9 @@ ALIASES = {"steps": "schedule.steps", "batch_size": "optim.batch_size", "seed": 
 # Keys of earlier versions that no longer do anything, with the reason. Saved run configs (read on resume,
 # by eval and by report) may hold them, so they are dropped with a warning rather than refused.
 RETIRED_KEYS = {"data.normalize_on": "loaders hand out uint8 video and the model normalises it"}
+# Values renamed for what they do: key -> {old spelling: new}. A config holding an old spelling reads as the
+# new value with a FutureWarning, and the run saves the new one (its config.yaml, its checkpoints).
+RENAMED_VALUES = {"data.motion": OLD_MOTION_SPELLINGS}
 
 
 class ConfigError(ValueError):
@@ -318,7 +321,8 @@ def _build(cls: type, raw: Any, where: str) -> Any:
     for name, value in raw.items():
         tp = hints[name]
         key = f"{where}{name}"
-        values[name] = _build(tp, value, key + ".") if dataclasses.is_dataclass(tp) else _coerce(value, tp, key)
+        values[name] = (_build(tp, value, key + ".") if dataclasses.is_dataclass(tp)
+                        else _coerce(_new_spelling(key, value), tp, key))
     try:
         if cls is ModelConfig:
             if preset is not None:
@@ -329,6 +333,16 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {e}") from e
+
+
+def _new_spelling(key: str, value: Any) -> Any:
+    """``value`` as it is spelled now (:data:`RENAMED_VALUES`), with a note when it was an old spelling."""
+    renamed = RENAMED_VALUES.get(key, {})
+    if isinstance(value, str) and value in renamed:
+        warnings.warn(f"config {key}={value} is now spelled {key}={renamed[value]} (the same thing; the old "
+                      f"spelling is read until the next release)", FutureWarning, stacklevel=2)
+        return renamed[value]
+    return value
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

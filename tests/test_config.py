@@ -5,6 +5,7 @@ import pytest
 import yaml
 
 from mv2mae.config import ConfigError, RunConfig, load_config, preset_names, valid_keys
+from mv2mae.data.config import DataConfig
 
 PAPER = ["ntu60_xsub", "ntu60_xview", "ntu120_xsub", "ntu120_xset", "etri_xsub"]
 TRANSFER = ["nucla_xview", "pkummd2_xsub", "rocog"]
@@ -94,3 +95,25 @@ def test_saved_config_round_trips():
     again = RunConfig.from_dict(yaml.safe_load(cfg.to_yaml()))
     assert again == cfg
     assert "optim.base_lr" in valid_keys() and "model.frames" in valid_keys()
+
+
+def test_the_old_spelling_online_reads_as_framediff_with_a_note(tmp_path):
+    """``data.motion=online`` was a second name for framediff: a preset, ``--set`` or a saved run that holds
+    it still reads for a release, as framediff with a one-line note, and the run saves ``framediff``; code
+    that builds a DataConfig is held to the current names."""
+    with pytest.warns(FutureWarning, match=r"data.motion=online is now spelled data.motion=framediff"):
+        cfg = load_config("tiny", "pretrain", ["data.motion=online"])
+    assert cfg.data.motion == "framediff" and cfg == load_config("tiny", "pretrain", ["data.motion=framediff"])
+    saved = yaml.safe_load(cfg.to_yaml())
+    assert saved["data"]["motion"] == "framediff"
+    saved["data"]["motion"] = "online"  # a run saved before the rename
+    with pytest.warns(FutureWarning, match="data.motion=online"):
+        assert RunConfig.from_dict(saved) == cfg
+    user = tmp_path / "old.yaml"
+    user.write_text("base: tiny\ndata: {motion: online}\n")
+    with pytest.warns(FutureWarning, match="data.motion=online"):
+        assert load_config(str(user), "pretrain").data.motion == "framediff"
+    with pytest.raises(ValueError, match="motion 'online' not in"):
+        DataConfig(motion="online")
+    with pytest.raises(ConfigError, match="motion 'optical' not in"):  # other values are still refused
+        load_config("tiny", "pretrain", ["data.motion=optical"])

@@ -144,12 +144,11 @@ def test_a_flipped_finetuning_clip_is_mirrored_and_takes_its_mirror_class(synth_
     assert 0 < flipped < 24 and any(a["label"] != b["label"] for a, b in zip(plain, maybe, strict=True))
 
 
-@pytest.mark.parametrize("motion", ["framediff", "online"])
-def test_pretraining_flips_every_view_together_with_its_motion(synth_data, motion):
+def test_pretraining_flips_every_view_together_with_its_motion(synth_data):
     """``data.flip=on``: one coin per sample mirrors every view, and each view's motion weights are
-    mirrored with its pixels (cached: through the crop; online: computed from the mirrored clip)."""
+    mirrored with its pixels (framediff: computed from the mirrored clip)."""
     split = ShardSplit.open(synth_data, "synth_xview", "train")
-    options = data(synth_data, "synth_xview", motion=motion)
+    options = data(synth_data, "synth_xview", motion="framediff")
     plain = stream(PretrainClips, split, options, 5, 16)
     maybe = stream(PretrainClips, split, dataclasses.replace(options, flip="on"), 5, 16)
     grid = (2, *GEOM.grid)
@@ -200,15 +199,6 @@ def test_evaluation_clips_cover_each_test_view_whole(synth_data):
         want = to_video_tensor(crop_resize(decode_frames(group, 1, indices), indices, Crop(box), GEOM.size))
         assert torch.equal(video, want), (key, clip)
     assert longer  # some test views are longer than the common span: the check above could tell
-
-
-def test_online_is_another_name_for_framediff(synth_data):
-    def motion(source):
-        loader = build_pretrain_loader(MODEL, data(synth_data, "all", motion=source), batch_size=8, seed=3)
-        return torch.cat([b["motion"] for b in take(loader, 2)])
-
-    framediff = motion("framediff")
-    assert framediff.shape == (16, 2, GEOM.tokens) and torch.equal(framediff, motion("online"))
 
 
 def test_bad_requests_fail_clearly(synth_data):

@@ -181,11 +181,11 @@ def test_geometry_comes_from_the_model_config_and_the_data_stride():
 
 
 def test_the_run_config_data_section_is_the_loaders_data_config():
-    cfg = load_config("tiny", "pretrain", ["data.num_sources=2", "data.source_policy=adjacent", "data.motion=online",
+    cfg = load_config("tiny", "pretrain", ["data.num_sources=2", "data.source_policy=adjacent", "data.motion=none",
                                            "data.shared_crop=true", "data.eval_clips=4"])
     assert type(cfg.data) is DataConfig
     assert (cfg.data.num_sources, cfg.data.source_policy, cfg.data.motion, cfg.data.shared_crop,
-            cfg.data.eval_clips, cfg.data.views) == (2, "adjacent", "online", True, 4, 3)
+            cfg.data.eval_clips, cfg.data.views) == (2, "adjacent", "none", True, 4, 3)
     assert RunConfig.from_dict(cfg.to_dict()).data == cfg.data  # a checkpoint's saved run_config loads back
 
 
