@@ -60,7 +60,11 @@ STATE_DIR = ".state"
 TMP_SUFFIX = ".tmp"  # a small record (state, index, failures) being written; the next run deletes strays
 SKELETON_DATASETS = ("synth", "ntu60", "ntu120")
 RUN_FILE = "run.json"
-# Every dataset gets a motion cache (readers rely on it); ``both`` stores the two sources.
+# Every dataset gets a motion cache (readers rely on it); ``both`` stores the two sources. These are the
+# stored sources' names, which index.json (``motion``, ``args``) and the Zarr arrays keep: the command line
+# names the caches for their readers (``--motion display|train-flow|both``, mv2mae.cli.choices.MOTION_CACHES).
+# Training computes framediff from each clip, so only ``mv2mae shards show`` reads the framediff rows;
+# data.motion=flow trains from the flow rows.
 MOTION_CHOICES = {"framediff": ("framediff",), "flow": ("flow",), "both": MOTION_SOURCES}
 # Options that change the bytes written: a resumed run must use the same values (and format version).
 OUTPUT_OPTIONS = ("dataset", "size", "fps", "crop", "margin", "motion", "jpeg_quality", "shard_size", "cell",
@@ -85,7 +89,7 @@ class Options:
     size: int = 160  # stored short side
     fps: float | None = None  # common output frame rate (None: the source rate)
     crop: str = "none"
-    motion: str = "framediff"  # framediff | flow | both
+    motion: str = "framediff"  # a stored source: framediff (display only) | flow (data.motion=flow) | both
     jpeg_quality: int = 90
     shard_size: int = 512 * 1000 * 1000  # bytes
     workers: int = 0  # 0 = all cores

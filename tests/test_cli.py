@@ -82,7 +82,9 @@ def test_options_with_fixed_values_are_the_owners_values_and_complete_in_the_she
 
     assert sorted(values(choices.Dataset)) == sorted(ADAPTERS)
     assert values(choices.Crop) == list(CROP_MODES) and values(choices.Backend) == list(BACKENDS)
-    assert sorted(values(choices.StoredMotion)) == sorted(MOTION_CHOICES)
+    # preprocess --motion: each name stores one of the pipeline's sources; each old spelling, the source it named
+    assert sorted(choices.MOTION_CACHES.values()) == sorted(MOTION_CHOICES)
+    assert all(choices.MOTION_CACHES[new] == old for old, new in choices.MotionCache.old.items())
     assert values(choices.Overlay) == ["auto", *MOTION_SOURCES, "none"]
     assert values(choices.ProbeMethod) == list(METHODS)
     assert values(choices.ModelPreset) == list(ModelConfig.preset_names())
@@ -93,6 +95,10 @@ def test_options_with_fixed_values_are_the_owners_values_and_complete_in_the_she
         **os.environ, "_MV2MAE_COMPLETE": "complete_bash", "COMP_WORDS": "mv2mae eval --protocol ntu60",
         "COMP_CWORD": "3"}).stdout
     assert completion.split() == ["ntu60_xsub", "ntu60_xview"]
+    completion = subprocess.run([str(script)], capture_output=True, text=True, env={
+        **os.environ, "_MV2MAE_COMPLETE": "complete_bash", "COMP_WORDS": "mv2mae preprocess synth --motion ",
+        "COMP_CWORD": "4"}).stdout
+    assert completion.split() == list(choices.MOTION_CACHES)  # the current names, not the old spellings
 
 
 @pytest.fixture(scope="module")

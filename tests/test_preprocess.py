@@ -255,6 +255,35 @@ def test_flow_and_framediff_together(synth_root, tmp_path):
     assert np.corrcoef(flow.astype(np.float32).ravel(), diff.astype(np.float32).ravel())[0, 1] > 0.3
 
 
+def test_motion_caches_named_for_their_readers_write_the_bytes_of_the_old_spellings(synth_root, tmp_path):
+    """``--motion display|train-flow|both`` name the caches for what reads them; the stored sources keep their
+    names (index.json's args and motion list, the Zarr arrays: the on-disk contract), so an old spelling and
+    its new name write the same bytes, the old one with a one-line note, and a folder preprocessed under the
+    old spelling resumes under the new one."""
+    def preprocess(out: Path, *motion: str):
+        result = CliRunner().invoke(app, ["preprocess", "synth", "--root", str(synth_root), "--out", str(out),
+                                          "--size", "48", "--workers", "1", "--limit", "1", "--no-progress", *motion])
+        assert result.exit_code == 0, result.output
+        return result
+
+    old = preprocess(tmp_path / "old", "--motion", "flow")
+    (note,) = [line for line in old.stderr.splitlines() if "--motion" in line]  # one line
+    assert note.startswith("note: --motion flow is now spelled --motion train-flow") and note.endswith("release)")
+    new = preprocess(tmp_path / "new", "--motion", "train-flow")
+    assert "note:" not in new.stderr
+    index = (tmp_path / "old" / "index.json").read_text()
+    assert (tmp_path / "new" / "index.json").read_text() == index
+    assert json.loads(index)["args"]["motion"] == "flow" and read_index(tmp_path / "new").motion == ["flow"]
+    shard = read_index(tmp_path / "new").shards[0].name[:-4]
+    assert [k for k, _ in zarr.open_group(str(tmp_path / "new" / "motion.zarr"), mode="r")[shard].arrays()] == ["flow"]
+    resumed = " ".join(preprocess(tmp_path / "old", "--motion", "train-flow").stderr.split())  # rich wraps lines
+    assert "0 group(s) written" in resumed and "1 already done" in resumed
+    assert (tmp_path / "old" / "index.json").read_text() == index
+    preprocess(tmp_path / "default")  # display: the framediff rows, recorded as before the rename
+    assert json.loads((tmp_path / "default" / "index.json").read_text())["args"]["motion"] == "framediff"
+    assert read_index(tmp_path / "default").motion == ["framediff"]
+
+
 def _frame_counts(out: Path) -> list[int]:
     """Stored frames of every view of every group."""
     return [n for _, meta, _ in _metas(out).values() for n in meta.view_frames.values()]

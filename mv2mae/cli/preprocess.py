@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from mv2mae.cli.choices import Backend, Crop, Dataset, StoredMotion
+from mv2mae.cli.choices import MOTION_CACHES, Backend, Crop, Dataset, MotionCache
 from mv2mae.cli.errors import check_output, reported
 
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kKmMgGtT]?)(i?)[bB]?\s*$")
@@ -23,6 +23,11 @@ def parse_bytes(text: str) -> int:
     return int(float(m.group(1)) * base ** _UNITS[m.group(2).lower()])
 
 
+MOTION_HELP = ("Motion cache stored beside the shards. display: framediff rows, drawn only by `mv2mae shards "
+               "show` (training computes framediff from each clip). train-flow: DIS optical flow, what "
+               "data.motion=flow trains from (shards show draws it too). both: the two.")
+
+
 def preprocess(
     dataset: Dataset = typer.Argument(..., help="Which dataset layout --root holds (manifest: a CSV file)."),
     root: Path = typer.Option(..., "--root", help="Dataset folder (for 'manifest': the CSV file)."),
@@ -31,7 +36,8 @@ def preprocess(
     fps: float = typer.Option(None, "--fps", help="Common output frame rate (default: the source rate)."),
     crop: Crop = typer.Option(Crop.none, "--crop", help="Stored view of each frame (person: a box around the "
                                                           "NTU skeletons)."),
-    motion: StoredMotion = typer.Option(StoredMotion.framediff, "--motion", help="Motion caches to compute."),
+    motion: str = typer.Option("display", "--motion", parser=MotionCache, metavar=MotionCache.metavar,
+                               autocompletion=MotionCache.complete, help=MOTION_HELP),
     jpeg_quality: int = typer.Option(90, "--jpeg-quality", help="JPEG quality of stored frames (1-100)."),
     shard_size: str = typer.Option("512MB", "--shard-size", help="Target shard size (e.g. 512MB, 1GiB)."),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0 = all cores)."),
@@ -56,7 +62,7 @@ def preprocess(
     console = Console(stderr=True)
     check_output(out)
     with reported(AdapterError, PreprocessError, ValueError, OSError):
-        summary = run(dataset.value, root, out, size=size, fps=fps, crop=crop.value, motion=motion.value,
+        summary = run(dataset.value, root, out, size=size, fps=fps, crop=crop.value, motion=MOTION_CACHES[motion],
                       jpeg_quality=jpeg_quality, shard_size=parse_bytes(shard_size), workers=workers,
                       part=part, parts=parts, limit=limit, max_lag=max_lag,
                       drop_missing_skeletons=drop_missing_skeletons, cell=cell, backend=backend.value,
