@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(VENV)/bin/mv2mae bench synth --json $(BENCH_DIR)/synth.json
 	$(VENV)/bin/mv2mae bench preprocess --json $(BENCH_DIR)/preprocess.json
 	$(VENV)/bin/mv2mae bench loader --json $(BENCH_DIR)/loader.json
+	$(VENV)/bin/mv2mae bench train --json $(BENCH_DIR)/train.json
 	$(VENV)/bin/mv2mae bench motion --samples 128 --json $(BENCH_DIR)/motion.json
 	$(VENV)/bin/mv2mae bench model --threads 1 --json $(BENCH_DIR)/model.json
 

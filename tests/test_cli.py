@@ -69,6 +69,7 @@ def test_every_option_has_help_and_help_shows_it_whole():
 
 
 def test_options_with_fixed_values_are_the_owners_values_and_complete_in_the_shell():
+    from mv2mae.data.config import DECODE_ON
     from mv2mae.eval.probe import METHODS
     from mv2mae.model.config import ModelConfig
     from mv2mae.preprocess.adapters import ADAPTERS
@@ -87,6 +88,7 @@ def test_options_with_fixed_values_are_the_owners_values_and_complete_in_the_she
     assert all(choices.MOTION_CACHES[new] == old for old, new in choices.MotionCache.old.items())
     assert values(choices.Overlay) == ["auto", *MOTION_SOURCES, "none"]
     assert values(choices.ProbeMethod) == list(METHODS)
+    assert values(choices.DecodeOn) == list(DECODE_ON)
     assert values(choices.ModelPreset) == list(ModelConfig.preset_names())
     result = CliRunner().invoke(app, ["preprocess", "ntu61", "--root", ".", "--out", "x"])
     assert result.exit_code == 2 and "ntu61" in result.output  # Typer refuses it before any work

@@ -281,18 +281,18 @@ def run_model_bench(s: ModelBenchSettings, device: torch.device) -> dict[str, An
         "analytic_forward_gflop_per_sample": {v: {k: x / 1e9 for k, x in pretrain_forward_flops(cfg, v).items()}
                                               for v in s.views},
     }
-    result["load_average_before"] = _load_average()
+    result["load_average_before"] = load_average()
     if s.compare_hf:
         result["single_view_vs_transformers"] = compare_single_view(cfg, s, device)
     result["views"] = views_sweep(cfg, s, device)
     two = next((r["step_s"] for r in result["views"] if r["views"] == 2), None)
     result["cross_decoder"] = cross_decoder_sweep(cfg, s, device, two)
     result["gpu"] = gpu_section(s, device) if device.type == "cuda" else {"status": NO_GPU}
-    result["load_average_after"] = _load_average()
+    result["load_average_after"] = load_average()
     return result
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
     """1/5/15-minute load: on a shared machine it says how much to trust CPU timings."""
     try:
         return [round(x, 2) for x in os.getloadavg()]

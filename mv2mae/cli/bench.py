@@ -1,4 +1,4 @@
-"""``mv2mae bench synth|preprocess|loader|motion|model|resume|gpu``: every benchmark, each a table plus ``--json`` figures.
+"""``mv2mae bench synth|preprocess|loader|train|motion|model|resume|gpu``: every benchmark, each a table plus ``--json`` figures.
 
 The measurements themselves live in :mod:`mv2mae.bench`; these commands only parse options and print.
 """
@@ -10,8 +10,8 @@ from pathlib import Path
 import typer
 import yaml
 
-from mv2mae.cli.choices import ModelPreset
-from mv2mae.cli.errors import fail, parse_pair, write_json
+from mv2mae.cli.choices import DecodeOn, ModelPreset
+from mv2mae.cli.errors import fail, parse_pair, reported, write_json
 
 
 def bench_synth(
@@ -76,6 +76,39 @@ def bench_loader(
     w, h = parse_pair(raw_size, "x", "--raw-size")
     result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
                        gpu_samples_per_s=gpu_samples_per_s, model_json=model_json, ring_pairs=ring_rounds)
+    print_report(result)
+    write_json(json_out, result)
+
+
+def bench_train(
+    json_out: Path = typer.Option(None, "--json", help="Write the figures here."),
+    work: Path = typer.Option(Path("bench-results/train-data"), help="Scratch folder: the rendered set, the runs."),
+    config: str = typer.Option("tiny", "--config", "-c", help="Preset or YAML of the pretraining (its geometry)."),
+    sets: list[str] = typer.Option([], "--set", help="Override a config key, as for `mv2mae pretrain` (repeatable)."),
+    workers: int = typer.Option(None, "--workers", help="Loader processes (default: the config's data.workers)."),
+    decode_on: DecodeOn = typer.Option(None, "--decode-on", help="Where JPEGs are decoded (default: the config's)."),
+    steps: int = typer.Option(40, "--steps", help="Optimizer steps per run."),
+    warmup: int = typer.Option(10, "--warmup", help="Steps not measured at the start of each run (workers starting)."),
+    rounds: int = typer.Option(2, "--rounds", help="Paired rounds: an end-to-end and a compute-only run each, "
+                                                   "their order alternating."),
+    raw_size: str = typer.Option("160x120", help="Raw video size rendered (WxH; `make demo`'s)."),
+    groups: int = typer.Option(6, help="Multi-view groups rendered."),
+    short_side: int = typer.Option(80, help="Stored short side of the shards (`make demo`'s --size)."),
+) -> None:
+    """Pretraining samples/s end to end (the loader feeding `mv2mae pretrain`'s loop) against the same steps on one
+    batch held in memory: the ratio says how much of the model's speed the data path lets through."""
+    from mv2mae.bench.train import TrainBenchSettings, print_report, run_bench
+    from mv2mae.config import ConfigError
+
+    w, h = parse_pair(raw_size, "x", "--raw-size")
+    try:
+        settings = TrainBenchSettings(config=config, sets=tuple(sets), workers=workers,
+                                      decode_on=decode_on and decode_on.value, steps=steps, warmup_steps=warmup,
+                                      rounds=rounds, raw_size=(w, h), groups=groups, short_side=short_side)
+    except ValueError as e:
+        fail(str(e), 2)
+    with reported(ConfigError):
+        result = run_bench(work, settings)
     print_report(result)
     write_json(json_out, result)
 
@@ -195,6 +228,7 @@ def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) 
     bench_app.command("synth")(bench_synth)
     bench_app.command("preprocess")(bench_preprocess)
     bench_app.command("loader")(bench_loader)
+    bench_app.command("train")(bench_train)
     bench_app.command("motion")(bench_motion)
     bench_app.command("model")(bench_model)
     bench_app.command("resume")(bench_resume)

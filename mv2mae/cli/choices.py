@@ -53,6 +53,7 @@ MOTION_CACHES = {"display": "framediff", "train-flow": "flow", "both": "both"}
 MotionCache = Renamed("--motion", tuple(MOTION_CACHES), {"framediff": "display", "flow": "train-flow"})
 Backend = _choices("Backend", ("ffmpeg", "opencv"))  # mv2mae.preprocess.decode.BACKENDS
 Overlay = _choices("Overlay", ("auto", "framediff", "flow", "none"))  # shards show: a cached source, or none
+DecodeOn = _choices("DecodeOn", ("auto", "cpu", "device"))  # mv2mae.data.config.DECODE_ON
 ProbeMethod = _choices("ProbeMethod", ("linear", "knn"))  # mv2mae.eval.probe.METHODS
 WeightsLayout = _choices("WeightsLayout", ("videomae", "hf"))  # mv2mae.interop.convert's kinds
 ExportFormat = _choices("ExportFormat", ("hf",))
