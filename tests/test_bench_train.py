@@ -39,7 +39,8 @@ def test_one_round_trains_from_the_shards_and_from_a_held_batch(tmp_path):
         rate = 3 * 2 / (logged[1]["time"] - logged[0]["time"])
         assert row[kind]["samples_per_s"] == pytest.approx(rate, rel=0.01) and r[kind]["samples_per_s"] > 0
         assert row[kind]["data_wait"] == pytest.approx(logged[1]["data_wait"], abs=1e-4)
-    assert row["compute_only"]["data_wait"] < 0.01  # the held batch is there at once
+    assert row["compute_only"]["data_wait"] < 0.01  # the held batch is there at once, and no worker decodes
+    assert row["compute_only"]["worker_cpu_ms_per_sample"] < row["end_to_end"]["worker_cpu_ms_per_sample"]
     assert r["ratio"] == pytest.approx(row["end_to_end"]["samples_per_s"] / row["compute_only"]["samples_per_s"],
                                        rel=0.01)
     assert r["cpu"] and r["load_average_before"] and "ratio" in result.output

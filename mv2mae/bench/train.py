@@ -15,13 +15,16 @@ that ends the warm-up (workers starting, first allocations) and the last one. Th
 compute only is the share of the model's speed the data path lets through (1.0: training never waits);
 ``data_wait`` is the loop's share of step time spent waiting for the next batch, over the same windows.
 The rounds alternate which run goes first, so that a change in the machine's load falls on both; the
-figures are medians over rounds. The load average and CPU model are recorded beside them.
+figures are medians over rounds. The load average and CPU model are recorded beside them, and the CPU time
+per trained sample of the training process and of the loader's workers (whole runs), which a busy machine
+distorts less than the wall-clock rates.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import shutil
 import statistics
 import time
@@ -122,15 +125,27 @@ def _console_into(run_dir: Path) -> Iterator[None]:
 
 def one_run(kind: str, cfg: RunConfig, env: DistEnv, run_dir: Path, s: TrainBenchSettings,
             held: HeldBatch) -> dict[str, Any]:
-    """``kind`` "end_to_end" (fit_stage from the shards) or "compute_only" (the loop on ``held``)."""
+    """``kind`` "end_to_end" (fit_stage from the shards) or "compute_only" (the loop on ``held``), with the
+    CPU time of this process and of the loader's workers (reaped when the run ends) per trained sample:
+    what a busy machine distorts less than the wall clock."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    start = time.monotonic()
+    start, cpu_before = time.monotonic(), _cpu_seconds()
     with _console_into(run_dir):
         if kind == "end_to_end":
             fit_stage(cfg, run_dir, env)
         else:
             Trainer(cfg, PretrainTask(cfg), held, run_dir, env).fit()
-    return measured(run_dir, s, cfg.global_batch(env.world_size), time.monotonic() - start)
+    batch = cfg.global_batch(env.world_size)
+    used = [after - before for before, after in zip(cpu_before, _cpu_seconds(), strict=True)]
+    return measured(run_dir, s, batch, time.monotonic() - start) | {
+        "process_cpu_ms_per_sample": round(1e3 * used[0] / (s.steps * batch), 2),
+        "worker_cpu_ms_per_sample": round(1e3 * used[1] / (s.steps * batch), 2)}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """User + system CPU seconds of this process and of its reaped children so far."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
 
 
 def run_bench(work: Path, s: TrainBenchSettings) -> dict[str, Any]:
@@ -156,8 +171,9 @@ def run_bench(work: Path, s: TrainBenchSettings) -> dict[str, Any]:
         rounds.append(row)
     result["rounds"] = rounds
     result["load_average_after"] = load_average()
+    figures = ("samples_per_s", "data_wait", "process_cpu_ms_per_sample", "worker_cpu_ms_per_sample")
     for kind in ("end_to_end", "compute_only"):
-        result[kind] = {key: statistics.median(r[kind][key] for r in rounds) for key in ("samples_per_s", "data_wait")}
+        result[kind] = {key: statistics.median(r[kind][key] for r in rounds) for key in figures}
     result["ratio"] = statistics.median(r["ratio"] for r in rounds)
     return result
 
@@ -168,14 +184,15 @@ def print_report(r: dict[str, Any]) -> None:
                         f"({s['warmup_steps']} warm-up), {r['workers']} worker(s), decode_on={r['decode_on']} "
                         f"({'device' if r['decodes_on_device'] else 'workers'}), "
                         f"{r['device']} ({r['torch_threads']} threads)",
-                  caption=f"{r['cpu']} × {r['cpus']}; load average before {r['load_average_before']}, "
-                          f"after {r['load_average_after']}")
-    for col in ("round", "end to end samples/s", "data wait", "compute only samples/s", "ratio"):
+                  caption=f"e2e: end to end (workers + loop), compute: one batch held in memory; CPU ms: per "
+                          f"sample, training process + workers. {r['cpu']} × {r['cpus']}; load average before "
+                          f"{r['load_average_before']}, after {r['load_average_after']}")
+    # end to end, then compute only: samples/s, data wait, CPU-ms per sample (training process + workers)
+    for col in ("round", "e2e /s", "wait", "e2e CPU ms", "compute /s", "CPU ms", "ratio"):
         table.add_column(col, justify="right")
-    for row in r["rounds"]:
-        e2e, comp = row["end_to_end"], row["compute_only"]
-        table.add_row(str(row["round"]), f"{e2e['samples_per_s']:.1f}", f"{e2e['data_wait']:.1%}",
-                      f"{comp['samples_per_s']:.1f}", f"{row['ratio']:.3f}")
-    table.add_row("median", f"{r['end_to_end']['samples_per_s']:.1f}", f"{r['end_to_end']['data_wait']:.1%}",
-                  f"{r['compute_only']['samples_per_s']:.1f}", f"{r['ratio']:.3f}")
+    for name, e2e, comp, ratio in [(str(row["round"]), row["end_to_end"], row["compute_only"], row["ratio"])
+                                   for row in r["rounds"]] + [("median", r["end_to_end"], r["compute_only"], r["ratio"])]:
+        table.add_row(name, f"{e2e['samples_per_s']:.1f}", f"{e2e['data_wait']:.1%}",
+                      f"{e2e['process_cpu_ms_per_sample']:.0f}+{e2e['worker_cpu_ms_per_sample']:.0f}",
+                      f"{comp['samples_per_s']:.1f}", f"{comp['process_cpu_ms_per_sample']:.0f}", f"{ratio:.3f}")
     Console().print(table)
