@@ -1,7 +1,8 @@
-"""Preemption: SIGTERM, SIGINT or SIGUSR1 (what schedulers and users send) finish the step in progress,
-write its checkpoint, say so in one line and exit with status 75; ``--resume auto`` then continues
-with the losses of a run that was never stopped. Under torchrun a signal to one rank stops every rank
-after the same step, rank 0 writing."""
+"""Preemption: SIGTERM, SIGINT or SIGUSR1 (what schedulers and users send) let training go on to the next
+log step, write that step's checkpoint, say so in one line and exit with status 75; ``--resume auto`` then continues
+with the losses of a run that was never stopped. The stop takes effect at the next log or checkpoint step
+(the loop reads the device only there); with ``loop.log_every=1`` that is the step in progress. Under
+torchrun a signal to one rank stops every rank after the same step, rank 0 writing."""
 
 from __future__ import annotations
 
@@ -69,6 +70,20 @@ def test_a_stop_signal_saves_the_step_reached_and_resuming_continues_the_same_lo
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {step}: {a} vs {b}"
 
 
+def test_a_stop_between_log_steps_takes_effect_at_the_next_one_and_the_curve_continues(tmp_path):
+    """The loop reads the device (the stop flags of every rank with it) only at log and checkpoint steps: a
+    signal during step 5 with loop.log_every=4 stops the run after step 8, saved, and resuming from there
+    continues the curve of a run never stopped."""
+    cfg = tiny_config("pretrain", "steps=12", "loop.log_every=4", "loop.ckpt_every=100")
+    Trainer(cfg, PretrainTask(cfg), GlobalBatchSource(cfg), tmp_path / "straight", ENV).fit()
+    run = tmp_path / "stopped"
+    with pytest.raises(Preempted, match=r"^SIGTERM: stopped after step 8 of 12 and saved "):
+        Trainer(cfg, PretrainTask(cfg), SignalledSource(cfg, signal.SIGTERM, at=4), run, ENV).fit()
+    assert ckpt_io.latest(run).name == ckpt_io.step_name(8)
+    Trainer(cfg, PretrainTask(cfg), GlobalBatchSource(cfg), run, ENV, resume="auto").fit()
+    assert losses(run) == losses(tmp_path / "straight") and [s for s, _ in losses(run)] == [1, 4, 8, 12]
+
+
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
     return session_synth_data(tmp_path_factory)
@@ -109,7 +124,7 @@ def test_sigterm_to_the_whole_process_group_saves_exits_75_and_the_run_resumes(s
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_ranks_after_the_same_step_and_rank_0_saves_it(tmp_path):
     """Rank 1 alone gets SIGTERM while it fetches the batch of step 3 (ddp_script.py ``fault``): both ranks
-    finish step 3 (the stop flag rides on the reduction every step makes), its checkpoint is written, and
+    finish step 3 (a log step: the stop flags ride on the reduction the ranks make there), its checkpoint is written, and
     the run resumes from it."""
     def torchrun(run_dir: Path, sig: str) -> subprocess.CompletedProcess:
         run_dir.mkdir(exist_ok=True)  # the script writes each rank's pid there first
