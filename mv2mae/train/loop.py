@@ -303,16 +303,14 @@ class Trainer:
             validate = self.validate is not None and (step % val_every == 0 or last)
             checkpoint = step % loop.ckpt_every == 0 or last or validate
             logged = step % loop.log_every == 0 or step == 1 or last or validate
-            if not (logged or checkpoint):  # not a read step: queue the next step at once
-                window.time += time.perf_counter() - t0
-                if picture:
-                    self._picture(batch)
-                continue
-            seen = window.read(self.stops.signum)  # the one host read: every rank's scalars, stop and counters
+            # the one host read (every rank's scalars, stop signal and skip counters), on read steps only:
+            # on the others the host goes on to queue the next step at once
+            seen = window.read(self.stops.signum) if logged or checkpoint else None
             window.time += time.perf_counter() - t0
-            self._check_bad_steps(seen, log)
+            if seen is not None:
+                self._check_bad_steps(seen, log)
             # a stopping run saves at once (a scheduler's grace period is short): validation and pictures wait
-            stopping = seen.stop != 0 and not last
+            stopping = seen is not None and seen.stop != 0 and not last
             val = self._validate() if validate and not stopping else {}
             if logged or stopping:
                 log.log(window.pop_record(step, self.optimizer, seen) | {f"val_{k}": v for k, v in val.items()})
