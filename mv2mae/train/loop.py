@@ -482,21 +482,18 @@ class _Window:
         which stop signal each rank holds — and one host read of it with the counters, which the per-step
         MAX of the skip flag keeps equal on every rank."""
         names = list(self.terms)
-        held = torch.tensor([float(stop == s) for s in STOP_SIGNALS], dtype=torch.float64, device=self.device)
-        mine = torch.cat([torch.stack([self.terms[k].double() for k in names] + [self.loss_sum]), held])
-        mean = all_reduce_mean(mine)
-        # a term is logged as the float32 the step computed (the mean over ranks rounded back to it)
-        mean = torch.cat([mean[:len(names)].float().double(), mean[len(names):]])
-        same = torch.stack([self.grad_norm.double(), *(t.double() for t in (self.applied, self.skipped,
-                                                                              self.run, self.worst_run))])
-        values = torch.cat([mean, same]).tolist()
-        n = len(names)
-        terms, loss_sum, held_any = values[:n], values[n], values[n + 1:n + 1 + len(STOP_SIGNALS)]
-        grad_norm, applied, skipped, run, worst = values[n + 1 + len(STOP_SIGNALS):]
+        stops = torch.tensor([float(stop == s) for s in STOP_SIGNALS], dtype=torch.float64, device=self.device)
+        differ = all_reduce_mean(torch.cat([torch.stack([self.terms[k].double() for k in names] + [self.loss_sum]),
+                                            stops]))
+        same = torch.stack([t.double() for t in (self.grad_norm, self.applied, self.skipped, self.run, self.worst_run)])
+        values = torch.cat([differ, same]).tolist()
+        # a term is logged as the float32 the step computed (a mean over ranks rounded back to float32)
+        terms, (loss_sum, *rest) = [float(np.float32(v)) for v in values[:len(names)]], values[len(names):]
+        held, (grad_norm, applied, skipped, run, worst) = rest[:len(STOP_SIGNALS)], rest[len(STOP_SIGNALS):]
         self.worst_run = self.run.clone()  # the longest run is counted afresh from here
         seen = _Reading(dict(zip(names, terms, strict=True)), grad_norm, loss_sum, int(applied), int(skipped),
                         int(skipped) - self.skipped_seen, int(run), int(worst),
-                        max((s for s, h in zip(STOP_SIGNALS, held_any, strict=True) if h > 0), default=0))
+                        max((s for s, h in zip(STOP_SIGNALS, held, strict=True) if h > 0), default=0))
         self.skipped_seen, self.last_loss = seen.skipped, seen.terms["loss"]
         return seen
 
