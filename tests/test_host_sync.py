@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 import torch
+import torch.distributed as dist
 from timm.utils import ModelEmaV3
 from train_helpers import GlobalBatchSource, tiny_config
 
@@ -87,6 +88,17 @@ def test_only_log_and_checkpoint_steps_read_the_device(stage, extra, monkeypatch
     assert {s: n for s, n in per_step.items() if s not in read_steps} == {2: 0, 3: 0, 5: 0, 7: 0}
     assert all(per_step[s] > 0 for s in read_steps), per_step  # the counter sees the reads that happen
     assert [r["step"] for r in read_log(tmp_path)] == [1, 4, 8]
+
+
+def test_the_stop_agreed_after_every_step_in_a_process_group_reads_nothing_back(monkeypatch, tmp_path):
+    """In a process group (here gloo, one rank) every step all-reduces the stop flag host to host: the
+    ordinary steps still read no tensor."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'group'}", rank=0, world_size=1)
+    try:
+        per_step = reads_per_step("pretrain", monkeypatch, tmp_path / "run")
+    finally:
+        dist.destroy_process_group()
+    assert {s: n for s, n in per_step.items() if s not in {1, 4, 6, 8}} == {2: 0, 3: 0, 5: 0, 7: 0}
 
 
 def checkpoint(run, step):

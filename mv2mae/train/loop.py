@@ -25,8 +25,9 @@ all-reduce at the read. So:
 - ``loop.max_bad_steps`` is enforced when the counters are read: the run stops at the first read step at
   or after the step where that many consecutive steps were skipped ("N consecutive non-finite steps by
   step S"); every checkpoint step is a read step, so no checkpoint is written past that point;
-- a stop signal (:mod:`mv2mae.train.preemption`) takes effect at the next read step: every rank finishes
-  the steps up to it, that step is saved, and the run ends with :class:`Preempted`.
+- a stop signal (:mod:`mv2mae.train.preemption`) takes effect after the step in progress: the ranks agree
+  on it after every step host to host (one MAX of a CPU int over a gloo group, no device read), that step
+  becomes a read step and is saved, and the run ends with :class:`Preempted`.
 """
 
 from __future__ import annotations
@@ -52,10 +53,18 @@ from mv2mae.data.fingerprint import record_run_fingerprint
 from mv2mae.model.checkpoint import FORMAT, CheckpointError, load_state_strict, write_checkpoint
 from mv2mae.shards.atomic import write_atomic
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import DistEnv, RankLost, all_reduce_max, all_reduce_mean, barrier, lost_rank
+from mv2mae.train.distributed import (
+    DistEnv,
+    HostMax,
+    RankLost,
+    all_reduce_max,
+    all_reduce_mean,
+    barrier,
+    lost_rank,
+)
 from mv2mae.train.logs import RunLogger
 from mv2mae.train.optim import build_optimizer, build_scheduler, resolve_steps
-from mv2mae.train.preemption import PREEMPTED_EXIT, STOP_SIGNALS, Preempted, StopRequests, signal_name
+from mv2mae.train.preemption import PREEMPTED_EXIT, Preempted, StopRequests, signal_name
 from mv2mae.train.runlock import run_lock
 
 # optimiser param-group entries that come from the run config (not from a resumed checkpoint)
@@ -163,6 +172,7 @@ class Trainer:
         ema = cfg.finetune.ema_decay if cfg.stage == "finetune" else 0.0
         self.ema = ModelEmaV3(self.raw_model, decay=ema) if ema > 0 else None
         self.step, self.micro_batches, self.best_loss = 0, 0, math.inf
+        self.any_rank_stop = HostMax(env.host_group)  # the stop signal any rank holds (0: none)
         self.best_val = {"top1": -math.inf, "ema_top1": -math.inf}
 
     def _restore(self) -> None:
@@ -303,14 +313,17 @@ class Trainer:
             validate = self.validate is not None and (step % val_every == 0 or last)
             checkpoint = step % loop.ckpt_every == 0 or last or validate
             logged = step % loop.log_every == 0 or step == 1 or last or validate
-            # the one host read (every rank's scalars, stop signal and skip counters), on read steps only:
-            # on the others the host goes on to queue the next step at once
-            seen = window.read(self.stops.signum) if logged or checkpoint else None
+            # any rank's stop signal stops every rank after this step (a scheduler's grace period is short);
+            # agreed host to host, so the device is not waited for
+            stop = self.any_rank_stop(self.stops.signum)
+            stopping = stop != 0 and not last
+            # the one device read (every rank's scalars and skip counters), on read steps only: on the
+            # others the host goes on to queue the next step at once
+            seen = window.read() if logged or checkpoint or stopping else None
             window.time += time.perf_counter() - t0
             if seen is not None:
                 self._check_bad_steps(seen, log)
-            # a stopping run saves at once (a scheduler's grace period is short): validation and pictures wait
-            stopping = seen is not None and seen.stop != 0 and not last
+            # a stopping run saves at once: validation and pictures wait
             val = self._validate() if validate and not stopping else {}
             if logged or stopping:
                 log.log(window.pop_record(step, self.optimizer, seen) | {f"val_{k}": v for k, v in val.items()})
@@ -319,7 +332,7 @@ class Trainer:
             if checkpoint or stopping:
                 self._save(window.pop_checkpoint_loss(seen), val, log)
             if stopping:
-                raise Preempted(f"{signal_name(seen.stop)}: stopped after step {step} of {self.steps} and saved "
+                raise Preempted(f"{signal_name(stop)}: stopped after step {step} of {self.steps} and saved "
                                 f"{ckpt_io.latest(self.run_dir)}; --resume auto continues the run (exit status "
                                 f"{PREEMPTED_EXIT})")
         return dict(steps=self.step, skipped=window.skipped_seen, best_loss=self.best_loss,
@@ -447,7 +460,6 @@ class _Reading:
     new_skipped: int  # of which since the last read
     in_a_row: int  # the current run of consecutive skipped steps
     worst_run: int  # the longest such run since the last read
-    stop: int  # the stop signal any rank received (0: none)
 
 
 class _Window:
@@ -477,23 +489,20 @@ class _Window:
         self.worst_run = torch.maximum(self.worst_run, self.run)
         self.samples += samples
 
-    def read(self, stop: int) -> _Reading:
-        """One stacked all-reduce (mean) of what differs between ranks — the loss terms, the loss sum and
-        which stop signal each rank holds — and one host read of it with the counters, which the per-step
-        MAX of the skip flag keeps equal on every rank."""
+    def read(self) -> _Reading:
+        """One stacked all-reduce (mean) of what differs between ranks — the loss terms and the loss sum —
+        and one host read of it with the counters, which the per-step MAX of the skip flag keeps equal on
+        every rank."""
         names = list(self.terms)
-        stops = torch.tensor([float(stop == s) for s in STOP_SIGNALS], dtype=torch.float64, device=self.device)
-        differ = all_reduce_mean(torch.cat([torch.stack([self.terms[k].double() for k in names] + [self.loss_sum]),
-                                            stops]))
+        differ = all_reduce_mean(torch.stack([self.terms[k].double() for k in names] + [self.loss_sum]))
         same = torch.stack([t.double() for t in (self.grad_norm, self.applied, self.skipped, self.run, self.worst_run)])
         values = torch.cat([differ, same]).tolist()
         # a term is logged as the float32 the step computed (a mean over ranks rounded back to float32)
-        terms, (loss_sum, *rest) = [float(np.float32(v)) for v in values[:len(names)]], values[len(names):]
-        held, (grad_norm, applied, skipped, run, worst) = rest[:len(STOP_SIGNALS)], rest[len(STOP_SIGNALS):]
+        terms = [float(np.float32(v)) for v in values[:len(names)]]
+        loss_sum, grad_norm, applied, skipped, run, worst = values[len(names):]
         self.worst_run = self.run.clone()  # the longest run is counted afresh from here
         seen = _Reading(dict(zip(names, terms, strict=True)), grad_norm, loss_sum, int(applied), int(skipped),
-                        int(skipped) - self.skipped_seen, int(run), int(worst),
-                        max((s for s, h in zip(STOP_SIGNALS, held, strict=True) if h > 0), default=0))
+                        int(skipped) - self.skipped_seen, int(run), int(worst))
         self.skipped_seen, self.last_loss = seen.skipped, seen.terms["loss"]
         return seen
 
