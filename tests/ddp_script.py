@@ -6,7 +6,7 @@ into RUN_DIR/<plan>/<arm>; ``eval DATA OUT.json`` makes one exact evaluation pas
 the gathered rows; ``fault RUN_DIR SIGNAL`` trains 4 steps with a checkpoint every 2 and a 10-second
 collective timeout, and rank 1 sends itself SIGNAL (STOP or KILL) as it asks for the batch of step 3
 (writing RUN_DIR/fault first; every rank writes its pid to RUN_DIR/rank<r>.pid); ``fault RUN_DIR none``
-resumes such a run."""
+resumes such a run; a last argument LOG_EVERY sets ``loop.log_every`` (default 1)."""
 
 from __future__ import annotations
 
@@ -59,8 +59,9 @@ class FaultySource(GlobalBatchSource):
             yield batch
 
 
-def fault(run_dir: str, sig: str) -> None:
-    cfg = tiny_config("pretrain", "steps=4", "loop.ckpt_every=2", "loop.collective_timeout=10")
+def fault(run_dir: str, sig: str, log_every: str = "1") -> None:
+    cfg = tiny_config("pretrain", "steps=4", "loop.ckpt_every=2", "loop.collective_timeout=10",
+                      f"loop.log_every={log_every}")
     env = setup("cpu", cfg.loop.collective_timeout)
     Path(run_dir, f"rank{env.rank}.pid").write_text(str(os.getpid()))  # for the test to clean up after
     source = FaultySource(cfg, env.rank, env.world_size, None if sig == "none" else getattr(signal, f"SIG{sig}"),
@@ -84,4 +85,4 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     {"arms": lambda: arms(sys.argv[2], int(sys.argv[3]), int(sys.argv[4])),
      "eval": lambda: evaluate(sys.argv[2], sys.argv[3]),
-     "fault": lambda: fault(sys.argv[2], sys.argv[3])}[sys.argv[1]]()
+     "fault": lambda: fault(*sys.argv[2:5])}[sys.argv[1]]()

@@ -1,5 +1,6 @@
 """Arrows only point down DESIGN.md's layer table: every import of ours (module level or inside a
-function) goes from a layer to one it may use, and no two layers import each other in a circle."""
+function) goes from a layer to one it may use, no two layers import each other in a circle, and inside a
+layer no modules do either (at module level, ``if TYPE_CHECKING:`` imports counted)."""
 
 import ast
 from pathlib import Path
@@ -118,6 +119,65 @@ def test_layers_import_each_other_in_no_circle():
 
     for layer in sorted(edges):
         visit(layer, [])
+
+
+def _module_level_imports(source: str, modules: dict[str, Path]) -> set[str]:
+    """Our modules that the module of ``source`` imports when it is imported (statements outside functions, those under
+    ``if TYPE_CHECKING:`` included: a circle a type checker follows is one a reader follows too)."""
+    names: set[str] = set()
+    pending = list(ast.parse(source).body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()  # submodules by name
+            names.update(found or {node.module})
+        elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):  # a function's imports run later
+            pending += ast.iter_child_nodes(node)  # if/try/except/with/class bodies run at import
+    return names & modules.keys()
+
+
+def _circle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One circle of the graph ``edges`` as the path that closes it, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> list[str] | None:
+        if state.get(node) == 1:
+            return trail[trail.index(node):] + [node]
+        if state.get(node) == 2:
+            return None
+        state[node] = 1
+        for nxt in sorted(edges.get(node, ())):
+            if (found := visit(nxt, trail + [node])) is not None:
+                return found
+        state[node] = 2
+        return None
+
+    return next((c for node in sorted(edges) if (c := visit(node, [])) is not None), None)
+
+
+def test_modules_import_each_other_in_no_circle_inside_a_layer():
+    modules = _modules()
+    edges = {m: {t for t in _module_level_imports(p.read_text(), modules) if t != m} for m, p in modules.items()}
+    found = _circle(edges)
+    assert found is None, "modules import each other in a circle: " + " -> ".join(found or [])
+
+
+def test_a_circle_under_type_checking_is_found_and_one_inside_a_function_is_not():
+    """The guard above, on source text: an import only a type checker runs closes a circle as well as one
+    that runs, and one in an ``except`` counts; an import inside a function runs later and closes none."""
+    modules = {m: Path() for m in ("mv2mae.train.loop", "mv2mae.train.tasks", "mv2mae.train.logs")}
+    sources = {"mv2mae.train.loop": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                    "    from mv2mae.train.tasks import Task\n",
+               "mv2mae.train.logs": "try:\n    pass\nexcept ImportError:\n    import mv2mae.train.tasks\n"
+                                    "def f():\n    import mv2mae.train.loop\n",
+               "mv2mae.train.tasks": "from mv2mae.train import loop\n"}
+    edges = {name: _module_level_imports(text, modules) for name, text in sources.items()}
+    assert edges["mv2mae.train.logs"] == {"mv2mae.train.tasks"}
+    assert _circle(edges) == ["mv2mae.train.tasks", "mv2mae.train.loop", "mv2mae.train.tasks"]
+    del edges["mv2mae.train.loop"]  # without the TYPE_CHECKING import: no circle
+    assert _circle(edges) is None
 
 
 def test_the_command_line_is_imported_by_no_other_layer():

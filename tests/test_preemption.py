@@ -1,7 +1,8 @@
 """Preemption: SIGTERM, SIGINT or SIGUSR1 (what schedulers and users send) finish the step in progress,
 write its checkpoint, say so in one line and exit with status 75; ``--resume auto`` then continues
-with the losses of a run that was never stopped. Under torchrun a signal to one rank stops every rank
-after the same step, rank 0 writing."""
+with the losses of a run that was never stopped. The stop is checked after every step, also between log
+steps (host to host: the device is read only at log and checkpoint steps). Under torchrun a signal to
+one rank stops every rank after the same step, rank 0 writing."""
 
 from __future__ import annotations
 
@@ -69,6 +70,24 @@ def test_a_stop_signal_saves_the_step_reached_and_resuming_continues_the_same_lo
         assert a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {step}: {a} vs {b}"
 
 
+def test_a_stop_between_log_steps_takes_effect_after_the_step_in_progress_and_the_curve_continues(tmp_path):
+    """The loop reads the device only at log and checkpoint steps, the stop flag after every step: a signal
+    during step 5 with loop.log_every=4 stops the run after step 5, saved (and logged), and resuming from
+    there continues the curve of a run never stopped."""
+    cfg = tiny_config("pretrain", "steps=12", "loop.log_every=4", "loop.ckpt_every=100")
+    every_step = tiny_config("pretrain", "steps=12", "loop.ckpt_every=100")  # the same run, every loss logged
+    Trainer(every_step, PretrainTask(every_step), GlobalBatchSource(every_step), tmp_path / "straight", ENV).fit()
+    run = tmp_path / "stopped"
+    with pytest.raises(Preempted, match=r"^SIGTERM: stopped after step 5 of 12 and saved "):
+        Trainer(cfg, PretrainTask(cfg), SignalledSource(cfg, signal.SIGTERM, at=4), run, ENV).fit()
+    assert ckpt_io.latest(run).name == ckpt_io.step_name(5)
+    assert [s for s, _ in losses(run)] == [1, 4, 5]
+    Trainer(cfg, PretrainTask(cfg), GlobalBatchSource(cfg), run, ENV, resume="auto").fit()
+    straight = dict(losses(tmp_path / "straight"))
+    assert [s for s, _ in losses(run)] == [1, 4, 5, 8, 12]
+    assert losses(run) == [(s, straight[s]) for s, _ in losses(run)]
+
+
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory) -> Path:
     return session_synth_data(tmp_path_factory)
@@ -108,13 +127,13 @@ def test_sigterm_to_the_whole_process_group_saves_exits_75_and_the_run_resumes(s
 
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_both_ranks_after_the_same_step_and_rank_0_saves_it(tmp_path):
-    """Rank 1 alone gets SIGTERM while it fetches the batch of step 3 (ddp_script.py ``fault``): both ranks
-    finish step 3 (the stop flag rides on the reduction every step makes), its checkpoint is written, and
-    the run resumes from it."""
+    """Rank 1 alone gets SIGTERM while it fetches the batch of step 3 (ddp_script.py ``fault``, logging every
+    4 steps): both ranks finish step 3 (no log or checkpoint step: the ranks agree on the stop after every
+    step), its checkpoint is written, and the run resumes from it."""
     def torchrun(run_dir: Path, sig: str) -> subprocess.CompletedProcess:
         run_dir.mkdir(exist_ok=True)  # the script writes each rank's pid there first
         return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                               str(HERE / "ddp_script.py"), "fault", str(run_dir), sig], env=CHILD_ENV,
+                               str(HERE / "ddp_script.py"), "fault", str(run_dir), sig, "4"], env=CHILD_ENV,
                               capture_output=True, text=True, timeout=300)
 
     stopped = torchrun(tmp_path / "run", "TERM")  # both ranks raise Preempted (the CLI makes it exit status 75)
@@ -123,7 +142,7 @@ def test_a_signal_to_one_rank_stops_both_ranks_after_the_same_step_and_rank_0_sa
     assert ckpt_io.latest(tmp_path / "run").name == ckpt_io.step_name(3)
     resumed = torchrun(tmp_path / "run", "none")  # exact resume itself: the in-process test above
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 2, 3, 4]
+    assert [r["step"] for r in read_log(tmp_path / "run")] == [1, 3, 4]  # 3: the stop's
 
 
 FAKE_SLURM = {  # just enough of SLURM and torchrun on PATH to run the cluster recipe on one machine

@@ -100,7 +100,7 @@ class PoisonedSource(GlobalBatchSource):
 
 def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_good_checkpoint(tmp_path):
     cfg = tiny_config("pretrain", "steps=12", "loop.ckpt_every=2", "loop.max_bad_steps=3")
-    with pytest.raises(TrainingStopped, match=r"3 consecutive non-finite steps \(up to step 7\).*step-00000006"):
+    with pytest.raises(TrainingStopped, match=r"3 consecutive non-finite steps by step 7 .*step-00000006"):
         fit(cfg, PoisonedSource(cfg, poison_from=4), tmp_path)
     log = read_log(tmp_path)
     assert [r["skipped"] for r in log] == [0, 0, 0, 0, 1, 2]  # steps 1..6 logged; step 7 raised

@@ -44,7 +44,7 @@ from mv2mae.config import resolve
 from mv2mae.data import DataConfig, build_pretrain_loader
 from mv2mae.data.decode import channels_last
 from mv2mae.model.config import ModelConfig
-from mv2mae.model.embed import PixelNormalize
+from mv2mae.model.embed import ToNormalizedClip
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import setup
 from mv2mae.train.logs import read_log
@@ -123,7 +123,7 @@ def device_checks(data: Path, model: ModelConfig, batch: int, stride: int, devic
                                                 seed=0, pin_memory=cuda, device=device)))
     video = cpu_batch["video"]
     moved = video.to(device, non_blocking=True)
-    normalize = PixelNormalize(model)
+    normalize = ToNormalizedClip(model)
     on_device = normalize.to(device)(moved)
     normalised_diff = float((on_device.cpu() - normalize.cpu()(video)).abs().max())
     dev_batch = next(iter(build_pretrain_loader(model, replace(options, decode_on="device"), batch_size=batch,

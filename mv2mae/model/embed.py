@@ -15,9 +15,11 @@ from torch import nn
 from mv2mae.model.config import ModelConfig
 
 
-class PixelNormalize(nn.Module):
-    """uint8 pixels [..., C, T, H, W] -> float32 ``(x - 255·mean) / (255·std)`` with the config's
-    ``pixel_mean``/``pixel_std``: the model's one input normalisation, on whatever device the model is.
+class ToNormalizedClip(nn.Module):
+    """A clip as the model takes it, normalised: uint8 pixels [..., C, T, H, W] -> float32
+    ``(x - 255·mean) / (255·std)`` with the config's ``pixel_mean``/``pixel_std`` (the model's one input
+    normalisation, on whatever device the model is); a float clip is returned as it is. Named for what it
+    returns, not "PixelNormalize": it normalises only what is not normalised yet.
 
     Loaders hand out uint8 clips (a quarter of the bytes of floats through shared memory and across
     to the GPU) and the model normalises them here. A floating-point clip is taken as normalised

@@ -9,7 +9,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mv2mae.model.config import ModelConfig
-from mv2mae.model.embed import PixelNormalize, TubeletEmbed, build_pos_embed
+from mv2mae.model.embed import ToNormalizedClip, TubeletEmbed, build_pos_embed
 from mv2mae.model.masking import gather_tokens
 
 
@@ -41,12 +41,12 @@ def make_blocks(dim: int, depth: int, heads: int, cfg: ModelConfig, drop_path: f
 class Encoder(nn.Module):
     """Clip [B, C, T, H, W] (+ visible ids [B, n]) -> encoded tokens [B, n, D] (n = N when ids is None).
 
-    The clip is uint8 pixels (normalised here, :class:`PixelNormalize`) or an already normalised float clip."""
+    The clip is uint8 pixels (normalised here, :class:`ToNormalizedClip`) or an already normalised float clip."""
 
     def __init__(self, cfg: ModelConfig, drop_path: float = 0.0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.normalize = PixelNormalize(cfg)
+        self.normalize = ToNormalizedClip(cfg)
         self.patch_embed = TubeletEmbed(cfg)
         # fixed, recomputed from the config: never stored in checkpoints, adapts to the geometry
         self.register_buffer("pos_embed", build_pos_embed(cfg, cfg.embed_dim), persistent=False)

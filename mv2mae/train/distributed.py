@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -18,6 +18,9 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    # the group for host-to-host collectives on CPU tensors (gloo beside an NCCL default group; None: the
+    # default group, or no process group)
+    host_group: Any = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -84,11 +87,14 @@ def setup(device_pref: str = "auto", timeout: float | None = None) -> DistEnv:
     device = pick_device(device_pref, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    bound = datetime.timedelta(seconds=timeout) if timeout else None
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                                rank=rank, world_size=world,
-                                timeout=datetime.timedelta(seconds=timeout) if timeout else None)
-    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device)
+                                rank=rank, world_size=world, timeout=bound)
+    host_group = None
+    if dist.is_initialized() and dist.get_backend() != "gloo":
+        host_group = dist.new_group(backend="gloo", timeout=bound)
+    return DistEnv(rank=rank, world_size=world, local_rank=local_rank, device=device, host_group=host_group)
 
 
 class RankLost(RuntimeError):
@@ -134,6 +140,24 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
     t = t.clone()
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return t
+
+
+class HostMax:
+    """The MAX over ranks of a host int, reduced host to host (gloo, a CPU tensor): the host waits for the
+    other hosts, never for its device. The value goes in and out through a numpy view of the tensor made
+    once, so no tensor method reads it; identity in a single process."""
+
+    def __init__(self, group: Any = None) -> None:
+        self.group = group
+        self.tensor = torch.zeros(1, dtype=torch.int64)
+        self.value = self.tensor.numpy()
+
+    def __call__(self, value: int) -> int:
+        if not dist.is_initialized():
+            return value
+        self.value[0] = value
+        dist.all_reduce(self.tensor, op=dist.ReduceOp.MAX, group=self.group)
+        return int(self.value[0])
 
 
 def gather_objects(obj: Any) -> list[Any]:

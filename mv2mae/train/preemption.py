@@ -3,8 +3,8 @@
 Cluster schedulers end jobs with SIGTERM (SLURM: at the time limit and on preemption, SIGKILL after a grace
 period) and can send SIGUSR1 ahead of the time limit (``#SBATCH --signal``); a user presses Ctrl-C (SIGINT).
 While :class:`StopRequests` is installed those signals only record that a stop was asked for: the loop
-finishes the step it is in, all ranks agree on the stop through the flag they already reduce at every
-step end, rank 0 writes the checkpoint of that step, and the command exits with :data:`PREEMPTED_EXIT`,
+finishes the step it is in, all ranks agree on the stop after every step host to host (a CPU all-reduce,
+:mod:`mv2mae.train.loop`), rank 0 writes the checkpoint of that step, and the command exits with :data:`PREEMPTED_EXIT`,
 which a requeue script reads as "saved, run me again with ``--resume auto``". A second Ctrl-C stops at
 once (the last checkpoint written is intact).
 """

@@ -1,9 +1,9 @@
 """The two things the loop trains — MV2MAE pretraining and classifier finetuning — and their data.
 
 A task builds its model and turns one batch on the device into a loss (``train_step``); a
-:class:`ShardSource` is the stream of training batches of one protocol's train split. The loop
-(:mod:`mv2mae.train.loop`) takes one of each; tests hand it any other object with ``batches(start)``,
-``samples_per_epoch()`` and ``describe()``.
+:class:`ShardSource` is the stream of training batches of one protocol's train split. They implement the
+loop's :class:`~mv2mae.train.loop.Task` and :class:`~mv2mae.train.loop.DataSource` protocols (the loop
+imports nothing from here); tests hand the loop their own.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
 from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
-from mv2mae.model.embed import PixelNormalize
+from mv2mae.model.embed import ToNormalizedClip
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train.checkpoint import BEST_VAL_TOP1
 from mv2mae.train.distributed import DistEnv
@@ -173,8 +173,8 @@ class FinetuneTask:
             self.mixup = Mixup(mixup_alpha=ft.mixup, cutmix_alpha=ft.cutmix, prob=ft.mixup_prob,
                                switch_prob=ft.switch_prob, mode="batch", label_smoothing=ft.label_smoothing,
                                num_classes=num_classes)
-            # mixing needs floats: the model's own normalisation first (it passes float clips through)
-            self.normalize = PixelNormalize(cfg.model)
+            # mixing needs floats: the model's own normalisation first (the model takes float clips as they are)
+            self.normalize = ToNormalizedClip(cfg.model)
             self.criterion: nn.Module = SoftTargetCrossEntropy()
         elif ft.label_smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=ft.label_smoothing)
