@@ -98,7 +98,7 @@ class MotionRows:
     def __init__(self, root: Path, source: str, index: DatasetIndex, budget_bytes: int = 256 << 20):
         if source not in index.motion:
             raise ContractError(f"{root}: motion source {source!r} not in the cache (has {index.motion}); "
-                                f"use another --motion or re-run preprocessing")
+                                f"use another data.motion, or re-run preprocessing with --motion train-flow or both")
         self.root, self.source, self.cell, self.budget = root, source, index.cell, budget_bytes
         self._store = None
         self._arrays: OrderedDict[str, np.ndarray] = OrderedDict()
