@@ -17,10 +17,10 @@ from mv2mae.data import (
     build_finetune_loader,
     build_pretrain_loader,
 )
-from mv2mae.data.datasets import FinetuneClips, PretrainClips, ShardSplit
-from mv2mae.data.decode import crop_resize, decode_frames, to_video_tensor
-from mv2mae.data.device import PLAN_FIELDS
+from mv2mae.data.datasets import FinetuneClips, PretrainClips
+from mv2mae.data.pixels import PLAN_FIELDS, crop_resize, decode_frames, to_video_tensor
 from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
+from mv2mae.data.splits import ShardSplit
 from mv2mae.model.config import ModelConfig
 from mv2mae.shards.protocols import select
 from mv2mae.shards.schema import ContractError, frame_member, read_index
@@ -264,10 +264,10 @@ def test_decoding_on_the_device_gives_the_workers_batches_within_one_level(synth
 
 
 def plans(synth_data, n=1):
-    """Batches as the workers ship them with decode_on=device, and the decoder the loader applies."""
+    """Batches as the workers ship them with decode_on=device, and the decoding stage the loader applies."""
     loader = build_pretrain_loader(MODEL, data(synth_data, "all", decode_on="device"), batch_size=3, seed=0)
-    decoder, loader.finish = loader.finish, None
-    return take(loader, n), decoder
+    (decode, *_), loader.stages = loader.stages, ()
+    return take(loader, n), decode
 
 
 def test_a_bad_jpeg_or_frame_size_on_the_device_names_its_shard_and_member(synth_data):
