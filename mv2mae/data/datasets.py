@@ -17,7 +17,6 @@ samples. A resumed stream replays its first samples' decisions without their pix
 
 from __future__ import annotations
 
-import ctypes
 from collections.abc import Callable, Iterator
 
 import cv2
@@ -49,25 +48,6 @@ from mv2mae.shards.schema import ContractError, GroupMeta, frame_ext
 MAX_CONSECUTIVE_SKIPS = 10_000
 
 
-# glibc's mallopt parameters: allocations below the threshold come from the heap, and up to the trim
-# threshold of freed heap is kept rather than given back to the kernel.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_HEAP_BLOCKS, _HEAP_KEEP = 4 << 20, 64 << 20
-
-
-def _keep_freed_memory() -> None:
-    """Make a worker reuse its freed memory. Every decoded frame (~140 KB) is a fresh allocation that
-    glibc may serve by mmap and unmap on free, so a two-view sample re-faulted ~270 zeroed pages (~0.5 ms
-    of ~11 ms measured per sample). Served from a heap that keeps what was freed, the same pages come
-    back. A no-op outside glibc."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, _HEAP_BLOCKS)
-    mallopt(_M_TRIM_THRESHOLD, _HEAP_KEEP)
-
-
 class ClipDataset(IterableDataset):
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1, encoded: bool = False):
@@ -83,8 +63,6 @@ class ClipDataset(IterableDataset):
         """(plan RNG: views and frames as groups are read; crop RNG: boxes as samples are built; flip RNG:
         its own stream, so that turning flips on leaves every box as it was)."""
         cv2.setNumThreads(1)  # parallelism comes from the workers, not from OpenCV
-        if torch.utils.data.get_worker_info() is not None:
-            _keep_freed_memory()
         self._epoch += 1
         self.replay.begin(self.rank, self.world_size, first_pass=self._epoch == 0)
         slot = current_slot(self.rank, self.world_size, shift=self.replay.batches)
