@@ -49,6 +49,10 @@ MAX_CONSECUTIVE_SKIPS = 10_000
 
 
 class ClipDataset(IterableDataset):
+    """What the three streams share: each draws its plan (stage 2) in ``choose`` as the reader meets a group
+    and in ``build`` as it makes the group's samples (crops, flips), then reads, decodes and cuts the pixels
+    (stages 3-4, :meth:`_decoded` and :meth:`_views`) unless the sample is replayed (``replay``)."""
+
     def __init__(self, split: ShardSplit, geom: ClipGeometry, data: DataConfig, *, seed: int = 0,
                  rank: int = 0, world_size: int = 1, encoded: bool = False):
         super().__init__()
