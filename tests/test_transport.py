@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 from fixtures_data import session_synth_data
+from torch.utils.data import DataLoader
 
 from mv2mae.data import DataConfig, build_eval_loader, build_pretrain_loader
 from mv2mae.data.loaders import collate_clips
@@ -45,21 +46,24 @@ def test_batches_from_workers_are_those_made_in_process_with_channels_last_video
         assert_channels_last(b["video"])
 
 
-def test_a_worker_hands_every_tensor_over_in_shared_memory(synth_data, monkeypatch):
-    """What :func:`collate_clips` returns in a worker is already shared (a tensor that is not would be
-    moved while queued, where running out of shared memory leaves the loader waiting)."""
-    options = DataConfig(root=synth_data, protocol="all", stride=2, workers=0, decode_on="device")
-    loader = build_pretrain_loader(MODEL, options, batch_size=3, seed=0)
-    loader.stages = ()
-    it = iter(loader.dataset)
-    samples = [next(it) for _ in range(3)]
-    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: object())
+def collate_and_list_unshared(samples):
+    """:func:`collate_clips` as a worker runs it, plus the names of the batch's tensors not in shared memory."""
     batch = collate_clips(samples)
-    tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    assert {"jpeg", "jpeg_sizes", "jpeg_members", "frames", "boxes", "jpeg_count"} <= set(tensors)
-    assert all(v.is_shared() for v in tensors.values()), [k for k, v in tensors.items() if not v.is_shared()]
-    assert torch.equal(batch["jpeg"], torch.cat([s["jpeg"] for s in samples]))
-    assert batch["jpeg_sizes"].tolist() == [n for s in samples for n in s["jpeg_sizes"].tolist()]
+    return batch | {"unshared": [k for k, v in batch.items() if isinstance(v, torch.Tensor) and not v.is_shared()]}
+
+
+def test_a_worker_hands_every_tensor_over_in_shared_memory(synth_data):
+    """What :func:`collate_clips` returns in a worker is already shared (a tensor that is not would be
+    moved while queued, where running out of shared memory leaves the loader waiting); the JPEG bytes of
+    the samples arrive concatenated."""
+    options = DataConfig(root=synth_data, protocol="all", stride=2, workers=0, decode_on="device")
+    dataset = build_pretrain_loader(MODEL, options, batch_size=3, seed=0).dataset
+    reference = next(iter(build_pretrain_loader(MODEL, options, batch_size=3, seed=0).loader))
+    batch = next(iter(DataLoader(dataset, batch_size=3, num_workers=1, collate_fn=collate_and_list_unshared)))
+    assert {"jpeg", "jpeg_sizes", "jpeg_members", "frames", "boxes", "jpeg_count"} <= set(batch)
+    assert batch["unshared"] == []
+    assert torch.equal(batch["jpeg"], reference["jpeg"]) and batch["jpeg"].dim() == 1
+    assert batch["jpeg_sizes"].sum() == len(batch["jpeg"]) == len(reference["jpeg"])
 
 
 def test_the_exact_evaluation_pass_is_the_same_from_workers(synth_data):
