@@ -22,7 +22,7 @@ from train_helpers import TINY_MODEL, tiny_config
 
 from mv2mae.data.config import DataConfig
 from mv2mae.data.loaders import build_pretrain_loader
-from mv2mae.data.transport import LoaderError
+from mv2mae.data.workers import LoaderError
 from mv2mae.shards.schema import read_index
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.logs import read_log
@@ -122,7 +122,7 @@ def test_a_batch_that_cannot_get_shared_memory_is_one_clear_error(synth_data, tm
                              preexec_fn=file_size_limit(20_000))
     assert limited.returncode != 0
     last = limited.stderr.strip().splitlines()[-1]
-    assert last.startswith("mv2mae.data.transport.LoaderError: a loader worker cannot allocate") and \
+    assert last.startswith("mv2mae.data.workers.LoaderError: a loader worker cannot allocate") and \
         "data.workers=0" in last
 
 

@@ -10,7 +10,7 @@ import pytest
 import webdataset as wds
 from fixtures_data import session_synth_data
 
-from mv2mae.data.decode import crop_resize, decode_frames
+from mv2mae.data.pixels import crop_resize, decode_frames
 from mv2mae.data.sampling import Crop
 from mv2mae.shards.reader import (
     GroupSample,

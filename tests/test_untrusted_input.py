@@ -24,8 +24,9 @@ from typer.testing import CliRunner
 from mv2mae.cli import app
 from mv2mae.config import load_config
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.datasets import EvalClips, PretrainClips, ShardSplit
+from mv2mae.data.datasets import EvalClips, PretrainClips
 from mv2mae.data.loaders import build_eval_loader
+from mv2mae.data.splits import ShardSplit
 from mv2mae.eval.metrics import aggregate
 from mv2mae.model.checkpoint import save_model_state
 from mv2mae.model.classifier import VideoClassifier

@@ -21,8 +21,9 @@ from typer.testing import CliRunner
 
 from mv2mae.cli import app
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.datasets import EvalClips, PretrainClips, ShardSplit
+from mv2mae.data.datasets import EvalClips, PretrainClips
 from mv2mae.data.loaders import build_eval_loader, build_pretrain_loader
+from mv2mae.data.splits import ShardSplit
 from mv2mae.shards.reader import BadSampleLimit
 from mv2mae.shards.schema import ContractError, GroupMeta, read_index
 from mv2mae.tools.verify import verify

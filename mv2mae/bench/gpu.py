@@ -42,7 +42,7 @@ from mv2mae.bench.loader import prepare
 from mv2mae.bench.model import PEAK_BF16, ModelBenchSettings, gpu_rows_table, gpu_section
 from mv2mae.config import resolve
 from mv2mae.data import DataConfig, build_pretrain_loader
-from mv2mae.data.decode import channels_last
+from mv2mae.data.pixels import channels_last
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.embed import ToNormalizedClip
 from mv2mae.train import checkpoint as ckpt_io

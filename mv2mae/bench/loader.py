@@ -18,7 +18,6 @@ import math
 import os
 import platform
 import re
-import statistics
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
@@ -33,8 +32,9 @@ from rich.table import Table
 from torch.utils.data import DataLoader, IterableDataset
 
 from mv2mae.data import ClipGeometry, DataConfig, build_pretrain_loader
-from mv2mae.data.decode import collate_clips, crop_resize, decode_jpeg_rgb, to_video_tensor
+from mv2mae.data.loaders import collate_clips
 from mv2mae.data.motion import clip_token_motion
+from mv2mae.data.pixels import crop_resize, decode_jpeg_rgb, to_video_tensor
 from mv2mae.data.sampling import Crop, choose_views, random_resized_box, train_frame_indices
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.flops import pretrain_step_flops
@@ -198,10 +198,7 @@ def measure(loader: Iterable[dict], seconds: float, workers: int) -> dict:
     memory = _memory_mib(pids)
     del it
     rate = samples / elapsed
-    ring = getattr(loader, "ring", None)  # reused worker buffers (mv2mae.data.transport)
-    buffers = None if ring is None else dict(buffers=len(ring.leases), leased=sum(ring.leases.values()),
-                                             fresh=ring.unleased)
-    return dict(batch_buffers=buffers, samples=samples, seconds=round(elapsed, 2), samples_per_s=round(rate, 2),
+    return dict(samples=samples, seconds=round(elapsed, 2), samples_per_s=round(rate, 2),
                 samples_per_s_per_worker=round(rate / max(1, workers), 2),
                 worker_cpu_s=round(cpu, 2), samples_per_cpu_s=round(samples / max(cpu, 1e-9), 2),
                 worker_cpu_ms_per_sample=round(1e3 * cpu / samples, 3),
@@ -238,7 +235,13 @@ def device_decode_cost(model: ModelConfig, data_cfg: DataConfig, batches: int = 
     process decoding, cropping and resizing batches of plans on the CPU with one torch thread."""
     loader = build_pretrain_loader(model, replace(data_cfg, workers=0, decode_on="device"), batch_size=BATCH,
                                    seed=1, device="cpu")
-    decoder, loader.finish = loader.finish, None  # take the plans as the workers ship them
+    stages, loader.stages = loader.stages, ()  # take the plans as the workers ship them
+
+    def decoder(batch: dict) -> dict:
+        for stage in stages:  # decoding, cropping and resizing, then the clip's motion
+            batch = stage(batch)
+        return batch
+
     it = iter(loader)
     plans = [next(it) for _ in range(batches + 1)]
     threads = torch.get_num_threads()
@@ -275,7 +278,7 @@ def gpu_demand(measured: float, model_json: Path | None) -> tuple[float, str]:
 
 
 def _loader_rows() -> dict[str, tuple[str, dict]]:
-    """name -> (label, DataConfig changes); each loader reuses batch buffers where it does by default."""
+    """name -> (label, DataConfig changes)."""
     return {
         "cpu": ("shards, decode_on=cpu (uint8 video)", dict(decode_on="cpu")),
         "cpu_repeats": (f"shards, decode_on=cpu, data.repeats={REPEATS}", dict(decode_on="cpu", repeats=REPEATS)),
@@ -283,38 +286,18 @@ def _loader_rows() -> dict[str, tuple[str, dict]]:
     }
 
 
-def _shard_loader(model: ModelConfig, data_cfg: DataConfig, device: torch.device, reuse: bool | None = None):
-    loader = build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0, reuse_buffers=reuse, device=device,
+def _shard_loader(model: ModelConfig, data_cfg: DataConfig, device: torch.device):
+    loader = build_pretrain_loader(model, data_cfg, batch_size=BATCH, seed=0, device=device,
                                    pin_memory=device.type == "cuda")
     if device.type == "cpu":
         # decoding on this process's CPU would be the bottleneck and leave the workers idle: take their
         # plans as they come (what they cost is the row's figure); device_decode_cost times the decoding
-        loader.finish = None
+        loader.stages = ()
     return loader
 
 
-def ring_rounds(model: ModelConfig, data_cfg: DataConfig, device: torch.device, rounds: int, seconds: float,
-                workers: int) -> dict:
-    """The shared-memory batch ring (``mv2mae.data.transport``) on and off, per ``decode_on``: the two loaders
-    measured alternately, ``rounds`` times, so that swings of a shared machine's load fall on both; the
-    figure is the median of the per-round ratios of samples per worker CPU-second."""
-    out = {}
-    for decode_on in ("cpu", "device"):
-        options = replace(data_cfg, decode_on=decode_on)
-        loaders = {reuse: _shard_loader(model, options, device, reuse) for reuse in (True, False)}
-        rates: dict[bool, list[float]] = {True: [], False: []}
-        for k in range(rounds):
-            for reuse in (True, False) if k % 2 == 0 else (False, True):
-                rates[reuse].append(measure(loaders[reuse], seconds, workers)["samples_per_cpu_s"])
-        del loaders
-        out[decode_on] = dict(ring=rates[True], no_ring=rates[False],
-                              ratio=round(statistics.median(a / b for a, b in zip(rates[True], rates[False],
-                                                                                   strict=True)), 3))
-    return out
-
-
 def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, int], groups: int,
-              gpu_samples_per_s: float = 0.0, model_json: Path | None = None, ring_pairs: int = 4) -> dict:
+              gpu_samples_per_s: float = 0.0, model_json: Path | None = None) -> dict:
     """Every loader row (:func:`_loader_rows`) and the raw-video baseline. ``decode_on=device`` decodes on
     CUDA when there is one (end-to-end samples/s of a GPU); without one its rows measure the workers'
     share alone, and :func:`device_decode_cost` what decoding on this process's CPU costs per sample."""
@@ -329,7 +312,6 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
         loader = _shard_loader(model, replace(data_cfg, **changes), device)
         loaders[name] = measure(loader, seconds, workers)
         del loader
-    ring = ring_rounds(model, data_cfg, device, ring_pairs, seconds / 2, workers) if ring_pairs else None
     raw_loader = DataLoader(RawVideoClips(Path(data["raw"]), geom, data_cfg, seed=0), batch_size=BATCH,
                             num_workers=workers, persistent_workers=workers > 0, collate_fn=collate_clips)
     raw = measure(raw_loader, seconds, workers)
@@ -355,7 +337,6 @@ def run_bench(work: Path, *, workers: int, seconds: float, raw_size: tuple[int, 
         speedup_wall=ratio(cpu["samples_per_s"], raw["samples_per_s"]),
         speedup_cpu=ratio(cpu["samples_per_cpu_s"], raw["samples_per_cpu_s"]),
         device_vs_cpu_per_worker_cpu_s=ratio(dev["samples_per_cpu_s"], cpu["samples_per_cpu_s"]),
-        ring=ring,
         bars=dict(speedup_ge_20x=cpu["samples_per_s"] >= 20 * raw["samples_per_s"],
                   per_worker_cpu_ge_100=cpu["samples_per_cpu_s"] >= 100,
                   device_ge_3x_per_worker_cpu_s=dev["samples_per_cpu_s"] >= 3 * cpu["samples_per_cpu_s"]),
@@ -418,11 +399,6 @@ def print_report(r: dict) -> None:
     console.print(f"bar ≥ 20× raw (wall clock): {mark[bars['speedup_ge_20x']]} · ≥ 100 samples per worker "
                   f"CPU-second (cpu): {mark[bars['per_worker_cpu_ge_100']]} · device ≥ 3× cpu per worker "
                   f"CPU-second: {mark[bars['device_ge_3x_per_worker_cpu_s']]}")
-    if r["ring"]:
-        ring = r["ring"]
-        console.print(f"shared-memory batch ring, samples per worker CPU-second with / without (median of "
-                      f"{len(ring['cpu']['ring'])} paired rounds): decode_on=cpu {ring['cpu']['ratio']}×, "
-                      f"device {ring['device']['ratio']}×")
     f = r["jpeg_decode_floor"]
     console.print(f"JPEG decoding alone (cv2.imdecode, {f['ms_per_frame']} ms/frame, one process): {f['ms_per_sample']} "
                   f"ms per sample = at most {f['samples_per_cpu_s']} samples per CPU-second before any other work")

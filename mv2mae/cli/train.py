@@ -28,7 +28,7 @@ def _run_errors() -> tuple[type[BaseException], ...]:
     """What a run raises that the user can act on (imported when a command runs: torch stays out of
     ``--help``)."""
     from mv2mae.config import ConfigError
-    from mv2mae.data.transport import LoaderError
+    from mv2mae.data.workers import LoaderError
     from mv2mae.model.checkpoint import CheckpointError
     from mv2mae.shards.schema import ContractError
     from mv2mae.train.distributed import RankLost

@@ -26,6 +26,8 @@ h, w order (the model's token order).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -125,3 +127,17 @@ def clip_token_motion(clip: torch.Tensor, tubelet: int, patch: int) -> torch.Ten
     per_frame = rows.reshape(*lead, t - 1, h // patch, w // patch, patch * c).sum(dim=-1, dtype=torch.float32)
     per_frame = torch.cat([per_frame[..., :1, :, :], per_frame], dim=-3) / (c * patch * patch)  # frame 0 reuses 1's
     return per_frame.unflatten(-3, (t // tubelet, tubelet)).mean(dim=-3).flatten(-3)
+
+
+@dataclass(frozen=True)
+class ClipMotion:
+    """Stage 5 for ``decode_on=device``, in the training process after :class:`~mv2mae.data.pixels.DecodeOnDevice`:
+    a batch with decoded ``video`` [B, V, C, T, H, W] in, the same batch with ``motion`` [B, V, N]
+    (:func:`clip_token_motion` of those very pixels, as the workers compute it with ``decode_on=cpu``)
+    right after ``video``, as the cpu path orders the fields."""
+
+    geom: ClipGeometry
+
+    def __call__(self, batch: dict) -> dict:
+        motion = clip_token_motion(batch["video"], self.geom.tubelet, self.geom.patch)
+        return {"video": batch["video"], "motion": motion} | batch

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import torch
 
-from mv2mae.data.decode import to_video_tensor
+from mv2mae.data.pixels import to_video_tensor
 from mv2mae.model.checkpoint import load_checkpoint, load_feature_model
 
 

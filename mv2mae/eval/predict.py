@@ -19,7 +19,7 @@ import torch
 
 from mv2mae.config import RunConfig
 from mv2mae.data.config import ClipGeometry, DataConfig
-from mv2mae.data.decode import crop_resize, to_video_tensor
+from mv2mae.data.pixels import crop_resize, to_video_tensor
 from mv2mae.data.sampling import Crop, eval_boxes, eval_frame_indices
 from mv2mae.eval.embed import open_video, read_frames
 from mv2mae.eval.guards import require_finite_scores, require_finite_weights
