@@ -12,8 +12,8 @@ from train_helpers import TINY_MODEL
 from typer.testing import CliRunner
 
 from mv2mae.cli import app
-from mv2mae.data.datasets import ShardSplit
 from mv2mae.data.fingerprint import FINGERPRINT_FILE, shards_digest
+from mv2mae.data.splits import ShardSplit
 from mv2mae.eval.metrics import aggregate, topk_correct, video_predictions
 from mv2mae.eval.probe import knn_probe, linear_probe
 from mv2mae.model.checkpoint import load_checkpoint

@@ -285,7 +285,7 @@ def test_paired_differences_carry_a_t_interval_and_say_when_it_holds_zero():
 
 
 def test_a_few_label_split_keeps_the_first_subjects_of_the_split_it_names(study):
-    from mv2mae.data.datasets import ShardSplit
+    from mv2mae.data.splits import ShardSplit
     from mv2mae.shards.protocols import ProtocolError
     base, _, _ = study
     full = ShardSplit.open(base / "data", "synth_xview_all", "train")

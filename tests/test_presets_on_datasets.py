@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mv2mae.cli import app
 from mv2mae.config import load_config, preset_names
-from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.splits import ShardSplit
 from mv2mae.preprocess.pipeline import run
 from mv2mae.train import checkpoint as ckpt_io
 

@@ -10,7 +10,7 @@ from fixtures_data import session_synth_data
 from train_helpers import TINY_MODEL
 
 from mv2mae.config import PRESET_DIR, load_config, preset_names
-from mv2mae.data.datasets import ShardSplit
+from mv2mae.data.splits import ShardSplit
 from mv2mae.eval.evaluate import eval_loader
 from mv2mae.model import MV2MAE
 from mv2mae.shards.protocols import PROTOCOLS, select

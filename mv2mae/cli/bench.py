@@ -68,14 +68,13 @@ def bench_loader(
     gpu_samples_per_s: float = typer.Option(0.0, help="Measured ViT-S pretraining samples/s of one H100 "
                                                       "(0 = from --model-json, else a labelled assumption)."),
     model_json: Path = typer.Option(None, help="A `mv2mae bench model` or `bench gpu` JSON file from a GPU machine."),
-    ring_rounds: int = typer.Option(4, help="Paired rounds of the batch ring on/off per decode_on (0 = skip)."),
 ) -> None:
     """Pretraining samples/s from shards vs a raw-video (VideoMAE-style) loader; memory; workers per H100."""
     from mv2mae.bench.loader import print_report, run_bench
 
     w, h = parse_pair(raw_size, "x", "--raw-size")
     result = run_bench(work, workers=workers, seconds=seconds, raw_size=(w, h), groups=groups,
-                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json, ring_pairs=ring_rounds)
+                       gpu_samples_per_s=gpu_samples_per_s, model_json=model_json)
     print_report(result)
     write_json(json_out, result)
 

@@ -1,6 +1,6 @@
 """Per-token motion ``m_i`` for the objective (METHOD.md, Objective), from the clip or from the Zarr cache.
 
-``framediff`` (every preset's default; ``online`` is the same thing under its old name) is the method's
+``framediff`` (every preset's default) is the method's
 definition computed from the clip the model sees (:func:`clip_token_motion`): the mean absolute
 difference of consecutive *sampled* frames (``stride`` stored frames apart) inside each tubelet, on
 the cropped and resized uint8 pixels, in 0-255 grey levels; the first frame reuses the next difference.

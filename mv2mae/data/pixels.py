@@ -9,7 +9,7 @@
   the one :func:`resize_crops`.
 
 Frames stay uint8 RGB, so that motion can be computed from the same pixels the model sees (0-255 units);
-batches stay uint8 too, and the model normalises them (:class:`~mv2mae.model.embed.PixelNormalize`).
+batches stay uint8 too, and the model normalises them (:class:`~mv2mae.model.embed.ToNormalizedClip`).
 
 A packed sample crosses from a worker as:
 

@@ -21,8 +21,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from torch import nn
 
 from mv2mae.config import ConfigError, RunConfig
-from mv2mae.data.datasets import ShardSplit, check_pretrain_views
 from mv2mae.data.loaders import build_finetune_loader, build_pretrain_loader
+from mv2mae.data.splits import ShardSplit, check_pretrain_views
 from mv2mae.model.checkpoint import WEIGHT_GEOMETRY, config_of, init_classifier, init_mv2mae, load_checkpoint
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.config import ModelConfig
