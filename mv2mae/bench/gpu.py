@@ -5,6 +5,11 @@ Sections, cheapest and most telling first (a time budget skips what is left rath
 * ``checks``: a real batch of the ``decode_on=cpu`` loader is pinned and channels-last, keeps its
   strides across the copy to the device, and the model's normalisation runs there with the CPU's
   values; the ``decode_on=device`` batch of the same samples (nvJPEG) is within a stated distance of it;
+* ``syncs``: a short pretraining per ``decode_on`` under ``torch.cuda.set_sync_debug_mode("warn")``: the
+  synchronising calls torch reports, counted per step, must all fall on read steps (log, checkpoint: the
+  loop's module notes); those of the data path (fetching a step's batch, decoding it on the device) are
+  reported beside them (:class:`SyncLog` says how each is attributed). Not measurable on the CPU, where
+  ``tests/test_host_sync.py`` counts the host reads instead: there the same runs train and report so;
 * ``resume``: a short bf16 + ``torch.compile`` pretraining killed (SIGKILL) after a checkpoint and resumed
   continues the uninterrupted run's losses, within :data:`RESUME_RTOL` on CUDA (bf16 rounding and the
   non-deterministic atomics of some backward kernels), exactly on the CPU;
@@ -23,12 +28,17 @@ with the ``eager`` backend.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import warnings
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -46,9 +56,9 @@ from mv2mae.data.pixels import channels_last
 from mv2mae.model.config import ModelConfig
 from mv2mae.model.embed import ToNormalizedClip
 from mv2mae.train import checkpoint as ckpt_io
-from mv2mae.train.distributed import setup
+from mv2mae.train.distributed import DistEnv, setup
 from mv2mae.train.logs import read_log
-from mv2mae.train.loop import Trainer
+from mv2mae.train.loop import DataSource, Trainer
 from mv2mae.train.tasks import PretrainTask, ShardSource
 
 NO_CUDA = "no CUDA device"
@@ -57,6 +67,8 @@ RESUME_RTOL = 1e-2  # CUDA, bf16 + compile: relative loss difference allowed aft
 # which may differ by a few levels at sharp colour edges; on average well under one level
 NVJPEG_MEAN_LEVELS = 1.0
 WARMUP_LOG_STEPS = 20  # loader runs: log windows up to this step (compilation, workers starting) not counted
+SYNC_WARNING = "called a synchronizing CUDA operation"  # torch's warning under set_sync_debug_mode("warn")
+NOT_MEASURABLE = "not measurable on CPU (tests/test_host_sync.py counts the host reads there)"
 
 
 @dataclass
@@ -76,6 +88,9 @@ class GpuCheckSettings:
     workers: tuple[int, ...] = (2, 4, 8)
     resume_steps: int = 30
     resume_kill_after: int = 15  # checkpoint step after which the run is killed
+    sync_steps: int = 12  # syncs runs (resume_model): read steps 1, 5, 8, 10, 12; the other 7 must not sync
+    sync_log_every: int = 5
+    sync_ckpt_every: int = 8
     bench: ModelBenchSettings = field(default_factory=lambda: ModelBenchSettings(warmup=3, steps=10))
     compile_backend: str = "inductor"
     budget_s: float = 420.0  # sections not started by then are skipped; a started one finishes (<= ~8 min in all)
@@ -106,11 +121,12 @@ def run_gpu_check(s: GpuCheckSettings, device: torch.device, work: Path, data: P
     t0 = time.monotonic()
     model = ModelConfig.preset(s.model["preset"], **{k: v for k, v in s.model.items() if k != "preset"})
     result["checks"] = device_checks(data, model, s.batch, s.stride, device)
+    result["syncs"] = sync_runs(data, s, device, work / "syncs")
     result["resume"] = kill_and_resume(data, s, device, work / "resume")
     result["loader"] = loader_runs(data, s, device, work / "loader", deadline)
     result["model"] = gpu_section(s.bench, device, compile_backend=s.compile_backend, deadline=deadline)
     result["seconds"] = round(time.monotonic() - t0, 1)
-    result["passed"] = bool(result["checks"]["ok"] and result["resume"]["ok"])
+    result["passed"] = bool(result["checks"]["ok"] and result["syncs"]["ok"] and result["resume"]["ok"])
     return result
 
 
@@ -142,6 +158,150 @@ def device_checks(data: Path, model: ModelConfig, batch: int, stride: int, devic
                      and decode["video_on"].startswith(device.type) and decode["same_keys"]
                      and decode["mean_levels"] <= NVJPEG_MEAN_LEVELS)
     return out
+
+
+class SyncLog:
+    """The synchronising calls torch reports while :meth:`watching` (``set_sync_debug_mode("warn")``), each
+    attributed to the phase in progress when torch emits it, as ``(phase, step)``:
+
+    * ``("setup", 0)``: before the first batch is asked for (building the model, the optimiser, the log);
+    * ``("data", k)``: while the source fetches step k's batch (:class:`PhasedSource`): the DataLoader's
+      hand-over and, with ``decode_on=device``, nvJPEG decoding and clip motion in this process. The loop
+      asks for step k's batch at the start of step k, so this comes after step k-1's work and reads;
+    * ``("step", k)``: from the moment step k has its batch until step k+1's is asked for: the copy to the
+      device, forward, backward, clip, AdamW, EMA, then the loop's reads, log line and checkpoint of step k
+      (the last step's phase runs to the end of the run).
+
+    A warning raised in another thread (the DataLoader's pin-memory thread) counts in the phase the main
+    thread is in; its site names the thread. A site is the Python line that made the call (``file:line``)."""
+
+    def __init__(self) -> None:
+        self.phase: tuple[str, int] = ("setup", 0)
+        self.events: list[tuple[str, int, str]] = []  # (phase, step, site)
+        self.forward = warnings.showwarning  # where other warnings go (taken again on entering recording)
+
+    def record(self, message: Warning | str, category: type[Warning], filename: str, lineno: int, *rest: Any) -> None:
+        if SYNC_WARNING not in str(message):
+            self.forward(message, category, filename, lineno, *rest)
+            return
+        thread = threading.current_thread()
+        where = "" if thread is threading.main_thread() else f" ({thread.name})"
+        self.events.append((*self.phase, f"{Path(filename).name}:{lineno}{where}"))
+
+    @contextlib.contextmanager
+    def watching(self) -> Iterator[None]:
+        """Sync debug mode "warn" on (CUDA), its warnings recorded, then off."""
+        with self.recording():
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """Every warning that says :data:`SYNC_WARNING` recorded (not only the first of each line, as by
+        default); other warnings go where they went."""
+        with warnings.catch_warnings():
+            warnings.filterwarnings("always", message=SYNC_WARNING)
+            self.forward, warnings.showwarning = warnings.showwarning, self.record
+            yield
+
+    def count(self, phase: str, step: int) -> int:
+        return sum(1 for p, k, _ in self.events if (p, k) == (phase, step))
+
+    def sites(self, phase: str, steps: set[int]) -> dict[str, int]:
+        return dict(Counter(site for p, k, site in self.events if p == phase and k in steps).most_common())
+
+
+class PhasedSource:
+    """A training data source that tells ``log`` which step's batch it is fetching and when the step has it
+    (``accum`` micro-batches a step)."""
+
+    def __init__(self, source: DataSource, log: SyncLog, accum: int) -> None:
+        self.source, self.log, self.accum = source, log, accum
+
+    def samples_per_epoch(self) -> int | None:
+        return self.source.samples_per_epoch()
+
+    def describe(self) -> str:
+        return self.source.describe()
+
+    def batches(self, start: int) -> Iterator[Any]:
+        with contextlib.closing(self.source.batches(start)) as inner:
+            for n in itertools.count(start):
+                step = n // self.accum + 1
+                self.log.phase = ("data", step)
+                batch = next(inner, None)
+                if batch is None:
+                    return
+                self.log.phase = ("step", step)
+                yield batch
+
+
+def read_steps(steps: int, log_every: int, ckpt_every: int) -> tuple[list[int], list[int]]:
+    """The steps a pretraining run (no validation, no stop) logs, and all those it reads the device on
+    (logged or checkpointed): the rule of the loop's module notes."""
+    logged = [k for k in range(1, steps + 1) if k % log_every == 0 or k in (1, steps)]
+    return logged, sorted(set(logged) | {k for k in range(1, steps + 1) if k % ckpt_every == 0})
+
+
+def sync_runs(data: Path, s: GpuCheckSettings, device: torch.device, work: Path) -> dict[str, Any]:
+    """A ``sync_steps`` pretraining of ``resume_model`` per ``decode_on`` (bf16 on CUDA, not compiled): on
+    CUDA, the synchronising calls of every step (:class:`SyncLog`); the section fails if a step that is not
+    a read step synchronised, or if a read step showed none (the count would then prove nothing). The data
+    path's calls are reported, not failed: the claim checked is the loop's (the issue's "a training step"),
+    and a decoder that hands its images back after a stream sync costs the host its head start on the
+    device however the loop is written; the figure and its sites say whether it does. torch flags only the
+    syncs it makes itself (a tensor read, a copy to the host, ``nonzero`` and the like, a synchronize call):
+    one inside another library's CUDA code (torchvision's nvJPEG) or in ``torch.distributed`` goes unseen.
+    On the CPU the same runs train and must log on the same steps."""
+    cuda = device.type == "cuda"
+    logged, reads = read_steps(s.sync_steps, s.sync_log_every, s.sync_ckpt_every)
+    env = setup(str(device))
+    runs = [_sync_run(data, s, device, env, work / decode_on, decode_on, logged, reads)
+            for decode_on in ("cpu", "device")]
+    return {"measured": cuda, "syncs": None if cuda else NOT_MEASURABLE, "steps": s.sync_steps,
+            "read_steps": reads, "runs": runs, "ok": all(run["ok"] for run in runs)}
+
+
+def _sync_run(data: Path, s: GpuCheckSettings, device: torch.device, env: DistEnv, run_dir: Path, decode_on: str,
+              logged: list[int], reads: list[int]) -> dict[str, Any]:
+    cuda = device.type == "cuda"
+    cfg = resolve(_run_config(data, s, s.resume_model, s.sync_steps, device,
+                              data={"workers": s.workers[0], "decode_on": decode_on},
+                              loop={"log_every": s.sync_log_every, "ckpt_every": s.sync_ckpt_every}))
+    log = SyncLog()
+    source = PhasedSource(ShardSource(cfg, env, "pretrain"), log, cfg.optim.accum_steps)
+    start = time.monotonic()
+    with _quiet(run_dir), (log.watching() if cuda else contextlib.nullcontext()):
+        Trainer(cfg, PretrainTask(cfg), source, run_dir, env).fit()
+    records = read_log(run_dir)
+    out: dict[str, Any] = {"decode_on": decode_on, "wall_s": round(time.monotonic() - start, 1),
+                           "final_loss": records[-1]["loss"], "logged_steps": [r["step"] for r in records]}
+    problems = [] if out["logged_steps"] == logged else [f"logged steps {out['logged_steps']}, expected {logged}"]
+    if not cuda:
+        per_step = [{"step": k, "read": k in reads, "step_syncs": None, "data_syncs": None}
+                    for k in range(1, s.sync_steps + 1)]
+        return out | {"per_step": per_step, "problems": problems, "ok": not problems}
+    report = sync_report(log, s.sync_steps, reads)
+    problems += report["problems"]
+    return out | report | {"problems": problems, "ok": not problems}
+
+
+def sync_report(log: SyncLog, steps: int, reads: list[int]) -> dict[str, Any]:
+    """Each step's synchronising calls, in the step and in its data path; the problems: a step that is not
+    in ``reads`` synchronised (named with the sites), or a read step showed none (nothing was seen)."""
+    per_step = [{"step": k, "read": k in reads, "step_syncs": log.count("step", k), "data_syncs": log.count("data", k)}
+                for k in range(1, steps + 1)]
+    unread = set(range(1, steps + 1)) - set(reads)
+    synced = [row["step"] for row in per_step if row["step"] in unread and row["step_syncs"]]
+    problems = [f"steps {synced} synchronised though they read nothing, at {log.sites('step', unread)}"] if synced else []
+    if not all(row["step_syncs"] for row in per_step if row["read"]):
+        problems.append("a read step showed no synchronising call: the warnings were not seen, nothing is proven")
+    return {"per_step": per_step, "setup_syncs": log.count("setup", 0), "unread_steps_that_synced": synced,
+            "data_syncs_on_unread_steps": sum(row["data_syncs"] for row in per_step if row["step"] in unread),
+            "data_sites": log.sites("data", set(range(1, steps + 1))), "problems": problems}
 
 
 def _run_config(root: Path, s: GpuCheckSettings, model: dict[str, Any], steps: int, device: torch.device,
@@ -248,6 +408,7 @@ def markdown(r: dict[str, Any]) -> str:
               f"| normalised on | {c['normalised_on']} (max diff vs CPU {c['normalised_max_diff_vs_cpu']:.1e}) |",
               f"| decode_on=device vs cpu (video on {d['video_on']}) | max {d['max_levels']:.0f}, mean "
               f"{d['mean_levels']:.3f} levels (allowed mean {d['mean_levels_allowed']}) |"]
+    lines += syncs_markdown(r["syncs"])
     rs = r["resume"]
     detail = (f"max relative loss difference {rs['max_rel_diff']:.2e} over steps {rs['compared_steps']} "
               f"(allowed {rs['rtol']})" if "max_rel_diff" in rs else rs.get("error", ""))
@@ -273,6 +434,23 @@ def markdown(r: dict[str, Any]) -> str:
         mem = f"{row['peak_memory_gib']:.1f}" if row["peak_memory_gib"] is not None else "n/a"
         lines.append(f"{head} {1e3 * row['step_s']:.1f} | {row['samples_per_s']:.1f} | {mfu} | {mem} |")
     return "\n".join(lines) + "\n"
+
+
+def syncs_markdown(sy: dict[str, Any]) -> list[str]:
+    """The ``syncs`` rows: per run, the synchronising calls of each step (``*``: a read step) and of the data
+    path, and the steps that synchronised though they read nothing (must be none)."""
+    lines = []
+    for run in sy["runs"]:
+        head = f"| host-device syncs, decode_on={run['decode_on']}, {sy['steps']} steps |"
+        if not sy["measured"]:
+            lines.append(f"{head} {'; '.join(run['problems']) or 'ran'}: {sy['syncs']} |")
+            continue
+        steps = " ".join(f"{row['step']}{'*' if row['read'] else ''}:{row['step_syncs']}" for row in run["per_step"])
+        data = " ".join(str(row["data_syncs"]) for row in run["per_step"])
+        verdict = "FAILED: " + "; ".join(run["problems"]) if run["problems"] else "ok: only read steps (*) synchronised"
+        sites = f"; data path sites {run['data_sites']}" if run["data_sites"] else ""
+        lines.append(f"{head} {verdict}; per step (step:calls) {steps}; data path per step {data}{sites} |")
+    return lines
 
 
 def print_gpu_check(r: dict[str, Any]) -> None:

@@ -198,8 +198,9 @@ def bench_gpu(
     budget_s: float = typer.Option(None, help="Seconds after which sections still to run are skipped."),
 ) -> None:
     """Every CUDA-only path in one run (`make gpu-check`): pinned channels-last batches and device-side
-    normalisation, nvJPEG decoding, kill -9 + resume under bf16 + compile, loader throughput and data wait
-    at 2/4/8 workers, and the model's bf16 step (MFU, memory, compile)."""
+    normalisation, nvJPEG decoding, no host-device sync outside read steps, kill -9 + resume under bf16 +
+    compile, loader throughput and data wait at 2/4/8 workers, and the model's bf16 step (MFU, memory,
+    compile)."""
     import torch
 
     from mv2mae.bench.gpu import NO_CUDA, GpuCheckSettings, markdown, print_gpu_check, run_gpu_check
@@ -220,7 +221,7 @@ def bench_gpu(
         markdown_out.parent.mkdir(parents=True, exist_ok=True)
         markdown_out.write_text(markdown(result))
     if not result["passed"]:
-        fail("gpu check failed: see the checks and resume rows above")
+        fail("gpu check failed: see the checks, syncs and resume rows above")
 
 
 def register(app: typer.Typer, bench_app: typer.Typer, shards_app: typer.Typer) -> None:
