@@ -431,12 +431,11 @@ def ema_update_unless(ema: ModelEmaV3, model: nn.Module, step: int, bad: torch.T
     with no host read: the lerp weight 1 - decay becomes a device tensor, 0 on a skipped step (the lerp
     kernels compute the same float32 result with that weight as a tensor as with a Python float)."""
     weight = torch.where(bad > 0, 0.0, 1.0 - ema.get_decay(step))
-    floats = [(e, m) for e, m in zip(ema.module.state_dict().values(), model.state_dict().values(), strict=True)
-              if e.is_floating_point()]
-    if floats:
-        torch._foreach_lerp_([e for e, _ in floats], [m for _, m in floats], [weight] * len(floats))
+    # one public lerp_ per tensor (timm batches them through the private torch._foreach_lerp_: same result)
     for e, m in zip(ema.module.state_dict().values(), model.state_dict().values(), strict=True):
-        if not e.is_floating_point():  # integer buffers are copied, as timm does, unless the step was skipped
+        if e.is_floating_point():
+            e.lerp_(m, weight)
+        else:  # integer buffers are copied, as timm does, unless the step was skipped
             e.copy_(torch.where(bad > 0, e, m))
 
 
