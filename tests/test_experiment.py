@@ -4,7 +4,9 @@ aggregation (mean ± std over seeds, paired differences) on known numbers."""
 
 import json
 import math
+import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,9 +19,11 @@ from mv2mae.experiment.plan import PLAN_DIR, PlanError, load_plan
 from mv2mae.experiment.report import shown_source
 from mv2mae.experiment.results import paired, summarize
 from mv2mae.experiment.runner import DONE, LEDGER, StudyError, check_no_leak, prepare_dataset, stage_names
-from mv2mae.experiment.verify import compare
+from mv2mae.experiment.verify import compare, parse_stage
 from mv2mae.shards.schema import read_index
 from mv2mae.train.logs import read_log
+
+REPO = Path(__file__).resolve().parents[1]
 
 SEEDS = [0, 1]
 
@@ -399,3 +403,14 @@ def test_a_dataset_folder_other_than_the_plans_pinned_shards_is_refused(study, t
     assert not (tmp_path / "a" / "runs").exists()
     right = write_plan(tmp_path / "right.yaml", tiny_plan(base, dataset={**spec, "shards_sha256": digest}))
     assert prepare_dataset(load_plan(right), tmp_path / "b", print) == base / "data"
+
+
+def test_every_stage_the_docs_tell_a_user_to_verify_exists_in_its_plan():
+    """A ``--verify --stage`` command in the README or a study's README names a stage its plan runs (the
+    README once named ``eval-transfer``, which no arm has); placeholders (``--plan P``, ``runs/ARM/…``) aside."""
+    docs = [REPO / "README.md", *sorted((REPO / "experiments").glob("*/README.md"))]
+    commands = [m for doc in docs for m in re.finditer(r"--plan ([a-z][\w-]*) [^`\n]*--stage (runs/[\w-]+/seed\d+/[\w-]+)", doc.read_text())]
+    assert commands, "no --verify --stage command found in the docs"
+    for match in commands:
+        plan = load_plan(match.group(1))
+        parse_stage(plan, match.group(2))  # raises StudyError naming the arm's stages when it is not one
