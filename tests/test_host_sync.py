@@ -28,13 +28,26 @@ READS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index
          "nonzero", "masked_select", "unique")
 
 
+# what builds a tensor on a device from host data (on CUDA a copy from pageable memory the host waits for)
+COPIES = ("tensor", "as_tensor")
+
+
 class Reads:
-    """Counts calls of the tensor methods in READS while active."""
+    """Counts calls of the tensor methods in READS, and of the COPIES given a ``device``, while active."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: Counter[str] = Counter()
         for name in READS:
             monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+        for name in COPIES:
+            monkeypatch.setattr(torch, name, self._counting_copies(name, getattr(torch, name)))
+
+    def _counting_copies(self, name: str, make: Any) -> Any:
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("device") is not None:
+                self.calls[f"torch.{name}(device=)"] += 1
+            return make(*args, **kwargs)
+        return counted
 
     def _counting(self, name: str, method: Any) -> Any:
         def counted(*args: Any, **kwargs: Any) -> Any:

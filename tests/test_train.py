@@ -7,7 +7,7 @@ import pytest
 import torch
 from train_helpers import GlobalBatchSource, SimulatedCrash, tiny_config
 
-from mv2mae.model.checkpoint import load_checkpoint, load_encoder, save_model_state
+from mv2mae.model.checkpoint import load_checkpoint, load_encoder, save_model_state, write_checkpoint
 from mv2mae.model.classifier import VideoClassifier
 from mv2mae.model.mv2mae import MV2MAE
 from mv2mae.train import checkpoint as ckpt_io
@@ -57,6 +57,25 @@ def test_resume_after_a_crash_continues_the_same_loss_curve(tmp_path, stage):
         ema = ckpt_io.load_run(ckpt_io.latest(tmp_path / "straight"))["ema"]
         assert all(torch.allclose(state["ema"][k], v, rtol=1e-5, atol=1e-7) for k, v in ema.items())
         assert not all(torch.equal(state["ema"][k], state["model"][k]) for k in ema)
+
+
+def test_a_checkpoint_of_the_unfused_cpu_optimiser_resumes_with_the_same_losses(tmp_path):
+    """Before the loop skipped non-finite steps on the device, CPU runs saved AdamW with ``fused: False``;
+    the resumed run keeps its own (fused) kernel, which alone takes ``found_inf``, and continues the curve."""
+    cfg = tiny_config("pretrain")
+    fit(cfg, GlobalBatchSource(cfg), tmp_path / "straight")
+    crashed = tmp_path / "crashed"
+    with pytest.raises(SimulatedCrash):
+        fit(cfg, GlobalBatchSource(cfg, crash_after=4), crashed)
+    path = ckpt_io.latest(crashed)
+    state = ckpt_io.load_run(path)
+    for group in state["optimizer"]["param_groups"]:  # as 56fd118 wrote it on the CPU
+        group.update(fused=False, foreach=None)
+    write_checkpoint(state, path)
+    fit(cfg, GlobalBatchSource(cfg), crashed, resume="auto")
+    assert ckpt_io.load_run(ckpt_io.latest(crashed))["optimizer"]["param_groups"][0]["fused"] is True
+    for (s1, a), (s2, b) in zip(losses(tmp_path / "straight"), losses(crashed), strict=True):
+        assert s1 == s2 and a == pytest.approx(b, rel=1e-6, abs=1e-7), f"step {s1}: {a} vs {b}"
 
 
 def test_finetuning_keeps_the_best_validation_top1_not_the_lowest_loss(tmp_path):
@@ -124,7 +143,7 @@ def test_layer_decay_groups_cover_every_parameter_exactly_once():
     decay = {n: g["weight_decay"] for g in groups for n, p in model.named_parameters() if any(p is q for q in g["params"])}
     assert decay["head.bias"] == 0.0 and decay["head.weight"] == 0.05
     # the optimiser keeps the groups and the scheduler applies lr_scale on top of the scaled lr
-    opt = build_optimizer(model, cfg, world_size=1, device=torch.device("cpu"))
+    opt = build_optimizer(model, cfg, world_size=1)
     assert sum(len(g["params"]) for g in opt.param_groups) == len(seen)
 
 
@@ -139,7 +158,7 @@ def test_weight_decay_skips_mask_tokens_biases_and_norms_by_name(stage):
     mask tokens, biases or norms; position tables are fixed buffers, not parameters at all."""
     cfg = tiny_config(stage, "optim.weight_decay=0.05")
     model = MV2MAE(cfg.model) if stage == "pretrain" else VideoClassifier(cfg.model, num_classes=5)
-    decay = decay_by_name(model, build_optimizer(model, cfg, world_size=1, device=torch.device("cpu")))
+    decay = decay_by_name(model, build_optimizer(model, cfg, world_size=1))
     assert not any("pos_embed" in name for name in decay)
     undecayed = {n for n, wd in decay.items() if wd == 0.0}
     expected = {n for n in decay if n.endswith((".bias", "mask_token")) or ".norm" in n or "norm." in n}

@@ -58,7 +58,7 @@ from mv2mae.model.embed import ToNormalizedClip
 from mv2mae.train import checkpoint as ckpt_io
 from mv2mae.train.distributed import DistEnv, setup
 from mv2mae.train.logs import read_log
-from mv2mae.train.loop import DataSource, Trainer
+from mv2mae.train.loop import DataSource, Trainer, scheduled
 from mv2mae.train.tasks import PretrainTask, ShardSource
 
 NO_CUDA = "no CUDA device"
@@ -242,8 +242,8 @@ class PhasedSource:
 def read_steps(steps: int, log_every: int, ckpt_every: int) -> tuple[list[int], list[int]]:
     """The steps a pretraining run (no validation, no stop) logs, and all those it reads the device on
     (logged or checkpointed): the rule of the loop's module notes."""
-    logged = [k for k in range(1, steps + 1) if k % log_every == 0 or k in (1, steps)]
-    return logged, sorted(set(logged) | {k for k in range(1, steps + 1) if k % ckpt_every == 0})
+    marks = {k: scheduled(k, steps, log_every, ckpt_every) for k in range(1, steps + 1)}
+    return [k for k, (logged, _) in marks.items() if logged], [k for k, m in marks.items() if any(m)]
 
 
 def sync_runs(data: Path, s: GpuCheckSettings, device: torch.device, work: Path) -> dict[str, Any]:

@@ -36,6 +36,7 @@ count on); ``decode_on=cpu`` skips such groups, and ``mv2mae shards verify`` fin
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 
@@ -110,8 +111,7 @@ def resize_crops(crops: torch.Tensor, size: int, flip: bool = False) -> torch.Te
     to the nearest level. Against cv2's fixed-point bilinear a pixel may differ by one level."""
     h, w = crops.shape[-2:]
     if min(h, w) > 2 * size:
-        rows, cols = (torch.from_numpy(area_matrix(0, extent, size, 1, extent)).to(crops.device, torch.float32)
-                      for extent in (h, w))
+        rows, cols = (_area_weights(extent, size, crops.device) for extent in (h, w))
         resized = _to_levels(rows @ crops.float() @ cols.T)
     elif crops.device.type == "cpu":
         crops = crops.contiguous(memory_format=torch.channels_last)
@@ -119,6 +119,13 @@ def resize_crops(crops: torch.Tensor, size: int, flip: bool = False) -> torch.Te
     else:
         resized = _to_levels(F.interpolate(crops.float(), size=(size, size), mode="bilinear", align_corners=False))
     return resized.flip(-1) if flip else resized
+
+
+@functools.lru_cache(maxsize=256)
+def _area_weights(extent: int, size: int, device: torch.device) -> torch.Tensor:
+    """float32 [size, extent] area-averaging weights on ``device``, made once per shape (a copy to a GPU
+    per view would make the host wait for it)."""
+    return torch.from_numpy(area_matrix(0, extent, size, 1, extent)).to(device, torch.float32)
 
 
 def _to_levels(pixels: torch.Tensor) -> torch.Tensor:

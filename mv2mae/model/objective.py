@@ -15,6 +15,7 @@ tubelet's values are laid out (tubelet, patch, patch, channel) as in VideoMAE an
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -51,10 +52,18 @@ def unpatchify(patches: torch.Tensor, grid: tuple[int, int, int], tubelet: int, 
 
 def denormalise(video: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Undo the mean/std input normalisation: [..., C, T, H, W] -> pixels in [0, 1]."""
-    shape = (cfg.channels, 1, 1, 1)
-    mean = torch.tensor(cfg.pixel_mean, device=video.device, dtype=video.dtype).view(shape)
-    std = torch.tensor(cfg.pixel_std, device=video.device, dtype=video.dtype).view(shape)
+    mean, std = _pixel_stats(tuple(cfg.pixel_mean), tuple(cfg.pixel_std), video.device, video.dtype)
     return video * std + mean
+
+
+@functools.lru_cache(maxsize=16)
+def _pixel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+                 dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [C, 1, 1, 1] statistics on ``device``, made once: a tensor built from Python numbers on a GPU is a
+    copy the host waits for, which every training step would otherwise make."""
+    shape = (len(mean), 1, 1, 1)
+    return (torch.tensor(mean, device=device, dtype=dtype).view(shape),
+            torch.tensor(std, device=device, dtype=dtype).view(shape))
 
 
 def tubelet_stats(patches: torch.Tensor, channels: int) -> tuple[torch.Tensor, torch.Tensor]:

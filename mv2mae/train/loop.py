@@ -15,8 +15,9 @@ batch and those three numbers only: resuming replays the same randomness, and a 
 same masks and dropout as one process accumulating the same global batch in two micro-steps.
 
 The host reads the device only on *read steps*: log steps (every ``loop.log_every``, the first and the
-last), checkpoint steps and validation steps. Between them a step queues its work and goes on, as
-nanoGPT's loop does; its scalars stay device tensors and are reduced over ranks with one stacked
+last), checkpoint steps and validation steps (:func:`scheduled`), and, on rank 0, picture steps
+(``loop.recon_every``: the picture is drawn from the step's batch). Between them a step queues its work
+and goes on, as nanoGPT's loop does; its scalars stay device tensors and are reduced over ranks with one stacked
 all-reduce at the read. So:
 
 - a step with a non-finite loss or gradient norm on any rank is skipped on every rank, exactly, without
@@ -69,6 +70,8 @@ from mv2mae.train.runlock import run_lock
 
 # optimiser param-group entries that come from the run config (not from a resumed checkpoint)
 _CONFIG_GROUP_KEYS = ("weight_decay", "betas", "lr_scale", "initial_lr")
+# param-group entries that choose the optimiser's kernel: this run's, whatever the checkpoint says
+_KERNEL_GROUP_KEYS = ("fused", "foreach", "capturable")
 
 
 @dataclass
@@ -164,7 +167,7 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[env.device.index] if env.device.type == "cuda" else None)
         self.ddp = model if env.distributed else None
         self.model = torch.compile(model) if cfg.loop.compile else model
-        self.optimizer = build_optimizer(self.raw_model, cfg, env.world_size, env.device)
+        self.optimizer = build_optimizer(self.raw_model, cfg, env.world_size)
         self.scheduler = build_scheduler(self.optimizer, cfg, env.world_size, self.steps, self.warmup)
         # bf16 needs no loss scaling; a (disabled) scaler's state is kept so checkpoints have one layout
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=False)
@@ -191,6 +194,10 @@ class Trainer:
         # loaded: it is a pure function of the step, so an unchanged config resumes exactly and a
         # longer --set steps=… gets its own cosine instead of the finished one's minimum lr
         fresh = [{k: g[k] for k in _CONFIG_GROUP_KEYS if k in g} for g in self.optimizer.param_groups]
+        # and the kernel: a CPU checkpoint written before AdamW was fused everywhere says fused=False, and only
+        # the fused kernel takes the loop's found_inf (set before loading, so the moments land where it wants)
+        for saved, group in zip(state["optimizer"]["param_groups"], self.optimizer.param_groups, strict=True):
+            saved.update({k: group[k] for k in _KERNEL_GROUP_KEYS if k in group})
         self.optimizer.load_state_dict(state["optimizer"])
         for group, values in zip(self.optimizer.param_groups, fresh, strict=True):
             group.update(values)
@@ -311,8 +318,8 @@ class Trainer:
             step, last = self.step, self.step == self.steps
             picture = loop.recon_every and (step % loop.recon_every == 0 or last) and self.env.is_main
             validate = self.validate is not None and (step % val_every == 0 or last)
-            checkpoint = step % loop.ckpt_every == 0 or last or validate
-            logged = step % loop.log_every == 0 or step == 1 or last or validate
+            logged, checkpoint = scheduled(step, self.steps, loop.log_every, loop.ckpt_every)
+            logged, checkpoint = logged or validate, checkpoint or validate
             # any rank's stop signal stops every rank after this step (a scheduler's grace period is short);
             # agreed host to host, so the device is not waited for
             stop = self.any_rank_stop(self.stops.signum)
@@ -425,6 +432,13 @@ class Trainer:
         return torch.nn.utils.clip_grad_norm_(params, max_norm).detach().float()
 
 
+def scheduled(step: int, steps: int, log_every: int, ckpt_every: int) -> tuple[bool, bool]:
+    """Whether ``step`` of ``steps`` is logged (every ``log_every``, the first and the last) and whether it
+    is checkpointed (every ``ckpt_every`` and the last), validation aside: the read steps' rule."""
+    last = step == steps
+    return step % log_every == 0 or step == 1 or last, step % ckpt_every == 0 or last
+
+
 @torch.no_grad()
 def ema_update_unless(ema: ModelEmaV3, model: nn.Module, step: int, bad: torch.Tensor) -> None:
     """timm's ``ModelEmaV3.update(model, step)`` where ``bad`` (a device flag) is 0, nothing where it is 1,
@@ -467,7 +481,6 @@ class _Window:
     counters; and, on the host, timings and samples since the last log line."""
 
     def __init__(self, device: torch.device) -> None:
-        self.device = device
         self.terms: dict[str, torch.Tensor] = {}
         self.grad_norm = torch.zeros((), device=device)
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)

@@ -23,9 +23,9 @@ def param_groups(model: nn.Module, weight_decay: float, layer_decay: float = 1.0
     return param_groups_weight_decay(model, weight_decay=weight_decay, no_weight_decay_list=skip)
 
 
-def build_optimizer(model: nn.Module, cfg: RunConfig, world_size: int, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW, fused on every device: the loop skips a non-finite step through its ``found_inf`` (which only
-    the fused kernel honours), and a CPU run (CI) exercises the kernel a CUDA run uses."""
+def build_optimizer(model: nn.Module, cfg: RunConfig, world_size: int) -> torch.optim.Optimizer:
+    """AdamW, fused on every device: the loop skips a non-finite step through its ``found_inf``, which only
+    the fused kernels honour (CPU and CUDA have one each), so a CPU run (CI) exercises that skip."""
     peak, _, _ = cfg.scaled_lr(world_size)
     groups = param_groups(model, cfg.optim.weight_decay, cfg.optim.layer_decay)
     return torch.optim.AdamW(groups, lr=peak, betas=cfg.optim.betas, fused=True)
