@@ -50,6 +50,7 @@ from rich.markdown import Markdown
 
 from mv2mae.bench.loader import prepare
 from mv2mae.bench.model import PEAK_BF16, ModelBenchSettings, gpu_rows_table, gpu_section
+from mv2mae.bench.train import console_into
 from mv2mae.config import resolve
 from mv2mae.data import DataConfig, build_pretrain_loader
 from mv2mae.data.pixels import channels_last
@@ -274,7 +275,7 @@ def _sync_run(data: Path, s: GpuCheckSettings, device: torch.device, env: DistEn
     log = SyncLog()
     source = PhasedSource(ShardSource(cfg, env, "pretrain"), log, cfg.optim.accum_steps)
     start = time.monotonic()
-    with _quiet(run_dir), (log.watching() if cuda else contextlib.nullcontext()):
+    with console_into(run_dir), (log.watching() if cuda else contextlib.nullcontext()):
         Trainer(cfg, PretrainTask(cfg), source, run_dir, env).fit()
     records = read_log(run_dir)
     out: dict[str, Any] = {"decode_on": decode_on, "wall_s": round(time.monotonic() - start, 1),
@@ -333,7 +334,7 @@ def loader_runs(data: Path, s: GpuCheckSettings, device: torch.device, work: Pat
                                       data={"workers": workers, "decode_on": decode_on},
                                       loop={"log_every": 10, "ckpt_every": 10 * s.loader_steps}))
             start = time.monotonic()
-            with _quiet(run_dir):
+            with console_into(run_dir):
                 Trainer(cfg, PretrainTask(cfg), ShardSource(cfg, env, "pretrain"), run_dir, env).fit()
             logged = read_log(run_dir)
             steady = [r for r in logged if r["step"] > WARMUP_LOG_STEPS] or logged
@@ -342,15 +343,6 @@ def loader_runs(data: Path, s: GpuCheckSettings, device: torch.device, work: Pat
                                "data_wait": statistics.median(r["data_wait"] for r in steady),
                                "final_loss": logged[-1]["loss"]})
     return rows
-
-
-@contextlib.contextmanager
-def _quiet(run_dir: Path):
-    """A run's console output (config, progress) into its folder rather than over the check's tables."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "console.txt", "w") as sink, contextlib.redirect_stdout(sink), \
-            contextlib.redirect_stderr(sink):
-        yield
 
 
 def kill_and_resume(data: Path, s: GpuCheckSettings, device: torch.device, work: Path) -> dict[str, Any]:

@@ -116,9 +116,10 @@ def measured(run_dir: Path, s: TrainBenchSettings, batch: int, wall_s: float) ->
 
 
 @contextlib.contextmanager
-def _console_into(run_dir: Path) -> Iterator[None]:
-    """A run's own output (its config, progress lines) into its folder, not over the benchmark's table."""
-    run_dir.mkdir(parents=True)
+def console_into(run_dir: Path) -> Iterator[None]:
+    """A run's own output (its config, progress lines) into ``run_dir/console.txt``, not over a benchmark's
+    tables (``bench train`` and ``bench gpu``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "console.txt", "w") as sink, contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
         yield
 
@@ -130,7 +131,7 @@ def one_run(kind: str, cfg: RunConfig, env: DistEnv, run_dir: Path, s: TrainBenc
     what a busy machine distorts less than the wall clock."""
     shutil.rmtree(run_dir, ignore_errors=True)
     start, cpu_before = time.monotonic(), _cpu_seconds()
-    with _console_into(run_dir):
+    with console_into(run_dir):
         if kind == "end_to_end":
             fit_stage(cfg, run_dir, env)
         else:
