@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import multiprocessing
 import os
 import pickle
 import shutil
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -207,6 +209,12 @@ def test_too_many_bad_groups_stop_the_run_with_one_clear_line(tampered):
             pass
     message = str(caught.value)
     assert "data.max_bad_samples=1" in message and "Traceback" not in message and "\n" not in message
+    # and the loader is done: its worker ends now, though the error (held here) keeps its traceback, rather
+    # than at exit, where the SIGTERM it would be sent holds the process for the worker's grace
+    deadline = time.monotonic() + 10
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not multiprocessing.active_children()
 
 
 def test_a_motion_cache_of_the_wrong_shape_or_metadata_of_the_wrong_type_is_a_bad_sample(tmp_path_factory):

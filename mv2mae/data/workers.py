@@ -152,10 +152,10 @@ def _deadline(seconds: float) -> Iterator[None]:
 class Batches:
     """A DataLoader iterated under the guards (module notes), each batch then passed through ``stages`` in
     this process, in order (decoding on the device, then clip motion: ``mv2mae.data.loaders``). A loader
-    whose workers died or stalled is done: a stopped worker is woken (``pids``) and the DataLoader and its
-    iterator dropped at once (the frames of the error's traceback would otherwise keep the iterator, and
-    with it the DataLoader's watch on its workers' exits, alive), so that its shutdown ends the workers
-    (and the failing process can exit)."""
+    that raised is done (a worker's own error, one that died or stalled, a stage's): a stopped worker is
+    woken (``pids``) and the DataLoader and its iterator dropped at once (the frames of the error's
+    traceback would otherwise keep the iterator, and with it the DataLoader's watch on its workers' exits,
+    alive), so that its shutdown ends the workers (and the failing process can exit)."""
 
     def __init__(self, loader: torch.utils.data.DataLoader, pids: WorkerPids | None = None,
                  stages: tuple[Callable[[dict], dict], ...] = ()):
@@ -171,11 +171,13 @@ class Batches:
             yield from self._batches(timeout)
         except Exception as e:
             error = _worker_error(e, timeout)
-            if isinstance(error, LoaderError):
-                if self.pids is not None:
-                    self.pids.wake()
-                self.loader = None
-                traceback.clear_frames(e.__traceback__)
+            if isinstance(error, LoaderError) and self.pids is not None:
+                self.pids.wake()
+            # whatever failed, this stream is over: drop the DataLoader and its iterator now, so that their
+            # workers are shut down at once rather than at some later garbage collection, or at exit, where
+            # the SIGTERM they are sent would hold the process for their grace (WORKER_TERM_GRACE)
+            self.loader = None
+            traceback.clear_frames(e.__traceback__)
             if error is e:
                 raise
             raise error from None
